@@ -1,0 +1,6 @@
+//! haul: live migration of Linux processes between machines, driven through CRIU.
+//!
+//! See ARCHITECTURE.md for the crates and the path of one migration.
+
+pub mod criu;
+pub mod wire;

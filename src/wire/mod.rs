@@ -1,0 +1,86 @@
+//! haul's own source <-> destination protocol.
+//!
+//! ```mermaid
+//! sequenceDiagram
+//!     participant S as source (haul pid)
+//!     participant D as destination (haul serve)
+//!     S->>D: Hello{version, nonce, purpose=control}
+//!     D->>S: Challenge{version, nonce}
+//!     S->>D: Proof{HMAC(key, client | hello | challenge)}
+//!     D->>S: Welcome{HMAC(key, server | hello | challenge)}
+//!     Note over S,D: from here every frame carries an HMAC tag (session key, sequence)
+//!     S->>D: Begin{id, CRIU version, strategy, cpuinfo}
+//!     D->>S: Ready{CRIU version, features, free space}
+//!     S->>D: StartPageServer{round}
+//!     D->>S: PageServerStarted
+//!     S-->>D: memory channel: Hello{purpose=memory{id, round}} ... then raw CRIU pages
+//!     S->>D: ImageChunk* (the other images)
+//!     S->>D: Restore
+//!     D->>S: Restored{pid, stats}
+//!     S->>D: Finish{ok}
+//! ```
+//!
+//! - [`frame`]: the frame layout, bounded lengths, per-frame tags;
+//! - [`auth`]: the shared key and the challenge-response handshake;
+//! - [`names`]: validation of image file names a peer sends.
+
+pub mod auth;
+pub mod frame;
+pub mod names;
+
+/// The prost types generated from `proto/haul/wire.proto`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/haul.wire.rs"));
+}
+
+pub use auth::{Key, KeyError};
+pub use frame::{Conn, FrameError, Header};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The oldest protocol version this build accepts from a peer.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+impl pb::Message {
+    /// Wraps a body into a message.
+    pub fn of(body: pb::message::Body) -> pb::Message {
+        pb::Message { body: Some(body) }
+    }
+
+    /// An error message.
+    pub fn error(kind: pb::ErrorKind, message: impl Into<String>) -> pb::Message {
+        pb::Message::of(pb::message::Body::Error(pb::Error {
+            kind: kind as i32,
+            message: message.into(),
+        }))
+    }
+
+    /// The name of the body's variant, for logs and protocol errors.
+    pub fn kind_name(&self) -> &'static str {
+        use pb::message::Body::*;
+        match &self.body {
+            None => "empty",
+            Some(Hello(_)) => "Hello",
+            Some(Challenge(_)) => "Challenge",
+            Some(Proof(_)) => "Proof",
+            Some(Welcome(_)) => "Welcome",
+            Some(Begin(_)) => "Begin",
+            Some(Ready(_)) => "Ready",
+            Some(StartPageServer(_)) => "StartPageServer",
+            Some(PageServerStarted(_)) => "PageServerStarted",
+            Some(EndPageServer(_)) => "EndPageServer",
+            Some(PageServerEnded(_)) => "PageServerEnded",
+            Some(ImageChunk(_)) => "ImageChunk",
+            Some(Restore(_)) => "Restore",
+            Some(RestoreHeld(_)) => "RestoreHeld",
+            Some(Resume(_)) => "Resume",
+            Some(Restored(_)) => "Restored",
+            Some(LazyDone(_)) => "LazyDone",
+            Some(LazyFinished(_)) => "LazyFinished",
+            Some(Finish(_)) => "Finish",
+            Some(Finished(_)) => "Finished",
+            Some(Error(_)) => "Error",
+        }
+    }
+}
