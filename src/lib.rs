@@ -3,4 +3,5 @@
 //! See ARCHITECTURE.md for the crates and the path of one migration.
 
 pub mod criu;
+pub mod migrate;
 pub mod wire;

@@ -1,1 +1,213 @@
-fn main() {}
+//! The `haul` command: `keygen`, `serve`, `pid`, `check`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use haul::criu::{Criu, MIN_CRIU_VERSION};
+use haul::migrate::destination::{self, ServeConfig};
+use haul::migrate::source::{self, SourceConfig};
+use haul::migrate::{Strategy, DEFAULT_IMG_PATH};
+use haul::wire::Key;
+
+/// The port `haul serve` listens on, and `haul pid` connects to, when none is given.
+const DEFAULT_PORT: u16 = 27500;
+
+/// Live-migrate a Linux process tree to another machine, through CRIU.
+///
+/// On the destination: `haul serve --listen ADDR:PORT --key KEY`.
+/// On the source:      `haul pid PID ADDR:PORT --key KEY`.
+/// Both sides need the same key file (`haul keygen KEY`, then copy it over a secure channel),
+/// CRIU >= 4.1 and root.
+#[derive(Parser)]
+#[command(name = "haul", version, about, long_about)]
+struct Cli {
+    /// Log level for haul's own messages (error, warn, info, debug, trace); also HAUL_LOG.
+    #[arg(long, global = true, default_value = "info", env = "HAUL_LOG")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make a new shared key file (mode 0600); copy it to the other node.
+    Keygen {
+        /// Where to write it (refuses to overwrite).
+        file: PathBuf,
+    },
+    /// Receive migrations (the destination node). Serves one after another until stopped.
+    Serve {
+        /// Address and port to listen on.
+        #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+        listen: SocketAddr,
+        /// The shared key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Where images and CRIU logs go, one directory per migration.
+        #[arg(long, default_value = DEFAULT_IMG_PATH)]
+        img_path: PathBuf,
+        /// Exit after this many migrations (default: serve until killed).
+        #[arg(long)]
+        max_migrations: Option<usize>,
+    },
+    /// Migrate the process tree rooted at PID to the destination (the source node).
+    Pid {
+        /// The root of the tree to migrate.
+        pid: i32,
+        /// The destination's `haul serve`: HOST:PORT, or HOST for port 27500.
+        destination: String,
+        /// The shared key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// How memory moves: stop-copy, pre-copy, post-copy, hybrid, or auto (picks from both nodes' features).
+        #[arg(long, default_value = "auto")]
+        strategy: Strategy,
+        /// Where this node keeps images and CRIU logs, one directory per migration.
+        #[arg(long, default_value = DEFAULT_IMG_PATH)]
+        img_path: PathBuf,
+        /// Write the JSON report here too.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// The tree has established TCP connections to keep (CRIU's TCP repair).
+        #[arg(long)]
+        tcp_established: bool,
+        /// The tree is a shell job (its session leader is outside it).
+        #[arg(long)]
+        shell_job: bool,
+        /// The tree holds file locks.
+        #[arg(long)]
+        file_locks: bool,
+        /// Pre-copy: at most this many pre-dump rounds.
+        #[arg(long, default_value_t = 8)]
+        max_rounds: u32,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Show the CRIU version and the kernel features that decide which strategies can run.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("haul: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("haul: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<(), String> {
+    match cmd {
+        Cmd::Keygen { file } => {
+            Key::generate().write_new(&file).map_err(|e| e.to_string())?;
+            println!("wrote a new key to {} (mode 0600); copy it to the other node", file.display());
+            Ok(())
+        }
+        Cmd::Serve { listen, key, img_path, max_migrations } => {
+            let key = Key::load(&key).map_err(|e| e.to_string())?;
+            let criu = Criu::locate_checked().await.map_err(|e| e.to_string())?.0;
+            let listener = destination::bind(listen).await.map_err(|e| e.to_string())?;
+            destination::serve(listener, ServeConfig { listen, key, img_path, criu, max_migrations })
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Cmd::Pid {
+            pid,
+            destination,
+            key,
+            strategy,
+            img_path,
+            report,
+            tcp_established,
+            shell_job,
+            file_locks,
+            max_rounds,
+            no_progress,
+        } => {
+            let key = Key::load(&key).map_err(|e| e.to_string())?;
+            let destination = if destination.contains(':') {
+                destination
+            } else {
+                format!("{destination}:{DEFAULT_PORT}")
+            };
+            let cfg = SourceConfig {
+                pid,
+                destination,
+                key,
+                img_path,
+                strategy,
+                tree: haul::criu::options::TreeOptions {
+                    tcp_established,
+                    shell_job,
+                    file_locks,
+                    link_remap: false,
+                    ext_unix_sk: false,
+                },
+                max_rounds,
+                progress: !no_progress,
+            };
+            let rep = source::migrate(cfg).await.map_err(|e| e.to_string())?;
+            print!("{}", rep.summary());
+            for w in &rep.warnings {
+                eprintln!("haul: warning: {w}");
+            }
+            if let Some(path) = report {
+                let json = serde_json::to_vec_pretty(&rep).map_err(|e| e.to_string())?;
+                std::fs::write(&path, json).map_err(|e| format!("cannot write the report to {}: {e}", path.display()))?;
+            }
+            Ok(())
+        }
+        Cmd::Check => check().await,
+    }
+}
+
+async fn check() -> Result<(), String> {
+    let criu = Criu::locate().map_err(|e| e.to_string())?;
+    let v = criu.version().await.map_err(|e| format!("{}: {e}", criu.path().display()))?;
+    println!("CRIU version {v} at {}", criu.path().display());
+    if (v.major, v.minor) < MIN_CRIU_VERSION {
+        return Err(format!(
+            "CRIU {v} is too old: haul needs >= {}.{} (scripts/setup.sh builds one)",
+            MIN_CRIU_VERSION.0, MIN_CRIU_VERSION.1
+        ));
+    }
+    let check = criu.check().await;
+    match &check {
+        Ok(()) => println!("criu check: looks good"),
+        Err(e) => println!("criu check: FAILED: {e}"),
+    }
+    let f = criu.features().await.map_err(|e| e.to_string())?;
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    println!("memory tracking (mem_track, soft-dirty): {}", yn(f.mem_track));
+    println!("lazy pages (userfaultfd):                {}", yn(f.lazy_pages));
+    if let Some(thp) = haul::migrate::tree::thp_mode() {
+        println!("transparent huge pages:                  {thp}");
+    }
+    println!("strategies on this node (as source and destination):");
+    for s in [Strategy::StopCopy, Strategy::PreCopy, Strategy::PostCopy, Strategy::Hybrid] {
+        match s.missing(f, f) {
+            None => println!("  {:<10} available", s.name()),
+            Some(why) => println!("  {:<10} unavailable: needs {why}", s.name()),
+        }
+    }
+    let (auto, why) = Strategy::Auto.resolve(f, f);
+    println!("  auto       -> {auto}: {why}");
+    check.map_err(|e| e.to_string())
+}

@@ -128,7 +128,7 @@ impl Criu {
 
     /// VERSION: the CRIU version.
     pub async fn version(&self) -> Result<CriuVersion, CriuError> {
-        let resp = self.call(request(CriuReqType::Version, None), None).await?;
+        let resp = self.call(new_request(CriuReqType::Version, None), None).await?;
         let v = resp.version.ok_or_else(|| CriuError::Refused {
             request: "VERSION".into(),
             errno: None,
@@ -144,14 +144,14 @@ impl Criu {
 
     /// CHECK: whether CRIU works on this kernel (`criu check`).
     pub async fn check(&self) -> Result<(), CriuError> {
-        self.call(request(CriuReqType::Check, None), None)
+        self.call(new_request(CriuReqType::Check, None), None)
             .await
             .map(drop)
     }
 
     /// FEATURE_CHECK: memory tracking and lazy pages.
     pub async fn features(&self) -> Result<Features, CriuError> {
-        let mut req = request(CriuReqType::FeatureCheck, None);
+        let mut req = new_request(CriuReqType::FeatureCheck, None);
         req.features = Some(pb::CriuFeatures {
             mem_track: Some(true),
             lazy_pages: Some(true),
@@ -167,16 +167,26 @@ impl Criu {
 
     /// CPUINFO_DUMP: writes this CPU's description (`cpuinfo.img`) into `opts`' images dir.
     pub async fn cpuinfo_dump(&self, opts: pb::CriuOpts, log: Option<PathBuf>) -> Result<(), CriuError> {
-        self.call(request(CriuReqType::CpuinfoDump, Some(opts)), log)
+        self.call(new_request(CriuReqType::CpuinfoDump, Some(opts)), log)
             .await
             .map(drop)
     }
 
     /// CPUINFO_CHECK: whether the `cpuinfo.img` in `opts`' images dir is compatible with this CPU.
     pub async fn cpuinfo_check(&self, opts: pb::CriuOpts, log: Option<PathBuf>) -> Result<(), CriuError> {
-        self.call(request(CriuReqType::CpuinfoCheck, Some(opts)), log)
+        self.call(new_request(CriuReqType::CpuinfoCheck, Some(opts)), log)
             .await
             .map(drop)
+    }
+
+    /// Starts a request built by the caller (e.g. with `keep_open`); see [`Criu::start`].
+    pub async fn start_request(
+        &self,
+        req: pb::CriuReq,
+        inherit: &[RawFd],
+        log: Option<PathBuf>,
+    ) -> Result<Operation, CriuError> {
+        Operation::start(self, req, inherit, log).await
     }
 
     /// Starts a request that sends notifications (DUMP, PRE_DUMP, RESTORE, PAGE_SERVER_CHLD);
@@ -189,11 +199,12 @@ impl Criu {
         inherit: &[RawFd],
         log: Option<PathBuf>,
     ) -> Result<Operation, CriuError> {
-        Operation::start(self, request(kind, Some(opts)), inherit, log).await
+        Operation::start(self, new_request(kind, Some(opts)), inherit, log).await
     }
 }
 
-fn request(kind: CriuReqType, opts: Option<pb::CriuOpts>) -> pb::CriuReq {
+/// A request of type `kind` with `opts`.
+pub fn new_request(kind: CriuReqType, opts: Option<pb::CriuOpts>) -> pb::CriuReq {
     pb::CriuReq {
         r#type: kind as i32,
         opts,
@@ -271,13 +282,31 @@ impl Operation {
                 log: self.worker.log.clone(),
             });
         }
-        if resp.r#type != self.kind && resp.r#type != CriuReqType::Empty as i32 {
+        // PAGE_SERVER_CHLD is answered with a PAGE_SERVER response.
+        let same = resp.r#type == self.kind
+            || (self.kind == CriuReqType::PageServerChld as i32
+                && resp.r#type == CriuReqType::PageServer as i32);
+        if !same && resp.r#type != CriuReqType::Empty as i32 {
             return Err(CriuError::UnexpectedResponse {
                 request: type_name(self.kind),
                 got: type_name(resp.r#type),
             });
         }
         Ok(Event::Done(resp))
+    }
+
+    /// Sends a further request on this worker (after one sent with `keep_open`) and waits for
+    /// its response; e.g. WAIT_PID for a page server started with PAGE_SERVER_CHLD.
+    pub async fn request(&mut self, req: pb::CriuReq) -> Result<pb::CriuResp, CriuError> {
+        self.kind = req.r#type;
+        self.worker.send(&req).await?;
+        match self.next().await? {
+            Event::Done(r) => Ok(r),
+            Event::Notify(n) => Err(CriuError::UnexpectedResponse {
+                request: type_name(self.kind),
+                got: format!("notification {}", n.script),
+            }),
+        }
     }
 
     /// Answers the last notification: `true` lets CRIU go on; `false` makes it fail the

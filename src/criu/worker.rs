@@ -47,6 +47,7 @@ impl Worker {
         let mut cmd = Command::new(criu);
         cmd.arg("swrk").arg(theirs_fd.to_string());
         cmd.stdin(std::process::Stdio::null());
+        cmd.stdout(std::process::Stdio::null());
         cmd.kill_on_drop(false);
         // SAFETY: the closure runs in the forked child before exec and only calls fcntl(2),
         // which is async-signal-safe; it touches no memory shared with the parent.

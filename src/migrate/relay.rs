@@ -1,0 +1,117 @@
+//! Post-copy page traffic. CRIU's lazy-pages endpoints never face the network: on the source
+//! CRIU's page server listens on 127.0.0.1 of the source node, on the destination the
+//! lazy-pages daemon connects to 127.0.0.1 of the destination node, and haul carries the bytes
+//! between them over an authenticated memory channel.
+
+use std::os::fd::AsRawFd;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Copies both ways until both sides close; returns (bytes a->b, bytes b->a).
+pub async fn pipe(mut a: TcpStream, mut b: TcpStream) -> std::io::Result<(u64, u64)> {
+    tokio::io::copy_bidirectional(&mut a, &mut b).await
+}
+
+/// The source's side of the post-copy relay: CRIU's page server connection (`local`) and the
+/// memory channel (`remote`). Unlike a plain pipe it never passes the destination's end-of-stream
+/// to CRIU on its own: CRIU takes an end-of-stream for "all pages served" and kills the source
+/// tasks. Only once `decision` says `Some(true)` (the process runs on the destination) is the
+/// end passed on; `Some(false)` makes CRIU's page server fail instead, so CRIU resumes the
+/// source tasks. Returns the bytes sent to the destination.
+pub async fn source_relay(
+    local: TcpStream,
+    remote: TcpStream,
+    mut decision: tokio::sync::watch::Receiver<Option<bool>>,
+) -> std::io::Result<u64> {
+    use tokio::io::AsyncReadExt;
+    let (mut lr, mut lw) = local.into_split();
+    let (mut rr, mut rw) = remote.into_split();
+    let up = async move {
+        let n = tokio::io::copy(&mut lr, &mut rw).await;
+        let _ = rw.shutdown().await;
+        n
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            let n = tokio::select! {
+                r = rr.read(&mut buf) => r.unwrap_or(0),
+                _ = decision.changed() => {
+                    if *decision.borrow() == Some(false) {
+                        0
+                    } else {
+                        continue;
+                    }
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if lw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+        // The destination's side ended (or the migration failed): wait for the verdict.
+        let verdict = loop {
+            if let Some(v) = *decision.borrow() {
+                break v;
+            }
+            if decision.changed().await.is_err() {
+                break false;
+            }
+        };
+        if verdict {
+            let _ = lw.shutdown().await;
+        } else {
+            let _ = lw.write_all(&bogus_iov()).await;
+            let _ = lw.flush().await;
+        }
+    };
+    let (n, ()) = tokio::join!(up, down);
+    n
+}
+
+fn bogus_iov() -> [u8; 24] {
+    // struct page_server_iov { u32 cmd; u32 nr_pages; u64 vaddr; u64 dst_id; } with an unknown cmd
+    let mut iov = [0u8; 24];
+    iov[..4].copy_from_slice(&0xdead_u32.to_ne_bytes());
+    iov
+}
+
+/// A free TCP port on 127.0.0.1 of this node, for CRIU's local lazy-pages server.
+pub fn free_local_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Makes CRIU's lazy-pages server on `127.0.0.1:port` fail, so that a lazy dump whose
+/// destination never resumed the process ends with an error and CRIU resumes the source tasks:
+/// CRIU's page server fails the dump on a command it does not know.
+pub async fn abort_lazy_server(port: u16) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(&bogus_iov()).await?;
+    s.flush().await?;
+    // wait for CRIU to close its side
+    let mut buf = [0u8; 16];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await;
+    Ok(())
+}
+
+/// Bytes the kernel has seen acknowledged on a TCP socket (progress of a memory channel that
+/// CRIU writes to directly).
+pub fn tcp_bytes_acked(sock: &impl AsRawFd) -> Option<u64> {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (r == 0).then_some(info.tcpi_bytes_acked)
+    }
+}
