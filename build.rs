@@ -2,7 +2,11 @@
 //! compiler), so the build needs no `protoc` on the machine.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/criu/rpc.proto", "proto/criu/stats.proto", "proto/haul/wire.proto"];
+    let files = [
+        "proto/criu/rpc.proto",
+        "proto/criu/stats.proto",
+        "proto/haul/wire.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -93,11 +93,17 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("haul: cannot start the async runtime: {e}");
@@ -116,17 +122,36 @@ fn main() -> ExitCode {
 async fn run(cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Keygen { file } => {
-            Key::generate().write_new(&file).map_err(|e| e.to_string())?;
-            println!("wrote a new key to {} (mode 0600); copy it to the other node", file.display());
+            Key::generate()
+                .write_new(&file)
+                .map_err(|e| e.to_string())?;
+            println!(
+                "wrote a new key to {} (mode 0600); copy it to the other node",
+                file.display()
+            );
             Ok(())
         }
-        Cmd::Serve { listen, key, img_path, max_migrations } => {
+        Cmd::Serve {
+            listen,
+            key,
+            img_path,
+            max_migrations,
+        } => {
             let key = Key::load(&key).map_err(|e| e.to_string())?;
             let criu = Criu::locate_checked().await.map_err(|e| e.to_string())?.0;
             let listener = destination::bind(listen).await.map_err(|e| e.to_string())?;
-            destination::serve(listener, ServeConfig { listen, key, img_path, criu, max_migrations })
-                .await
-                .map_err(|e| e.to_string())
+            destination::serve(
+                listener,
+                ServeConfig {
+                    listen,
+                    key,
+                    img_path,
+                    criu,
+                    max_migrations,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
         }
         Cmd::Pid {
             pid,
@@ -170,7 +195,8 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             }
             if let Some(path) = report {
                 let json = serde_json::to_vec_pretty(&rep).map_err(|e| e.to_string())?;
-                std::fs::write(&path, json).map_err(|e| format!("cannot write the report to {}: {e}", path.display()))?;
+                std::fs::write(&path, json)
+                    .map_err(|e| format!("cannot write the report to {}: {e}", path.display()))?;
             }
             Ok(())
         }
@@ -180,7 +206,10 @@ async fn run(cmd: Cmd) -> Result<(), String> {
 
 async fn check() -> Result<(), String> {
     let criu = Criu::locate().map_err(|e| e.to_string())?;
-    let v = criu.version().await.map_err(|e| format!("{}: {e}", criu.path().display()))?;
+    let v = criu
+        .version()
+        .await
+        .map_err(|e| format!("{}: {e}", criu.path().display()))?;
     println!("CRIU version {v} at {}", criu.path().display());
     if (v.major, v.minor) < MIN_CRIU_VERSION {
         return Err(format!(
@@ -195,13 +224,24 @@ async fn check() -> Result<(), String> {
     }
     let f = criu.features().await.map_err(|e| e.to_string())?;
     let yn = |b: bool| if b { "yes" } else { "no" };
-    println!("memory tracking (mem_track, soft-dirty): {}", yn(f.mem_track));
-    println!("lazy pages (userfaultfd):                {}", yn(f.lazy_pages));
+    println!(
+        "memory tracking (mem_track, soft-dirty): {}",
+        yn(f.mem_track)
+    );
+    println!(
+        "lazy pages (userfaultfd):                {}",
+        yn(f.lazy_pages)
+    );
     if let Some(thp) = haul::migrate::tree::thp_mode() {
         println!("transparent huge pages:                  {thp}");
     }
     println!("strategies on this node (as source and destination):");
-    for s in [Strategy::StopCopy, Strategy::PreCopy, Strategy::PostCopy, Strategy::Hybrid] {
+    for s in [
+        Strategy::StopCopy,
+        Strategy::PreCopy,
+        Strategy::PostCopy,
+        Strategy::Hybrid,
+    ] {
         match s.missing(f, f) {
             None => println!("  {:<10} available", s.name()),
             Some(why) => println!("  {:<10} unavailable: needs {why}", s.name()),

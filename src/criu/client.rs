@@ -112,7 +112,11 @@ impl Criu {
     }
 
     /// Sends one request and waits for its response (no notifications expected).
-    async fn call(&self, req: pb::CriuReq, log: Option<PathBuf>) -> Result<pb::CriuResp, CriuError> {
+    async fn call(
+        &self,
+        req: pb::CriuReq,
+        log: Option<PathBuf>,
+    ) -> Result<pb::CriuResp, CriuError> {
         let mut op = Operation::start(self, req, &[], log).await?;
         loop {
             match op.next().await? {
@@ -128,7 +132,9 @@ impl Criu {
 
     /// VERSION: the CRIU version.
     pub async fn version(&self) -> Result<CriuVersion, CriuError> {
-        let resp = self.call(new_request(CriuReqType::Version, None), None).await?;
+        let resp = self
+            .call(new_request(CriuReqType::Version, None), None)
+            .await?;
         let v = resp.version.ok_or_else(|| CriuError::Refused {
             request: "VERSION".into(),
             errno: None,
@@ -166,14 +172,22 @@ impl Criu {
     }
 
     /// CPUINFO_DUMP: writes this CPU's description (`cpuinfo.img`) into `opts`' images dir.
-    pub async fn cpuinfo_dump(&self, opts: pb::CriuOpts, log: Option<PathBuf>) -> Result<(), CriuError> {
+    pub async fn cpuinfo_dump(
+        &self,
+        opts: pb::CriuOpts,
+        log: Option<PathBuf>,
+    ) -> Result<(), CriuError> {
         self.call(new_request(CriuReqType::CpuinfoDump, Some(opts)), log)
             .await
             .map(drop)
     }
 
     /// CPUINFO_CHECK: whether the `cpuinfo.img` in `opts`' images dir is compatible with this CPU.
-    pub async fn cpuinfo_check(&self, opts: pb::CriuOpts, log: Option<PathBuf>) -> Result<(), CriuError> {
+    pub async fn cpuinfo_check(
+        &self,
+        opts: pb::CriuOpts,
+        log: Option<PathBuf>,
+    ) -> Result<(), CriuError> {
         self.call(new_request(CriuReqType::CpuinfoCheck, Some(opts)), log)
             .await
             .map(drop)
@@ -259,7 +273,10 @@ impl Operation {
     /// Waits for the next notification or the final response. A final response that says
     /// `success = false` becomes [`CriuError::Refused`].
     pub async fn next(&mut self) -> Result<Event, CriuError> {
-        assert!(!self.awaiting_ack, "Operation::next called before ack of the last notification");
+        assert!(
+            !self.awaiting_ack,
+            "Operation::next called before ack of the last notification"
+        );
         let during = format!("serving {}", type_name(self.kind));
         let resp = self.worker.recv(&during).await?;
         if resp.r#type == CriuReqType::Notify as i32 {
@@ -312,7 +329,10 @@ impl Operation {
     /// Answers the last notification: `true` lets CRIU go on; `false` makes it fail the
     /// operation (after `post-dump`: the dumped tasks resume).
     pub async fn ack(&mut self, success: bool) -> Result<(), CriuError> {
-        assert!(self.awaiting_ack, "Operation::ack without a pending notification");
+        assert!(
+            self.awaiting_ack,
+            "Operation::ack without a pending notification"
+        );
         self.awaiting_ack = false;
         let req = pb::CriuReq {
             r#type: CriuReqType::Notify as i32,

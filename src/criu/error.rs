@@ -6,7 +6,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CriuError {
     /// No `criu` binary was found.
-    #[error("criu not found (looked for {looked}); run scripts/setup.sh or put CRIU >= {need} on PATH")]
+    #[error(
+        "criu not found (looked for {looked}); run scripts/setup.sh or put CRIU >= {need} on PATH"
+    )]
     NotFound {
         /// Where haul looked.
         looked: String,
@@ -14,7 +16,9 @@ pub enum CriuError {
         need: String,
     },
     /// The CRIU found is too old.
-    #[error("{path} is CRIU {found}, haul needs >= {need}; run scripts/setup.sh to build a newer one")]
+    #[error(
+        "{path} is CRIU {found}, haul needs >= {need}; run scripts/setup.sh to build a newer one"
+    )]
     TooOld {
         /// The binary.
         path: PathBuf,

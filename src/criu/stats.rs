@@ -145,10 +145,13 @@ fn read(path: &Path) -> Result<pb::StatsEntry, CriuError> {
 /// Reads `stats-dump` from a work directory.
 pub fn read_dump(dir: &Path) -> Result<DumpStats, CriuError> {
     let path = dir.join("stats-dump");
-    read(&path)?.dump.map(DumpStats::from).ok_or(CriuError::Stats {
-        path,
-        why: "no dump entry".into(),
-    })
+    read(&path)?
+        .dump
+        .map(DumpStats::from)
+        .ok_or(CriuError::Stats {
+            path,
+            why: "no dump entry".into(),
+        })
 }
 
 /// Reads `stats-restore` from a work directory.

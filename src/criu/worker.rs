@@ -157,7 +157,9 @@ impl Worker {
 
     /// Closes the socket and waits for the worker to exit (it exits once the socket closes).
     pub async fn finish(self) {
-        let Worker { sock, mut child, .. } = self;
+        let Worker {
+            sock, mut child, ..
+        } = self;
         drop(sock);
         let _ = child.wait().await;
     }

@@ -75,10 +75,12 @@ struct Shared {
 
 /// Binds the listening socket (separate from [`serve`] so callers know the port at once).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MigrateError> {
-    TcpListener::bind(addr).await.map_err(|source| MigrateError::Connect {
-        peer: format!("listen address {addr}"),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MigrateError::Connect {
+            peer: format!("listen address {addr}"),
+            source,
+        })
 }
 
 /// Serves migrations one after another (and side by side) until `max_migrations` are done.
@@ -89,7 +91,10 @@ pub async fn serve(listener: TcpListener, cfg: ServeConfig) -> Result<(), Migrat
         .map_err(|e| MigrateError::io("cannot create image directory", &cfg.img_path, e))?;
     info!(
         "haul serve on {} (CRIU {version}, mem_track {}, lazy_pages {}), images in {}",
-        listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         features.mem_track,
         features.lazy_pages,
         cfg.img_path.display()
@@ -151,22 +156,25 @@ async fn handle_connection(
 ) -> Result<bool, MigrateError> {
     let _ = stream.set_nodelay(true);
     let mut conn = Conn::new(stream);
-    let purpose = match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut conn, &shared.cfg.key)).await {
-        Err(_) => {
-            return Err(MigrateError::Timeout {
-                peer: peer.to_string(),
-                phase: "authentication",
-                secs: HANDSHAKE_TIMEOUT.as_secs(),
-            })
-        }
-        Ok(Err(source)) => {
-            return Err(MigrateError::Auth {
-                peer: peer.to_string(),
-                source,
-            })
-        }
-        Ok(Ok(p)) => p,
-    };
+    let purpose =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut conn, &shared.cfg.key))
+            .await
+        {
+            Err(_) => {
+                return Err(MigrateError::Timeout {
+                    peer: peer.to_string(),
+                    phase: "authentication",
+                    secs: HANDSHAKE_TIMEOUT.as_secs(),
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(MigrateError::Auth {
+                    peer: peer.to_string(),
+                    source,
+                })
+            }
+            Ok(Ok(p)) => p,
+        };
     drop(permit);
     match purpose {
         Purpose::Memory(m) => {
@@ -188,7 +196,12 @@ async fn handle_connection(
             let mut m = Migration::new(shared, peer.to_string());
             let r = m.run(&mut conn).await;
             if let Err(e) = &r {
-                let _ = conn.send(&pb::Message::error(pb::ErrorKind::Unspecified, e.to_string())).await;
+                let _ = conn
+                    .send(&pb::Message::error(
+                        pb::ErrorKind::Unspecified,
+                        e.to_string(),
+                    ))
+                    .await;
             }
             m.cleanup().await;
             r.map(|()| true)
@@ -251,10 +264,13 @@ impl Migration {
         conn: &mut Conn<S>,
         body: Body,
     ) -> Result<(), MigrateError> {
-        conn.send(&pb::Message::of(body)).await.map(drop).map_err(|source| MigrateError::Channel {
-            peer: self.peer.clone(),
-            source,
-        })
+        conn.send(&pb::Message::of(body))
+            .await
+            .map(drop)
+            .map_err(|source| MigrateError::Channel {
+                peer: self.peer.clone(),
+                source,
+            })
     }
 
     async fn recv<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
@@ -285,11 +301,17 @@ impl Migration {
     }
 
     fn dir(&self) -> Result<&MigrationDir, MigrateError> {
-        self.dir.as_ref().ok_or_else(|| self.protocol("a command before Begin"))
+        self.dir
+            .as_ref()
+            .ok_or_else(|| self.protocol("a command before Begin"))
     }
 
     /// One command: the state is which of `dir` / `restored_pid` are set.
-    async fn step(&mut self, conn: &mut Conn<TcpStream>, msg: pb::Message) -> Result<Step, MigrateError> {
+    async fn step(
+        &mut self,
+        conn: &mut Conn<TcpStream>,
+        msg: pb::Message,
+    ) -> Result<Step, MigrateError> {
         let kind = msg.kind_name();
         match (self.dir.is_some(), self.restored_pid.is_some(), msg.body) {
             (false, _, Some(Body::Begin(b))) => {
@@ -298,22 +320,34 @@ impl Migration {
             }
             (true, false, Some(Body::StartPageServer(s))) => {
                 self.start_page_server(s.round).await?;
-                self.send(conn, Body::PageServerStarted(pb::PageServerStarted { round: s.round }))
-                    .await?;
+                self.send(
+                    conn,
+                    Body::PageServerStarted(pb::PageServerStarted { round: s.round }),
+                )
+                .await?;
             }
             (true, false, Some(Body::EndPageServer(e))) => {
                 let bytes = self.end_page_server(e.round).await?;
-                self.send(conn, Body::PageServerEnded(pb::PageServerEnded { round: e.round, bytes }))
-                    .await?;
+                self.send(
+                    conn,
+                    Body::PageServerEnded(pb::PageServerEnded {
+                        round: e.round,
+                        bytes,
+                    }),
+                )
+                .await?;
             }
             (true, false, Some(Body::ImageChunk(c))) => {
                 let dir = self.dir()?.root().join(images::round_name(c.round));
                 if !self.receivers.contains_key(&c.round) {
-                    std::fs::create_dir_all(&dir).map_err(|e| MigrateError::io("cannot create", &dir, e))?;
-                    self.receivers.insert(c.round, ImageReceiver::new(&dir, self.budget));
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| MigrateError::io("cannot create", &dir, e))?;
+                    self.receivers
+                        .insert(c.round, ImageReceiver::new(&dir, self.budget));
                 }
                 let r = self.receivers.get_mut(&c.round).expect("inserted");
-                r.accept(&c).map_err(|e| self.protocol(format!("image chunk refused: {e}")))?;
+                r.accept(&c)
+                    .map_err(|e| self.protocol(format!("image chunk refused: {e}")))?;
             }
             (true, false, Some(Body::Restore(r))) => {
                 let restored = self.restore(r).await?;
@@ -321,13 +355,17 @@ impl Migration {
             }
             (true, true, Some(Body::LazyDone(_))) => {
                 let (ok, detail) = self.wait_lazy_daemon().await;
-                self.send(conn, Body::LazyFinished(pb::LazyFinished { ok, detail })).await?;
+                self.send(conn, Body::LazyFinished(pb::LazyFinished { ok, detail }))
+                    .await?;
             }
             (_, _, Some(Body::Finish(f))) => {
                 if f.ok {
                     info!("{}: migration {} finished", self.peer, self.id);
                 } else {
-                    warn!("{}: migration {} abandoned by the source: {}", self.peer, self.id, f.reason);
+                    warn!(
+                        "{}: migration {} abandoned by the source: {}",
+                        self.peer, self.id, f.reason
+                    );
                 }
                 self.send(conn, Body::Finished(pb::Finished {})).await?;
                 return Ok(Step::Finished);
@@ -418,7 +456,9 @@ impl Migration {
         }
         let rd = self.dir()?.round(round)?;
         let stream = self.memory_channel(round, false).await?;
-        let std_stream = stream.into_std().map_err(|e| MigrateError::io("memory channel", rd.path(), e))?;
+        let std_stream = stream
+            .into_std()
+            .map_err(|e| MigrateError::io("memory channel", rd.path(), e))?;
         let sock: OwnedFd = std_stream.into();
         crate::criu::worker::set_blocking(sock.as_raw_fd())?;
         let mut opts = options::base(rd.fd(), "page-server.log");
@@ -432,20 +472,35 @@ impl Migration {
             .criu
             .start_request(req, &[sock.as_raw_fd()], Some(log))
             .await?;
-        let resp = match op.next().await? {
-            Event::Done(r) => r,
-            Event::Notify(n) => return Err(self.protocol(format!("unexpected CRIU notification {}", n.script))),
+        // The page server says status-ready once it serves; then PAGE_SERVER_CHLD answers.
+        let resp = loop {
+            match op.next().await? {
+                Event::Done(r) => break r,
+                Event::Notify(_) => op.ack(true).await?,
+            }
         };
         let pid = resp.ps.and_then(|p| p.pid).unwrap_or(0);
         info!("{}: page server for round {round} is pid {pid}", self.peer);
-        self.page_servers.insert(round, PageServer { op, pid, _dir: rd, _sock: sock });
+        self.page_servers.insert(
+            round,
+            PageServer {
+                op,
+                pid,
+                _dir: rd,
+                _sock: sock,
+            },
+        );
         Ok(())
     }
 
     async fn memory_channel(&self, round: u32, lazy: bool) -> Result<TcpStream, MigrateError> {
         let (tx, rx) = oneshot::channel();
         let key = (self.id.clone(), round, lazy);
-        self.shared.slots.lock().expect("slots lock").insert(key.clone(), tx);
+        self.shared
+            .slots
+            .lock()
+            .expect("slots lock")
+            .insert(key.clone(), tx);
         let r = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, rx).await;
         self.shared.slots.lock().expect("slots lock").remove(&key);
         match r {
@@ -539,7 +594,10 @@ impl Migration {
         let pid = resp.restore.map(|r| r.pid).unwrap_or(0);
         self.restored_pid = Some(pid);
         let st = stats::read_restore(rd.path()).unwrap_or_default();
-        info!("{}: migration {} restored as pid {pid} in {wall:.3}s", self.peer, self.id);
+        info!(
+            "{}: migration {} restored as pid {pid} in {wall:.3}s",
+            self.peer, self.id
+        );
         Ok(pb::Restored {
             pid,
             stats: Some(pb::RestoreStats {
@@ -564,15 +622,20 @@ impl Migration {
         let peer = self.peer.clone();
         // Register for the source's lazy memory channel now; it arrives once the source's CRIU serves pages.
         let (tx, rx) = oneshot::channel();
-        shared.slots.lock().expect("slots lock").insert((id.clone(), 0, true), tx);
+        shared
+            .slots
+            .lock()
+            .expect("slots lock")
+            .insert((id.clone(), 0, true), tx);
         self.lazy_relay = Some(tokio::spawn(async move {
-            let local = match tokio::time::timeout(Duration::from_secs(120), listener.accept()).await {
-                Ok(Ok((s, _))) => s,
-                _ => {
-                    warn!("{peer}: the lazy-pages daemon never connected");
-                    return;
-                }
-            };
+            let local =
+                match tokio::time::timeout(Duration::from_secs(120), listener.accept()).await {
+                    Ok(Ok((s, _))) => s,
+                    _ => {
+                        warn!("{peer}: the lazy-pages daemon never connected");
+                        return;
+                    }
+                };
             let remote = match tokio::time::timeout(Duration::from_secs(120), rx).await {
                 Ok(Ok(s)) => s,
                 _ => {
@@ -583,7 +646,9 @@ impl Migration {
             let _ = local.set_nodelay(true);
             let _ = remote.set_nodelay(true);
             match relay::pipe(local, remote).await {
-                Ok((a, b)) => info!("{peer}: lazy relay done: {a} bytes to the source, {b} from it"),
+                Ok((a, b)) => {
+                    info!("{peer}: lazy relay done: {a} bytes to the source, {b} from it")
+                }
                 Err(e) => warn!("{peer}: lazy relay: {e}"),
             }
         }));
@@ -606,7 +671,13 @@ impl Migration {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .map_err(|e| MigrateError::io("cannot start criu lazy-pages from", self.shared.cfg.criu.path(), e))?;
+            .map_err(|e| {
+                MigrateError::io(
+                    "cannot start criu lazy-pages from",
+                    self.shared.cfg.criu.path(),
+                    e,
+                )
+            })?;
         self.lazy_daemon = Some(child);
         // The daemon creates its socket in the work dir; restore connects to it.
         let sock = rd.path().join("lazy-pages.socket");
@@ -615,7 +686,10 @@ impl Migration {
             if t0.elapsed() > Duration::from_secs(30) {
                 return Err(MigrateError::Remote {
                     peer: "destination".into(),
-                    message: format!("criu lazy-pages did not start (see {})", rd.path().join(log).display()),
+                    message: format!(
+                        "criu lazy-pages did not start (see {})",
+                        rd.path().join(log).display()
+                    ),
                 });
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -646,7 +720,10 @@ impl Migration {
     async fn cleanup(&mut self) {
         for (_, ps) in self.page_servers.drain() {
             if ps.pid > 0 {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(ps.pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(ps.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             ps.op.finish().await;
         }

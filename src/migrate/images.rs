@@ -53,7 +53,11 @@ pub fn new_migration_id(pid: i32) -> String {
 
 /// Checks a migration id a peer sent: used as a directory name.
 pub fn valid_migration_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -74,7 +78,8 @@ impl MigrationDir {
     /// Creates `<img_path>/<id>/` (and `img_path` when missing).
     pub fn create(img_path: &Path, id: &str) -> Result<MigrationDir, MigrateError> {
         let root = img_path.join(id);
-        std::fs::create_dir_all(&root).map_err(|e| MigrateError::io("cannot create image directory", &root, e))?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| MigrateError::io("cannot create image directory", &root, e))?;
         Ok(MigrationDir { root })
     }
 
@@ -91,8 +96,10 @@ impl MigrationDir {
     /// Creates and opens the subdirectory `name` (e.g. `cpuinfo`).
     pub fn sub(&self, name: &str) -> Result<RoundDir, MigrateError> {
         let path = self.root.join(name);
-        std::fs::create_dir_all(&path).map_err(|e| MigrateError::io("cannot create round directory", &path, e))?;
-        let fd = File::open(&path).map_err(|e| MigrateError::io("cannot open round directory", &path, e))?;
+        std::fs::create_dir_all(&path)
+            .map_err(|e| MigrateError::io("cannot create round directory", &path, e))?;
+        let fd = File::open(&path)
+            .map_err(|e| MigrateError::io("cannot open round directory", &path, e))?;
         Ok(RoundDir { path, fd })
     }
 }

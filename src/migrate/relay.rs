@@ -94,7 +94,11 @@ pub async fn abort_lazy_server(port: u16) -> std::io::Result<()> {
     s.flush().await?;
     // wait for CRIU to close its side
     let mut buf = [0u8; 16];
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tokio::io::AsyncReadExt::read(&mut s, &mut buf)).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut s, &mut buf),
+    )
+    .await;
     Ok(())
 }
 

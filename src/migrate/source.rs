@@ -162,19 +162,31 @@ impl Run {
                     secs: REPLY_TIMEOUT.as_secs(),
                 })
             }
-            Ok(r) => r.map_err(|source| MigrateError::Channel { peer: peer.clone(), source })?,
+            Ok(r) => r.map_err(|source| MigrateError::Channel {
+                peer: peer.clone(),
+                source,
+            })?,
         };
         match msg.body {
-            Some(Body::Error(e)) => Err(MigrateError::Remote { peer, message: e.message }),
+            Some(Body::Error(e)) => Err(MigrateError::Remote {
+                peer,
+                message: e.message,
+            }),
             Some(b) => Ok(b),
-            None => Err(MigrateError::Protocol { peer, detail: "empty message".into() }),
+            None => Err(MigrateError::Protocol {
+                peer,
+                detail: "empty message".into(),
+            }),
         }
     }
 
     fn unexpected(&self, want: &str, got: &Body) -> MigrateError {
         MigrateError::Protocol {
             peer: self.peer(),
-            detail: format!("expected {want}, got {}", pb::Message::of(got.clone()).kind_name()),
+            detail: format!(
+                "expected {want}, got {}",
+                pb::Message::of(got.clone()).kind_name()
+            ),
         }
     }
 
@@ -183,12 +195,18 @@ impl Run {
         let fut = async {
             let s = TcpStream::connect(&peer)
                 .await
-                .map_err(|source| MigrateError::Connect { peer: peer.clone(), source })?;
+                .map_err(|source| MigrateError::Connect {
+                    peer: peer.clone(),
+                    source,
+                })?;
             let _ = s.set_nodelay(true);
             let mut c = Conn::new(s);
             auth::client(&mut c, &self.cfg.key, purpose)
                 .await
-                .map_err(|source| MigrateError::Auth { peer: peer.clone(), source })?;
+                .map_err(|source| MigrateError::Auth {
+                    peer: peer.clone(),
+                    source,
+                })?;
             Ok(c)
         };
         tokio::time::timeout(CONNECT_TIMEOUT, fut)
@@ -232,10 +250,14 @@ impl Run {
         let dir = MigrationDir::create(&self.cfg.img_path, &self.report.migration_id)?;
         self.report.source_img_dir = dir.root().display().to_string();
         let cpu = dir.sub("cpuinfo")?;
-        criu.cpuinfo_dump(options::base(cpu.fd(), "cpuinfo-dump.log"), Some(cpu.path().join("cpuinfo-dump.log")))
-            .await?;
+        criu.cpuinfo_dump(
+            options::base(cpu.fd(), "cpuinfo-dump.log"),
+            Some(cpu.path().join("cpuinfo-dump.log")),
+        )
+        .await?;
         let cpuinfo_path = cpu.path().join("cpuinfo.img");
-        let cpuinfo = std::fs::read(&cpuinfo_path).map_err(|e| MigrateError::io("cannot read", &cpuinfo_path, e))?;
+        let cpuinfo = std::fs::read(&cpuinfo_path)
+            .map_err(|e| MigrateError::io("cannot read", &cpuinfo_path, e))?;
         self.conn = Some(self.connect(Purpose::Control).await?);
         let memory_bytes = tree::resident_bytes(pid);
         self.send(Body::Begin(pb::Begin {
@@ -255,11 +277,17 @@ impl Run {
         self.report.destination_img_dir = ready.img_dir.clone();
         let dst_features = ready
             .features
-            .map(|f| Features { mem_track: f.mem_track, lazy_pages: f.lazy_pages })
+            .map(|f| Features {
+                mem_track: f.mem_track,
+                lazy_pages: f.lazy_pages,
+            })
             .unwrap_or_default();
         let (strategy, why) = self.cfg.strategy.resolve(features, dst_features);
         if let Some(missing) = strategy.missing(features, dst_features) {
-            return Err(MigrateError::StrategyUnavailable { strategy: strategy.name(), why: missing });
+            return Err(MigrateError::StrategyUnavailable {
+                strategy: strategy.name(),
+                why: missing,
+            });
         }
         self.report.strategy = strategy.name().into();
         self.report.strategy_reason = why;
@@ -280,7 +308,11 @@ impl Run {
         // ---- the final dump
         let lazy = matches!(strategy, Strategy::PostCopy | Strategy::Hybrid);
         self.final_dump(lazy, parent, memory_bytes).await?;
-        self.send(Body::Finish(pb::Finish { ok: true, reason: String::new() })).await?;
+        self.send(Body::Finish(pb::Finish {
+            ok: true,
+            reason: String::new(),
+        }))
+        .await?;
         match self.recv("the destination's goodbye").await? {
             Body::Finished(_) => {}
             other => return Err(self.unexpected("Finished", &other)),
@@ -312,7 +344,12 @@ impl Run {
             options::page_server_fd(&mut opts, fd.as_raw_fd());
             let op = self
                 .criu()
-                .start(CriuReqType::PreDump, opts, &[fd.as_raw_fd()], Some(rd.path().join("pre-dump.log")))
+                .start(
+                    CriuReqType::PreDump,
+                    opts,
+                    &[fd.as_raw_fd()],
+                    Some(rd.path().join("pre-dump.log")),
+                )
                 .await?;
             op.run_to_end().await?;
             drop(fd);
@@ -354,7 +391,8 @@ impl Run {
 
     /// Asks the destination for a page server for `round` and opens its memory channel.
     async fn start_round(&mut self, round: u32) -> Result<OwnedFd, MigrateError> {
-        self.send(Body::StartPageServer(pb::StartPageServer { round })).await?;
+        self.send(Body::StartPageServer(pb::StartPageServer { round }))
+            .await?;
         let mem = self.memory_channel(round, false).await?;
         match self.recv("the destination's page server").await? {
             Body::PageServerStarted(_) => {}
@@ -370,14 +408,20 @@ impl Run {
     }
 
     async fn end_round(&mut self, round: u32) -> Result<u64, MigrateError> {
-        self.send(Body::EndPageServer(pb::EndPageServer { round })).await?;
+        self.send(Body::EndPageServer(pb::EndPageServer { round }))
+            .await?;
         match self.recv("the destination's page server to finish").await? {
             Body::PageServerEnded(e) => Ok(e.bytes),
             other => Err(self.unexpected("PageServerEnded", &other)),
         }
     }
 
-    async fn final_dump(&mut self, lazy: bool, parent: Option<String>, memory_bytes: u64) -> Result<(), MigrateError> {
+    async fn final_dump(
+        &mut self,
+        lazy: bool,
+        parent: Option<String>,
+        memory_bytes: u64,
+    ) -> Result<(), MigrateError> {
         let rd = self.dir.as_ref().expect("dir").round(0)?;
         let mut opts = options::base(rd.fd(), "dump.log");
         opts.pid = Some(self.cfg.pid);
@@ -390,7 +434,8 @@ impl Run {
         let mut inherit = Vec::new();
         let mut lazy_port = 0;
         if lazy {
-            lazy_port = relay::free_local_port().map_err(|e| MigrateError::io("cannot find a free port on", "127.0.0.1", e))?;
+            lazy_port = relay::free_local_port()
+                .map_err(|e| MigrateError::io("cannot find a free port on", "127.0.0.1", e))?;
             opts.lazy_pages = Some(true);
             options::page_server_addr(&mut opts, "127.0.0.1", lazy_port);
         } else {
@@ -403,7 +448,10 @@ impl Run {
         let progress = self.progress_bar(memory_bytes, mem.as_ref().map(|m| m.as_raw_fd()));
         let t_freeze = Instant::now();
         self.stage = Stage::Frozen;
-        let mut op = self.criu().start(CriuReqType::Dump, opts, &inherit, Some(log)).await?;
+        let mut op = self
+            .criu()
+            .start(CriuReqType::Dump, opts, &inherit, Some(log))
+            .await?;
         // Wait for post-dump: everything dumped, tasks frozen.
         loop {
             match op.next().await {
@@ -459,7 +507,12 @@ impl Run {
     }
 
     /// The part of the final dump that happens while the tasks are frozen.
-    async fn while_frozen(&mut self, rd: &RoundDir, lazy: bool, paged: bool) -> Result<Held, MigrateError> {
+    async fn while_frozen(
+        &mut self,
+        rd: &RoundDir,
+        lazy: bool,
+        paged: bool,
+    ) -> Result<Held, MigrateError> {
         if paged {
             let bytes = self.end_round(0).await?;
             self.report.memory_bytes_sent += bytes;
@@ -502,7 +555,13 @@ impl Run {
     /// destination restores with lazy pages and the process runs there at once. Until the
     /// destination says it runs, a failure makes CRIU's page server fail, and CRIU resumes the
     /// source tasks.
-    async fn post_copy(&mut self, mut op: Operation, port: u16, t_freeze: Instant, dir: &Path) -> Result<(), MigrateError> {
+    async fn post_copy(
+        &mut self,
+        mut op: Operation,
+        port: u16,
+        t_freeze: Instant,
+        dir: &Path,
+    ) -> Result<(), MigrateError> {
         op.ack(true).await?;
         let (decide, decision) = tokio::sync::watch::channel(None);
         let started = async {
@@ -556,7 +615,10 @@ impl Run {
         self.send(Body::LazyDone(pb::LazyDone {})).await?;
         match self.recv("the destination's lazy-pages daemon").await? {
             Body::LazyFinished(f) if f.ok => Ok(()),
-            Body::LazyFinished(f) => Err(MigrateError::Remote { peer: self.peer(), message: f.detail }),
+            Body::LazyFinished(f) => Err(MigrateError::Remote {
+                peer: self.peer(),
+                message: f.detail,
+            }),
             other => Err(self.unexpected("LazyFinished", &other)),
         }
     }
@@ -568,7 +630,10 @@ impl Run {
     ) -> Result<tokio::task::JoinHandle<std::io::Result<u64>>, MigrateError> {
         let local = TcpStream::connect(("127.0.0.1", port))
             .await
-            .map_err(|source| MigrateError::Connect { peer: format!("CRIU's lazy-pages server on 127.0.0.1:{port}"), source })?;
+            .map_err(|source| MigrateError::Connect {
+                peer: format!("CRIU's lazy-pages server on 127.0.0.1:{port}"),
+                source,
+            })?;
         let _ = local.set_nodelay(true);
         let remote = self.memory_channel(0, true).await?;
         Ok(tokio::spawn(relay::source_relay(local, remote, decision)))
@@ -588,7 +653,10 @@ impl Run {
             };
             self.report.restore_secs = f64::from(s.restore_time_us) / 1e6;
         }
-        info!("process runs on the destination as pid {} after {:.3}s frozen", r.pid, self.report.downtime_secs);
+        info!(
+            "process runs on the destination as pid {} after {:.3}s frozen",
+            r.pid, self.report.downtime_secs
+        );
     }
 
     fn record_dump(&mut self, dir: &Path) {
@@ -597,11 +665,12 @@ impl Run {
                 self.report.dump = st;
                 self.report.pages_sent += st.pages_written + st.pages_lazy;
                 // CRIU's frozen time of a lazy dump is unreliable: use haul's own clock then.
-                self.report.frozen_secs += if st.pages_lazy > 0 || self.report.postcopy_window_secs.is_some() {
-                    self.report.downtime_secs
-                } else {
-                    f64::from(st.frozen_time_us) / 1e6
-                };
+                self.report.frozen_secs +=
+                    if st.pages_lazy > 0 || self.report.postcopy_window_secs.is_some() {
+                        self.report.downtime_secs
+                    } else {
+                        f64::from(st.frozen_time_us) / 1e6
+                    };
             }
             Err(e) => {
                 warn!("{e}");
@@ -617,8 +686,10 @@ impl Run {
         }
         let pb = ProgressBar::with_draw_target(Some(total.max(1)), ProgressDrawTarget::stderr());
         pb.set_style(
-            ProgressStyle::with_template("{spinner} dumping memory {bytes}/{total_bytes} {bytes_per_sec} {wide_bar}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} dumping memory {bytes}/{total_bytes} {bytes_per_sec} {wide_bar}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let p = pb.clone();
         let borrowed = BorrowedRaw(fd);

@@ -94,22 +94,48 @@ impl FromStr for Strategy {
             "post-copy" => Strategy::PostCopy,
             "hybrid" => Strategy::Hybrid,
             "auto" => Strategy::Auto,
-            other => {
-                return Err(format!(
-                    "unknown strategy {other:?}: one of stop-copy, pre-copy, post-copy, hybrid, auto"
-                ))
-            }
+            other => return Err(format!(
+                "unknown strategy {other:?}: one of stop-copy, pre-copy, post-copy, hybrid, auto"
+            )),
         })
     }
+}
+
+/// Pre-copy convergence: stop after a round when the dirty set is small (<= 64 pages), when it
+/// grew by more than 10 % over the previous round (it no longer shrinks), or after 8 rounds
+/// (P.Haul's policy; the downtime-target form comes with `--max-downtime`).
+pub fn converged(pages_written: &[u64]) -> bool {
+    let Some(&last) = pages_written.last() else {
+        return false;
+    };
+    if last <= 64 || pages_written.len() >= 8 {
+        return true;
+    }
+    if pages_written.len() >= 2 {
+        let prev = pages_written[pages_written.len() - 2];
+        if last * 10 > prev * 11 {
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const NONE: Features = Features { mem_track: false, lazy_pages: false };
-    const LAZY: Features = Features { mem_track: false, lazy_pages: true };
-    const ALL: Features = Features { mem_track: true, lazy_pages: true };
+    const NONE: Features = Features {
+        mem_track: false,
+        lazy_pages: false,
+    };
+    const LAZY: Features = Features {
+        mem_track: false,
+        lazy_pages: true,
+    };
+    const ALL: Features = Features {
+        mem_track: true,
+        lazy_pages: true,
+    };
 
     #[rstest::rstest]
     #[case(LAZY, LAZY, Strategy::PostCopy)]
@@ -131,26 +157,36 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for s in [Strategy::StopCopy, Strategy::PreCopy, Strategy::PostCopy, Strategy::Hybrid, Strategy::Auto] {
+        for s in [
+            Strategy::StopCopy,
+            Strategy::PreCopy,
+            Strategy::PostCopy,
+            Strategy::Hybrid,
+            Strategy::Auto,
+        ] {
             assert_eq!(s.name().parse::<Strategy>().unwrap(), s);
         }
         assert!("fast".parse::<Strategy>().is_err());
     }
-}
 
-/// Pre-copy convergence: stop after a round when the dirty set is small (<= 64 pages), when it
-/// grew by more than 10 % over the previous round (it no longer shrinks), or after 8 rounds
-/// (P.Haul's policy; the downtime-target form comes with `--max-downtime`).
-pub fn converged(pages_written: &[u64]) -> bool {
-    let Some(&last) = pages_written.last() else { return false };
-    if last <= 64 || pages_written.len() >= 8 {
-        return true;
+    #[test]
+    fn convergence_policy() {
+        assert!(!converged(&[]));
+        assert!(converged(&[10]), "a small dirty set stops at once");
+        assert!(!converged(&[30000, 20000]), "still shrinking");
+        assert!(converged(&[30000, 20000, 23000]), "grew by more than 10 %");
+        assert!(converged(&[1000; 8]), "8 rounds at most");
     }
-    if pages_written.len() >= 2 {
-        let prev = pages_written[pages_written.len() - 2];
-        if last * 10 > prev * 11 {
-            return true;
+
+    proptest::proptest! {
+        #[test]
+        fn a_never_converging_workload_stops_within_8_rounds(start in 65u64..1_000_000) {
+            let mut h = vec![start];
+            while !converged(&h) {
+                let next = h[h.len() - 1] * 99 / 100 + 65; // shrinks by 1 %, never below 64
+                h.push(next);
+                proptest::prop_assert!(h.len() <= 8);
+            }
         }
     }
-    false
 }

@@ -32,10 +32,13 @@ pub async fn send_images<S: AsyncRead + AsyncWrite + Unpin>(
     round: u32,
 ) -> Result<u64, MigrateError> {
     let mut names: Vec<String> = Vec::new();
-    let rd = std::fs::read_dir(dir).map_err(|e| MigrateError::io("cannot list images in", dir, e))?;
+    let rd =
+        std::fs::read_dir(dir).map_err(|e| MigrateError::io("cannot list images in", dir, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| MigrateError::io("cannot list images in", dir, e))?;
-        let ft = entry.file_type().map_err(|e| MigrateError::io("cannot stat", entry.path(), e))?;
+        let ft = entry
+            .file_type()
+            .map_err(|e| MigrateError::io("cannot stat", entry.path(), e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if ft.is_file() && is_image(&name) {
             names.push(name);
@@ -46,10 +49,12 @@ pub async fn send_images<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; CHUNK];
     for name in names {
         let path = dir.join(&name);
-        let mut f = File::open(&path).map_err(|e| MigrateError::io("cannot open image", &path, e))?;
+        let mut f =
+            File::open(&path).map_err(|e| MigrateError::io("cannot open image", &path, e))?;
         let mut offset = 0u64;
         loop {
-            let n = read_full(&mut f, &mut buf).map_err(|e| MigrateError::io("cannot read image", &path, e))?;
+            let n = read_full(&mut f, &mut buf)
+                .map_err(|e| MigrateError::io("cannot read image", &path, e))?;
             let last = n < CHUNK;
             let msg = pb::Message::of(Body::ImageChunk(pb::ImageChunk {
                 round,
@@ -58,10 +63,12 @@ pub async fn send_images<S: AsyncRead + AsyncWrite + Unpin>(
                 data: buf[..n].to_vec(),
                 last,
             }));
-            conn.send(&msg).await.map_err(|source| MigrateError::Channel {
-                peer: peer.to_string(),
-                source,
-            })?;
+            conn.send(&msg)
+                .await
+                .map_err(|source| MigrateError::Channel {
+                    peer: peer.to_string(),
+                    source,
+                })?;
             offset += n as u64;
             if last {
                 break;
@@ -100,7 +107,9 @@ pub enum ChunkError {
         want: u64,
     },
     /// Over the byte budget.
-    #[error("images exceed the {limit}-byte budget for this migration (free space on the destination)")]
+    #[error(
+        "images exceed the {limit}-byte budget for this migration (free space on the destination)"
+    )]
     Budget {
         /// The budget.
         limit: u64,
@@ -146,7 +155,11 @@ impl ImageReceiver {
     pub fn accept(&mut self, c: &pb::ImageChunk) -> Result<(), ChunkError> {
         let name = names::validate(&c.name)?.to_string();
         if self.done.contains(&name) {
-            return Err(ChunkError::Order { name, got: c.offset, want: 0 });
+            return Err(ChunkError::Order {
+                name,
+                got: c.offset,
+                want: 0,
+            });
         }
         self.total = self.total.saturating_add(c.data.len() as u64);
         if self.total > self.limit {
@@ -155,7 +168,11 @@ impl ImageReceiver {
         let path = self.dir.join(&name);
         if !self.open.contains_key(&name) {
             if c.offset != 0 {
-                return Err(ChunkError::Order { name, got: c.offset, want: 0 });
+                return Err(ChunkError::Order {
+                    name,
+                    got: c.offset,
+                    want: 0,
+                });
             }
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -163,14 +180,24 @@ impl ImageReceiver {
                 .custom_flags(libc::O_NOFOLLOW)
                 .mode(0o600)
                 .open(&path)
-                .map_err(|source| ChunkError::Io { path: path.clone(), source })?;
+                .map_err(|source| ChunkError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
             self.open.insert(name.clone(), (f, 0));
         }
         let (f, len) = self.open.get_mut(&name).expect("just inserted");
         if c.offset != *len {
-            return Err(ChunkError::Order { name, got: c.offset, want: *len });
+            return Err(ChunkError::Order {
+                name,
+                got: c.offset,
+                want: *len,
+            });
         }
-        f.write_all(&c.data).map_err(|source| ChunkError::Io { path: path.clone(), source })?;
+        f.write_all(&c.data).map_err(|source| ChunkError::Io {
+            path: path.clone(),
+            source,
+        })?;
         *len += c.data.len() as u64;
         if c.last {
             self.open.remove(&name);
@@ -190,7 +217,13 @@ mod tests {
     use super::*;
 
     fn chunk(name: &str, offset: u64, data: &[u8], last: bool) -> pb::ImageChunk {
-        pb::ImageChunk { round: 0, name: name.into(), offset, data: data.to_vec(), last }
+        pb::ImageChunk {
+            round: 0,
+            name: name.into(),
+            offset,
+            data: data.to_vec(),
+            last,
+        }
     }
 
     #[test]
@@ -199,9 +232,15 @@ mod tests {
         let mut r = ImageReceiver::new(d.path(), 1 << 20);
         r.accept(&chunk("core-1.img", 0, b"abc", false)).unwrap();
         r.accept(&chunk("core-1.img", 3, b"def", true)).unwrap();
-        assert_eq!(std::fs::read(d.path().join("core-1.img")).unwrap(), b"abcdef");
+        assert_eq!(
+            std::fs::read(d.path().join("core-1.img")).unwrap(),
+            b"abcdef"
+        );
         assert!(r.complete());
-        assert!(r.accept(&chunk("core-1.img", 0, b"x", true)).is_err(), "no second copy");
+        assert!(
+            r.accept(&chunk("core-1.img", 0, b"x", true)).is_err(),
+            "no second copy"
+        );
         assert!(r.accept(&chunk("../evil", 0, b"x", true)).is_err());
         assert!(r.accept(&chunk("/etc/passwd", 0, b"x", true)).is_err());
         assert!(r.accept(&chunk("gap.img", 5, b"x", true)).is_err());
@@ -211,11 +250,15 @@ mod tests {
     fn refuses_symlinks_and_budget_overruns() {
         let d = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path().join("target"), d.path().join("link.img")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("target"), d.path().join("link.img"))
+            .unwrap();
         let mut r = ImageReceiver::new(d.path(), 4);
         assert!(r.accept(&chunk("link.img", 0, b"x", true)).is_err());
         assert!(!outside.path().join("target").exists());
-        assert!(matches!(r.accept(&chunk("big.img", 0, b"12345", true)), Err(ChunkError::Budget { .. })));
+        assert!(matches!(
+            r.accept(&chunk("big.img", 0, b"12345", true)),
+            Err(ChunkError::Budget { .. })
+        ));
     }
 
     #[tokio::test]
@@ -234,7 +277,9 @@ mod tests {
             let mut files = 0;
             while files < 2 {
                 let m = rx.recv().await.unwrap();
-                let Some(Body::ImageChunk(c)) = m.body else { panic!("not a chunk") };
+                let Some(Body::ImageChunk(c)) = m.body else {
+                    panic!("not a chunk")
+                };
                 r.accept(&c).unwrap();
                 if c.last {
                     files += 1;

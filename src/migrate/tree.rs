@@ -25,7 +25,10 @@ pub fn descendants(pid: i32) -> Vec<i32> {
             for t in tasks.flatten() {
                 let path: PathBuf = t.path().join("children");
                 if let Ok(text) = std::fs::read_to_string(path) {
-                    out.extend(text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+                    out.extend(
+                        text.split_whitespace()
+                            .filter_map(|c| c.parse::<i32>().ok()),
+                    );
                 }
             }
         }
@@ -39,7 +42,11 @@ pub fn resident_bytes(pid: i32) -> u64 {
     descendants(pid)
         .into_iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/statm")).ok())
-        .filter_map(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .sum::<u64>()
         * 4096
 }

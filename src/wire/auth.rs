@@ -53,7 +53,9 @@ pub enum KeyError {
         path: PathBuf,
     },
     /// Readable by others.
-    #[error("key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`")]
+    #[error(
+        "key file {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
     Permissions {
         /// The key file.
         path: PathBuf,
@@ -219,8 +221,10 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         });
     }
     let proof = key.derive(b"haul client proof", &[&hello_bytes, &challenge_bytes]);
-    conn.send(&pb::Message::of(Body::Proof(pb::Proof { mac: proof.to_vec() })))
-        .await?;
+    conn.send(&pb::Message::of(Body::Proof(pb::Proof {
+        mac: proof.to_vec(),
+    })))
+    .await?;
     let msg = conn.recv().await?;
     match msg.body {
         Some(Body::Welcome(w)) => {
@@ -253,7 +257,10 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         _ => {
             let got = msg.kind_name();
             let _ = conn
-                .send(&pb::Message::error(pb::ErrorKind::Protocol, format!("expected Hello, got {got}")))
+                .send(&pb::Message::error(
+                    pb::ErrorKind::Protocol,
+                    format!("expected Hello, got {got}"),
+                ))
                 .await;
             return Err(AuthError::Unexpected {
                 expected: "Hello",
@@ -265,7 +272,10 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         let _ = conn
             .send(&pb::Message::error(
                 pb::ErrorKind::Version,
-                format!("protocol version {} is too old (need >= {MIN_PROTOCOL_VERSION})", hello.version),
+                format!(
+                    "protocol version {} is too old (need >= {MIN_PROTOCOL_VERSION})",
+                    hello.version
+                ),
             ))
             .await;
         return Err(AuthError::Version {
@@ -313,8 +323,10 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(AuthError::WrongKey);
     }
     let welcome = key.derive(b"haul server proof", &[&hello_bytes, &challenge_bytes]);
-    conn.send(&pb::Message::of(Body::Welcome(pb::Welcome { mac: welcome.to_vec() })))
-        .await?;
+    conn.send(&pb::Message::of(Body::Welcome(pb::Welcome {
+        mac: welcome.to_vec(),
+    })))
+    .await?;
     let (c2s, s2c) = session_keys(key, &hello_bytes, &challenge_bytes);
     conn.enable_tags(s2c, c2s);
     Ok(purpose)
@@ -327,10 +339,7 @@ mod tests {
     async fn pair(ck: Key, sk: Key) -> (Result<(), AuthError>, Result<Purpose, AuthError>) {
         let (a, b) = tokio::io::duplex(1 << 16);
         let (mut c, mut s) = (Conn::new(a), Conn::new(b));
-        tokio::join!(
-            client(&mut c, &ck, Purpose::Control),
-            server(&mut s, &sk)
-        )
+        tokio::join!(client(&mut c, &ck, Purpose::Control), server(&mut s, &sk))
     }
 
     #[tokio::test]
@@ -379,7 +388,9 @@ mod tests {
             let _challenge = attacker.recv().await.unwrap();
             let stale = k.derive(b"haul client proof", &[b"old hello", b"old challenge"]);
             attacker
-                .send(&pb::Message::of(Body::Proof(pb::Proof { mac: stale.to_vec() })))
+                .send(&pb::Message::of(Body::Proof(pb::Proof {
+                    mac: stale.to_vec(),
+                })))
                 .await
                 .unwrap();
         };

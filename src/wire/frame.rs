@@ -141,8 +141,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Turns on per-frame tags with one session key per direction.
     pub fn enable_tags(&mut self, send_key: [u8; 32], recv_key: [u8; 32]) {
-        self.send_tags = Some(TagState { key: send_key, seq: 0 });
-        self.recv_tags = Some(TagState { key: recv_key, seq: 0 });
+        self.send_tags = Some(TagState {
+            key: send_key,
+            seq: 0,
+        });
+        self.recv_tags = Some(TagState {
+            key: recv_key,
+            seq: 0,
+        });
     }
 
     /// Sends one message; returns its encoded payload (the handshake hashes it).
@@ -152,7 +158,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if len > MAX_PAYLOAD {
             return Err(FrameError::TooLarge(len));
         }
-        let flags = if self.send_tags.is_some() { FLAG_TAGGED } else { 0 };
+        let flags = if self.send_tags.is_some() {
+            FLAG_TAGGED
+        } else {
+            0
+        };
         let header = Header { flags, len }.encode();
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TAG_LEN);
         out.extend_from_slice(&header);
@@ -171,24 +181,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         let mut header = [0u8; HEADER_LEN];
         match self.io.read_exact(&mut header).await {
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(FrameError::Closed)
+            }
             Err(e) => return Err(e.into()),
         }
         let h = Header::decode(&header)?;
         let tagged = h.flags & FLAG_TAGGED != 0;
         match (&self.recv_tags, tagged) {
-            (Some(_), false) => return Err(FrameError::BadTag("untagged frame after the handshake")),
+            (Some(_), false) => {
+                return Err(FrameError::BadTag("untagged frame after the handshake"))
+            }
             (None, true) => return Err(FrameError::BadTag("tagged frame before the handshake")),
             _ => {}
         }
         let mut payload = vec![0u8; h.len as usize];
-        self.io.read_exact(&mut payload).await.map_err(eof_is_closed)?;
+        self.io
+            .read_exact(&mut payload)
+            .await
+            .map_err(eof_is_closed)?;
         if let Some(t) = &mut self.recv_tags {
             let mut tag = [0u8; TAG_LEN];
             self.io.read_exact(&mut tag).await.map_err(eof_is_closed)?;
-            t.tag(&header, &payload)
-                .verify_slice(&tag)
-                .map_err(|_| FrameError::BadTag("tag mismatch (tampered, replayed or reordered frame)"))?;
+            t.tag(&header, &payload).verify_slice(&tag).map_err(|_| {
+                FrameError::BadTag("tag mismatch (tampered, replayed or reordered frame)")
+            })?;
             t.seq += 1;
         }
         let msg = pb::Message::decode(payload.as_slice())?;
@@ -239,13 +256,23 @@ mod tests {
 
     #[test]
     fn zero_header_is_invalid() {
-        assert!(matches!(Header::decode(&[0; 8]), Err(FrameError::BadMagic(_))));
+        assert!(matches!(
+            Header::decode(&[0; 8]),
+            Err(FrameError::BadMagic(_))
+        ));
     }
 
     #[test]
     fn huge_length_is_refused_before_allocation() {
-        let h = Header { flags: 0, len: u32::MAX }.encode();
-        assert!(matches!(Header::decode(&h), Err(FrameError::TooLarge(u32::MAX))));
+        let h = Header {
+            flags: 0,
+            len: u32::MAX,
+        }
+        .encode();
+        assert!(matches!(
+            Header::decode(&h),
+            Err(FrameError::TooLarge(u32::MAX))
+        ));
     }
 
     #[tokio::test]
@@ -256,11 +283,15 @@ mod tests {
         tx.send(&chunk(vec![9; 10], "x".into())).await.unwrap();
         let mut raw = b;
         let mut buf = vec![0u8; 1024];
-        let n = tokio::io::AsyncReadExt::read(&mut raw, &mut buf).await.unwrap();
+        let n = tokio::io::AsyncReadExt::read(&mut raw, &mut buf)
+            .await
+            .unwrap();
         buf.truncate(n);
         buf[HEADER_LEN + 2] ^= 1; // flip a payload bit
         let (c, mut d) = tokio::io::duplex(1 << 16);
-        tokio::io::AsyncWriteExt::write_all(&mut d, &buf).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut d, &buf)
+            .await
+            .unwrap();
         let mut rx = Conn::new(c);
         rx.enable_tags([2; 32], [1; 32]);
         assert!(matches!(rx.recv().await, Err(FrameError::BadTag(_))));
@@ -275,12 +306,16 @@ mod tests {
         tx.send(&msg).await.unwrap();
         let mut raw = b;
         let mut buf = vec![0u8; 1024];
-        let n = tokio::io::AsyncReadExt::read(&mut raw, &mut buf).await.unwrap();
+        let n = tokio::io::AsyncReadExt::read(&mut raw, &mut buf)
+            .await
+            .unwrap();
         buf.truncate(n);
         let mut twice = buf.clone();
         twice.extend_from_slice(&buf);
         let (c, mut d) = tokio::io::duplex(1 << 16);
-        tokio::io::AsyncWriteExt::write_all(&mut d, &twice).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut d, &twice)
+            .await
+            .unwrap();
         let mut rx = Conn::new(c);
         rx.enable_tags([2; 32], [1; 32]);
         assert_eq!(rx.recv().await.unwrap(), msg);

@@ -26,7 +26,12 @@ pub fn validate(name: &str) -> Result<&str, NameError> {
     if name.len() > MAX_NAME {
         return Err(NameError::TooLong(name.len()));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == '\\' || c.is_control())
+    {
         return Err(NameError::NotPlain(name.to_string()));
     }
     Ok(name)

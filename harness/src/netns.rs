@@ -1,0 +1,214 @@
+//! Two nodes on one machine: network namespaces `<prefix>-a` and `<prefix>-b` joined by a veth
+//! pair (`10.<x>.<y>.1` and `.2`, a /24 that only these namespaces use). Both see the same file
+//! system, which stands in for the shared NFS mount of the HOWTO. Everything is removed on drop,
+//! also when a test fails: the namespaces, and every process still inside them (all of which
+//! the test started).
+
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Why the nodes could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// An `ip` command failed.
+    #[error("`ip {args}` failed: {stderr} (network namespaces need root and iproute2)")]
+    Ip {
+        /// Its arguments.
+        args: String,
+        /// What it said.
+        stderr: String,
+    },
+}
+
+/// One node of a pair.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The namespace's name (`/run/netns/NAME`).
+    pub netns: String,
+    /// Its address on the veth link.
+    pub addr: String,
+}
+
+impl Node {
+    /// A command run inside this node (`nsenter --net=/run/netns/NAME PROGRAM`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(program);
+        c
+    }
+
+    /// Pids of the live processes inside this node whose command name is `comm`.
+    pub fn pids_named(&self, comm: &str) -> Vec<i32> {
+        procs_in_netns(&self.netns)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .map(|c| c.trim() == comm)
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+}
+
+/// Two nodes joined by a veth pair.
+#[derive(Debug)]
+pub struct NodePair {
+    /// The source node.
+    pub a: Node,
+    /// The destination node.
+    pub b: Node,
+}
+
+fn ip(args: &[&str]) -> Result<(), NodeError> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| NodeError::Ip {
+            args: args.join(" "),
+            stderr: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(NodeError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+impl NodePair {
+    /// Makes `haul-<tag>-<pid>-a/b`; the subnet comes from the pid so parallel tests differ.
+    pub fn new(tag: &str) -> Result<NodePair, NodeError> {
+        let me = std::process::id();
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("haul-{tag}-{me}-{seq}");
+        let (x, y) = (100 + (me % 100) as u8, (seq % 250) as u8 + 1);
+        let pair = NodePair {
+            a: Node {
+                netns: format!("{prefix}-a"),
+                addr: format!("10.{x}.{y}.1"),
+            },
+            b: Node {
+                netns: format!("{prefix}-b"),
+                addr: format!("10.{x}.{y}.2"),
+            },
+        };
+        // From here on, Drop cleans up whatever was made.
+        ip(&["netns", "add", &pair.a.netns])?;
+        ip(&["netns", "add", &pair.b.netns])?;
+        let (va, vb) = (
+            format!("hv{seq}a{}", me % 100000),
+            format!("hv{seq}b{}", me % 100000),
+        );
+        ip(&[
+            "link",
+            "add",
+            &va,
+            "netns",
+            &pair.a.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vb,
+            "netns",
+            &pair.b.netns,
+        ])?;
+        for (n, dev) in [(&pair.a, &va), (&pair.b, &vb)] {
+            ip(&[
+                "-n",
+                &n.netns,
+                "addr",
+                "add",
+                &format!("{}/24", n.addr),
+                "dev",
+                dev,
+            ])?;
+            ip(&["-n", &n.netns, "link", "set", "lo", "up"])?;
+            ip(&["-n", &n.netns, "link", "set", dev, "up"])?;
+        }
+        Ok(pair)
+    }
+}
+
+/// Live (non-zombie) processes whose network namespace is `/run/netns/NAME`.
+pub fn procs_in_netns(name: &str) -> Vec<i32> {
+    let Ok(ns) = std::fs::metadata(format!("/run/netns/{name}")) else {
+        return vec![];
+    };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|p| {
+            std::fs::metadata(format!("/proc/{p}/ns/net"))
+                .map(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
+                .unwrap_or(false)
+        })
+        .filter(|p| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let state = st
+                .rfind(')')
+                .and_then(|i| st[i + 1..].trim_start().chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        })
+        .collect()
+}
+
+impl Drop for NodePair {
+    fn drop(&mut self) {
+        for n in [&self.a, &self.b] {
+            for _ in 0..20 {
+                let pids = procs_in_netns(&n.netns);
+                if pids.is_empty() {
+                    break;
+                }
+                for p in pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = ip(&["netns", "del", &n.netns]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_reach_each_other_and_vanish_on_drop() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let (a, b);
+        {
+            let pair = NodePair::new("t").expect("node pair");
+            a = pair.a.netns.clone();
+            b = pair.b.netns.clone();
+            let out = pair
+                .a
+                .command("ping")
+                .args(["-c", "1", "-W", "5", &pair.b.addr])
+                .output()
+                .expect("ping");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        assert!(!std::path::Path::new(&format!("/run/netns/{a}")).exists());
+        assert!(!std::path::Path::new(&format!("/run/netns/{b}")).exists());
+    }
+}

@@ -1,0 +1,37 @@
+//! Default file names the workloads use in their working directory.
+//!
+//! Every workload runs with its working directory on the directory both nodes share, writes
+//! its log there and polls for its stop file there, so a harness on either node finds both by
+//! these names (each program also takes `--log` / `--stop-file` to change them).
+
+/// Stop file of `mtouch`: the name P.Haul's `mem-touch` polls for.
+pub const MTOUCH_STOP: &str = "mem-touch-stop";
+/// Log of `mtouch` in P.Haul's HOWTO (mtouch takes the log path as its first argument).
+pub const MTOUCH_LOG: &str = "mem-touch.log";
+
+/// Log of `mt-threads`.
+pub const MT_THREADS_LOG: &str = "mt-threads.log";
+/// Stop file of `mt-threads`.
+pub const MT_THREADS_STOP: &str = "mt-threads-stop";
+
+/// Log of `ptree`.
+pub const PTREE_LOG: &str = "ptree.log";
+/// Stop file of `ptree`.
+pub const PTREE_STOP: &str = "ptree-stop";
+
+/// Log of `tcp-echo`.
+pub const TCP_ECHO_LOG: &str = "tcp-echo.log";
+/// Stop file of `tcp-echo`.
+pub const TCP_ECHO_STOP: &str = "tcp-echo-stop";
+
+/// Log of `tcp-client`.
+pub const TCP_CLIENT_LOG: &str = "tcp-client.log";
+/// Stop file of `tcp-client`.
+pub const TCP_CLIENT_STOP: &str = "tcp-client-stop";
+
+/// Log of `rec-writer`.
+pub const REC_WRITER_LOG: &str = "rec-writer.log";
+/// Stop file of `rec-writer`.
+pub const REC_WRITER_STOP: &str = "rec-writer-stop";
+/// Record file `rec-writer` appends to.
+pub const REC_WRITER_DATA: &str = "records.dat";

@@ -1,0 +1,36 @@
+//! Workloads that haul migrates, and the pieces a harness needs to drive and judge them.
+//!
+//! A workload that only runs proves nothing: each program in `src/bin/` checks itself once it
+//! is told to stop (a stop file appears in its working directory, which lives on the directory
+//! both nodes share), writes its verdict to a log next to it, and exits 0 only when nothing
+//! was lost. This library holds what the programs share and what a test on another node calls
+//! to check a migrated workload:
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`launch`] | start a program as pid 1 of a new pid namespace, in its own session, with no inherited fds (what CRIU can dump) |
+//! | [`start_code`] | the one-byte start report (`O`, `L`, `M`, ...) a workload sends its launcher |
+//! | [`worklog`] | the line-oriented log every workload writes (one `write(2)` per line) and its analysis |
+//! | [`mtouch_log`] | the memory toucher's verdict: touches, `Mismatch` lines, largest pause between touches |
+//! | [`mtouch_spec`] | `SIZE:PRE:PAUSE`, touch patterns and dirty rates of the memory toucher |
+//! | [`records`] | the checksummed record file that `rec-writer` appends to, and its verifier |
+//! | [`tcp_proto`] | the request/reply frames between `tcp-client` and `tcp-echo` |
+//! | [`stop`] | stop files: how a harness tells a workload to check itself and exit |
+//! | [`files`] | default file names the workloads use in their working directory |
+//! | [`procfs`] | reading and damaging a running workload through `/proc` (tests) |
+//!
+//! The programs: `haul-launch` (the launcher), `mtouch` (P.Haul's memory toucher, with dirty
+//! rates and patterns), `mt-threads` (threads with verifiable memory), `ptree` (a process tree
+//! with a zombie), `tcp-echo` and `tcp-client` (a connection that must survive migration) and
+//! `rec-writer` (appends checksummed records to a shared file).
+
+pub mod files;
+pub mod launch;
+pub mod mtouch_log;
+pub mod mtouch_spec;
+pub mod procfs;
+pub mod records;
+pub mod start_code;
+pub mod stop;
+pub mod tcp_proto;
+pub mod worklog;

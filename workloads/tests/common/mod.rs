@@ -1,0 +1,223 @@
+//! Helpers shared by the integration tests: root check, launched-workload guards that kill
+//! what they started (also when a test fails), polling with generous deadlines, network
+//! namespaces that are removed with everything in them.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use haul_workloads::launch::{launch, LaunchSpec, Launched};
+
+/// Generous: the machine has 2 cores shared with other jobs.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// True when running as root; otherwise prints why the test is skipped.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!(
+            "skipping {test}: needs root (pid namespaces, /proc/PID/mem, network namespaces)"
+        );
+    }
+    root
+}
+
+/// Path of one of this crate's programs.
+pub fn bin(name: &str) -> PathBuf {
+    let p = match name {
+        "mtouch" => env!("CARGO_BIN_EXE_mtouch"),
+        "haul-launch" => env!("CARGO_BIN_EXE_haul-launch"),
+        "mt-threads" => env!("CARGO_BIN_EXE_mt-threads"),
+        "ptree" => env!("CARGO_BIN_EXE_ptree"),
+        "tcp-echo" => env!("CARGO_BIN_EXE_tcp-echo"),
+        "tcp-client" => env!("CARGO_BIN_EXE_tcp-client"),
+        "rec-writer" => env!("CARGO_BIN_EXE_rec-writer"),
+        other => panic!("no program {other}"),
+    };
+    PathBuf::from(p)
+}
+
+/// A fresh working directory (the "shared directory"), removed on drop.
+pub fn workdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("haul-workloads-test.")
+        .tempdir()
+        .expect("create a temp dir")
+}
+
+/// Poll `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A launched workload that is killed (whole pid namespace) and reaped on drop.
+pub struct Running {
+    pub launched: Launched,
+    pub dir: PathBuf,
+}
+
+impl Running {
+    /// Launch `program args` in `dir` (optionally in a netns); asserts it reports `O`.
+    pub fn start(program: &str, args: &[&str], dir: &Path, netns: Option<&str>) -> Running {
+        let mut spec = LaunchSpec::new(bin(program))
+            .args(args)
+            .cwd(dir)
+            .start_timeout(PATIENCE);
+        if let Some(ns) = netns {
+            spec = spec.netns(ns);
+        }
+        let launched = launch(&spec).unwrap_or_else(|e| panic!("launching {program}: {e}"));
+        let running = Running {
+            launched,
+            dir: dir.to_path_buf(),
+        };
+        assert_eq!(
+            running.launched.code, 'O',
+            "{program} reported start code {}",
+            running.launched.code
+        );
+        running
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.launched.host_pid
+    }
+
+    /// Wait for the workload to exit on its own; its exit status.
+    pub fn wait_exit(&mut self) -> haul_workloads::launch::WorkloadExit {
+        self.launched
+            .wait_timeout(PATIENCE)
+            .expect("waitpid")
+            .unwrap_or_else(|| panic!("workload {} did not exit within {PATIENCE:?}", self.pid()))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.launched.kill();
+    }
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) of a process this test started.
+    let r = unsafe { libc::kill(pid, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The state letter of `pid` (`T` when stopped).
+pub fn wait_state(pid: i32, state: char) {
+    wait_for(&format!("pid {pid} in state {state}"), PATIENCE, || {
+        haul_workloads::procfs::state(pid) == Some(state)
+    });
+}
+
+/// Count the `t ` lines of a log (how far a workload got).
+pub fn ticks(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|s| s.lines().filter(|l| l.starts_with("t ")).count())
+        .unwrap_or(0)
+}
+
+static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace with loopback up; on drop every process in it is killed and it is
+/// deleted.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = format!(
+            "haulwl-{}-{}",
+            std::process::id(),
+            NETNS_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Host pids of the live processes inside.
+    pub fn processes(&self) -> Vec<i32> {
+        let Ok(ns) = std::fs::metadata(self.path()) else {
+            return Vec::new();
+        };
+        use std::os::unix::fs::MetadataExt;
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let same = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .map(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
+                .unwrap_or(false);
+            if same && haul_workloads::procfs::is_alive(pid) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let pids = self.processes();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill(2); every process in this namespace was started by the test.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Run a command that must succeed.
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Print a log (for failure messages).
+pub fn show(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("<{e}>"));
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("t ")).collect();
+    format!("{} (without t lines):\n{}", log.display(), lines.join("\n"))
+}
