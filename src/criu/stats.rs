@@ -165,3 +165,41 @@ pub fn read_restore(dir: &Path) -> Result<RestoreStats, CriuError> {
             why: "no restore entry".into(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn dump_stats_round_trip(a in any::<u32>(), b in any::<u32>(), w in any::<u64>(), l in any::<u64>()) {
+            let e = pb::StatsEntry {
+                dump: Some(pb::DumpStatsEntry { freezing_time: a, frozen_time: b, pages_written: w, pages_lazy: l, ..Default::default() }),
+                restore: None,
+            };
+            let parsed = parse(&encode(&e)).unwrap();
+            prop_assert_eq!(DumpStats::from(parsed.dump.unwrap()), DumpStats::from(e.dump.unwrap()));
+        }
+
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = parse(&bytes);
+        }
+    }
+
+    #[test]
+    fn bad_magic_and_lengths_are_refused() {
+        assert!(matches!(
+            parse(&[0; 4]),
+            Err(StatsFormatError::Truncated(4))
+        ));
+        assert!(matches!(
+            parse(&[0; 12]),
+            Err(StatsFormatError::Magic(0, 0))
+        ));
+        let mut b = encode(&pb::StatsEntry::default());
+        b[8..12].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(parse(&b), Err(StatsFormatError::Length(1000, 0))));
+    }
+}

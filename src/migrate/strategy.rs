@@ -94,9 +94,11 @@ impl FromStr for Strategy {
             "post-copy" => Strategy::PostCopy,
             "hybrid" => Strategy::Hybrid,
             "auto" => Strategy::Auto,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown strategy {other:?}: one of stop-copy, pre-copy, post-copy, hybrid, auto"
-            )),
+            ))
+            }
         })
     }
 }
