@@ -31,9 +31,17 @@ pub struct MtouchVerdict {
     pub path: PathBuf,
     /// Pages touched in the loop (the sum of the `t` lines' counts).
     pub touches: u64,
-    /// `t` lines, and the largest interval between two consecutive ones: the longest pause
-    /// the workload saw (a migration's downtime).
-    pub gaps: GapTracker,
+    /// `t` lines.
+    pub touch_lines: u64,
+    /// Time of the first `t` line.
+    pub first_touch: Option<Timestamp>,
+    /// Time of the last `t` line.
+    pub last_touch: Option<Timestamp>,
+    /// The largest interval between two consecutive `t` lines: the longest pause the workload
+    /// saw (a migration's downtime, on the workload's own clock).
+    pub largest_gap: Duration,
+    /// When that pause began (the `t` line before it).
+    pub largest_gap_at: Option<Timestamp>,
     /// The page of the latest `t` line.
     pub last_pfn: Option<u64>,
     /// Pages mapped, from the `Mapping` line.
@@ -42,6 +50,8 @@ pub struct MtouchVerdict {
     pub pid: Option<i32>,
     /// Address of the touched mapping, from the `Created 0x... vma` line.
     pub mapping: Option<u64>,
+    /// `Mismatch` lines seen (at most 1000 are logged; see `reported_mismatches`).
+    pub mismatches: usize,
     /// The `Mismatch` lines.
     pub mismatch_lines: Vec<Mismatch>,
     /// The count from the `Checked ... mismatches` line (not capped at 1000 like the lines).
@@ -51,26 +61,9 @@ pub struct MtouchVerdict {
 }
 
 impl MtouchVerdict {
-    /// `Mismatch` lines seen.
-    pub fn mismatches(&self) -> usize {
-        self.mismatch_lines.len()
-    }
-
-    /// The longest pause between two touches.
-    pub fn largest_gap(&self) -> Duration {
-        self.gaps.largest
-    }
-
-    /// When the longest pause began.
-    pub fn largest_gap_at(&self) -> Option<Timestamp> {
-        self.gaps.largest_at
-    }
-
     /// Finished with no mismatch.
     pub fn passed(&self) -> bool {
-        self.finished
-            && self.mismatch_lines.is_empty()
-            && self.reported_mismatches.unwrap_or(0) == 0
+        self.finished && self.mismatches == 0 && self.reported_mismatches.unwrap_or(0) == 0
     }
 }
 
@@ -86,9 +79,9 @@ impl fmt::Display for MtouchVerdict {
                 "not finished"
             },
             self.touches,
-            self.gaps.ticks,
-            self.gaps.largest.as_secs_f64(),
-            self.mismatch_lines.len()
+            self.touch_lines,
+            self.largest_gap.as_secs_f64(),
+            self.mismatches
         )
     }
 }
@@ -126,9 +119,10 @@ pub fn analyze(path: impl AsRef<Path>) -> Result<MtouchVerdict, LogError> {
         path: path.to_path_buf(),
         ..Default::default()
     };
+    let mut gaps = GapTracker::default();
     for_each_line(path, |line| match line {
         Line::Tick(t) => {
-            v.gaps.add(t.at);
+            gaps.add(t.at);
             v.touches += t.count;
             v.last_pfn = Some(t.value);
         }
@@ -141,6 +135,12 @@ pub fn analyze(path: impl AsRef<Path>) -> Result<MtouchVerdict, LogError> {
         }
         _ => {}
     })?;
+    v.touch_lines = gaps.ticks;
+    v.first_touch = gaps.first;
+    v.last_touch = gaps.last;
+    v.largest_gap = gaps.largest;
+    v.largest_gap_at = gaps.largest_at;
+    v.mismatches = v.mismatch_lines.len();
     Ok(v)
 }
 
@@ -169,12 +169,13 @@ Finish\n";
         let v = analyze(&p).unwrap();
         assert!(v.passed(), "{v}");
         assert_eq!(v.touches, 6);
-        assert_eq!(v.gaps.ticks, 4);
+        assert_eq!(v.touch_lines, 4);
         assert_eq!(v.pages, Some(4096));
         assert_eq!(v.pid, Some(1));
         assert_eq!(v.mapping, Some(0x7f00_0000_0000));
         assert_eq!(v.last_pfn, Some(12));
-        assert_eq!(v.largest_gap(), Duration::from_millis(500));
+        assert_eq!(v.largest_gap, Duration::from_millis(500));
+        assert_eq!(v.largest_gap_at, Timestamp::parse("100.001000000"));
         assert_eq!(v.reported_mismatches, Some(0));
     }
 
@@ -189,7 +190,7 @@ Finish\n";
         std::fs::write(&p, text).unwrap();
         let v = analyze(&p).unwrap();
         assert!(!v.passed());
-        assert_eq!(v.mismatches(), 1);
+        assert_eq!(v.mismatches, 1);
         assert_eq!(v.mismatch_lines[0].pfn, 7);
         assert_eq!(v.reported_mismatches, Some(1));
         std::fs::write(&p, "Mapping 1 pages (0 MiB), pid 1\nt 1.0 0\n").unwrap();

@@ -292,8 +292,17 @@ impl GapTracker {
 pub struct SelfCheckVerdict {
     /// The log read.
     pub path: PathBuf,
-    /// Heartbeat ticks and the largest pause between two of them.
-    pub gaps: GapTracker,
+    /// Heartbeat (`t`) lines.
+    pub ticks: u64,
+    /// Time of the first tick.
+    pub first_tick: Option<Timestamp>,
+    /// Time of the last tick.
+    pub last_tick: Option<Timestamp>,
+    /// The largest interval between two consecutive ticks: the longest pause the workload
+    /// saw (a migration's downtime, on the workload's own clock).
+    pub largest_gap: Duration,
+    /// When that pause began (the tick before it).
+    pub largest_gap_at: Option<Timestamp>,
     /// The latest tick's value (the workload's progress counter).
     pub last_value: Option<u64>,
     /// Every `Fail:` line's text.
@@ -308,11 +317,6 @@ impl SelfCheckVerdict {
     /// Finished, with no `Fail:` line.
     pub fn passed(&self) -> bool {
         self.finished && self.failures.is_empty()
-    }
-
-    /// The longest pause the workload saw between two heartbeats.
-    pub fn largest_gap(&self) -> Duration {
-        self.gaps.largest
     }
 
     /// A `key=value` number from the `Summary:` line (e.g. `records` for rec-writer).
@@ -355,8 +359,8 @@ impl fmt::Display for SelfCheckVerdict {
             } else {
                 "not finished"
             },
-            self.gaps.ticks,
-            self.gaps.largest.as_secs_f64(),
+            self.ticks,
+            self.largest_gap.as_secs_f64(),
             self.failures.len()
         )?;
         if let Some(first) = self.failures.first() {
@@ -373,9 +377,10 @@ pub fn analyze(path: impl AsRef<Path>) -> Result<SelfCheckVerdict, LogError> {
         path: path.to_path_buf(),
         ..Default::default()
     };
+    let mut gaps = GapTracker::default();
     for_each_line(path, |line| match line {
         Line::Tick(t) => {
-            v.gaps.add(t.at);
+            gaps.add(t.at);
             v.last_value = Some(t.value);
         }
         Line::Fail(text) => v.failures.push(text.to_string()),
@@ -387,6 +392,11 @@ pub fn analyze(path: impl AsRef<Path>) -> Result<SelfCheckVerdict, LogError> {
         Line::Finish => v.finished = true,
         Line::Other(_) => {}
     })?;
+    v.ticks = gaps.ticks;
+    v.first_tick = gaps.first;
+    v.last_tick = gaps.last;
+    v.largest_gap = gaps.largest;
+    v.largest_gap_at = gaps.largest_at;
     Ok(v)
 }
 
@@ -458,10 +468,10 @@ mod tests {
         log.tick(Timestamp { sec: 101, nsec: 0 }, 3, 5).unwrap();
         let v = analyze(&path).unwrap();
         assert!(!v.finished && !v.passed());
-        assert_eq!(v.gaps.ticks, 3);
-        assert_eq!(v.largest_gap(), Duration::from_millis(750));
+        assert_eq!(v.ticks, 3);
+        assert_eq!(v.largest_gap, Duration::from_millis(750));
         assert_eq!(
-            v.gaps.largest_at,
+            v.largest_gap_at,
             Some(Timestamp {
                 sec: 100,
                 nsec: 250_000_000
@@ -493,7 +503,7 @@ mod tests {
         let path = dir.path().join("p.log");
         std::fs::write(&path, "t 1.000000000 1\nFini").unwrap();
         let v = analyze(&path).unwrap();
-        assert_eq!(v.gaps.ticks, 1);
+        assert_eq!(v.ticks, 1);
         assert!(!v.finished);
     }
 

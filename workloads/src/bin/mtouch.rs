@@ -15,7 +15,9 @@
 //! Run by hand (no launcher), it does what P.Haul's `mem-touch` did: starts itself as pid 1 of
 //! a new pid namespace in its own session, in the current directory, and prints
 //! `Child <pid> done, code <C>` (`O` running, `L` log not opened, `M` mmap failed). Under
-//! `haul-launch` (or with `--foreground`) it runs in place and reports its code on fd 3.
+//! `haul-launch` (which sets `HAUL_START_FD`), as pid 1 of a namespace some other launcher
+//! made, or with `--foreground`, it runs in place (reporting its code on fd 3 when there is
+//! one).
 //!
 //! Beyond the original: `--rate` paces touches to a dirty rate in bytes per second (batched,
 //! one `t` line per millisecond at most, with the batch's page count as a fourth field) or
@@ -199,7 +201,9 @@ fn self_launch() -> ExitCode {
 fn main() -> ExitCode {
     let reporter = StartReporter::from_env();
     let args = Args::parse();
-    if !reporter.is_connected() && !args.foreground {
+    // Already pid 1 of a namespace (another launcher, e.g. `unshare -pf setsid mtouch ...`):
+    // launching again would nest a namespace that dies with this one.
+    if !reporter.is_connected() && !args.foreground && std::process::id() != 1 {
         return self_launch();
     }
     match run(&args, reporter) {
