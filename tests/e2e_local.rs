@@ -362,3 +362,64 @@ fn pre_copy_without_memory_tracking_is_refused_clearly() {
     let v = stop_and_verify(&wd);
     assert!(v.mismatch_lines.is_empty());
 }
+
+#[test]
+fn a_destination_killed_mid_transfer_leaves_the_process_running_at_home() {
+    skip_unless_runnable!();
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = NodePair::new("kill").expect("nodes");
+    let key = keygen(tmp.path(), "key");
+    let mut serve = start_serve(&nodes, &key, tmp.path());
+    let (pid, wd) = start_mtouch(&nodes, tmp.path(), "512m:512m:1000");
+    let mut mig = nodes
+        .a
+        .command(HAUL)
+        .args([
+            "pid",
+            &pid.to_string(),
+            &format!("{}:{}", nodes.b.addr, serve.port),
+        ])
+        .arg("--key")
+        .arg(&key)
+        .arg("--img-path")
+        .arg(tmp.path().join("src-img"))
+        .args(["--strategy", "stop-copy", "--no-progress"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the destination once the dump is under way (the toucher is seized by CRIU).
+    let t = Instant::now();
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let traced = status
+            .lines()
+            .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"));
+        if traced || t.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    serve.child.kill().unwrap();
+    let out = mig.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "haul pid must fail when the destination dies"
+    );
+    assert!(stderr.contains("still runs on the source"), "{stderr}");
+    // The toucher runs at home, not frozen, and nothing runs in B.
+    assert!(alive(pid), "the process was lost");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_ne!(haul::migrate::tree::state(pid), Some('T'), "left stopped");
+    let n0 = touches(&wd);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        touches(&wd) > n0,
+        "the process does not run after the failed migration"
+    );
+    assert!(nodes.b.pids_named("mtouch").is_empty(), "a copy runs in B");
+    let v = stop_and_verify(&wd);
+    assert!(v.mismatch_lines.is_empty());
+}
