@@ -371,7 +371,7 @@ fn a_destination_killed_mid_transfer_leaves_the_process_running_at_home() {
     let key = keygen(tmp.path(), "key");
     let mut serve = start_serve(&nodes, &key, tmp.path());
     let (pid, wd) = start_mtouch(&nodes, tmp.path(), "512m:512m:1000");
-    let mut mig = nodes
+    let mig = nodes
         .a
         .command(HAUL)
         .args([

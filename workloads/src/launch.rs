@@ -428,6 +428,17 @@ pub enum LaunchError {
         /// The timeout.
         waited: Duration,
     },
+    /// The workload reported its start code but kept fd 3 open: CRIU would refuse to dump a
+    /// pipe leading outside its tree. Killed.
+    #[error("{program:?} (host pid {host_pid}) reported its start code but kept fd 3 (the start pipe) open for {waited:?}; it must close it (StartReporter::report does); it was killed")]
+    StartPipeKept {
+        /// The program.
+        program: PathBuf,
+        /// Host pid of the namespace init (killed).
+        host_pid: i32,
+        /// The timeout.
+        waited: Duration,
+    },
     /// Waiting for the reaper failed.
     #[error("waitpid({pid}) failed: {source}")]
     Wait {
@@ -442,8 +453,9 @@ pub enum LaunchError {
 /// Start `spec.program` as pid 1 of a new pid namespace, in its own session, and wait for its
 /// start code. See the module documentation for the process layout.
 ///
-/// Returns once the workload reported its code (any code: check [`Launched::started`]). On a
-/// start timeout the workload is killed and reaped.
+/// Returns once the workload reported its code (any code: check [`Launched::started`]) and
+/// closed the start pipe, so it can be dumped right away. On a start timeout the workload is
+/// killed and reaped.
 pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     let program = resolve_program(&spec.program)?;
     let plan_io = open_io(spec)?;
@@ -541,7 +553,22 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
     match read_some(&start_r, &mut byte, deadline).map_err(sys("read start pipe"))? {
         Some(1) => {
             launched.code = byte[0] as char;
-            Ok(launched)
+            // Return only once the workload closed fd 3 (end of file on the pipe): a dump
+            // right after launch() must not find it holding a pipe to the launcher.
+            loop {
+                match read_some(&start_r, &mut byte, deadline).map_err(sys("read start pipe"))? {
+                    Some(0) => return Ok(launched),
+                    Some(_) => {}
+                    None => {
+                        let _ = launched.kill();
+                        return Err(LaunchError::StartPipeKept {
+                            program: spec.program.clone(),
+                            host_pid,
+                            waited: spec.start_timeout,
+                        });
+                    }
+                }
+            }
         }
         Some(_) => {
             let exit = launched.wait_timeout(Duration::from_secs(5)).ok().flatten();
