@@ -277,6 +277,12 @@ fn mtouch_moves_from_a_to_b_and_verifies(#[case] strategy: &str) {
         assert_eq!(used, strategy);
     }
     assert!(rep["destination_pid"].as_i64().unwrap() > 0);
+    // 32 MiB were touched: at least that many pages moved, whichever way.
+    let pages = rep["pages_sent"].as_u64().unwrap();
+    assert!(
+        pages >= 32 * 256,
+        "only {pages} pages reported sent for a 32 MiB toucher"
+    );
     assert!(rep["downtime_secs"].as_f64().unwrap() > 0.0);
     assert!(rep["total_secs"].as_f64().unwrap() >= rep["downtime_secs"].as_f64().unwrap());
     if used == "post-copy" {

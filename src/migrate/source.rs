@@ -496,7 +496,7 @@ impl Run {
                 self.stage = Stage::Moved(restored.pid);
                 op.ack(true).await?;
                 let r = op.run_to_end().await;
-                self.record_dump(rd.path());
+                self.record_dump(rd.path(), false);
                 if let Err(e) = r {
                     warn!("CRIU reported after the process moved: {e}");
                 }
@@ -610,7 +610,7 @@ impl Run {
         if let Ok(Ok(Ok(sent))) = tokio::time::timeout(Duration::from_secs(30), relay).await {
             self.report.memory_bytes_sent += sent;
         }
-        self.record_dump(dir);
+        self.record_dump(dir, true);
         r?;
         self.send(Body::LazyDone(pb::LazyDone {})).await?;
         match self.recv("the destination's lazy-pages daemon").await? {
@@ -659,18 +659,25 @@ impl Run {
         );
     }
 
-    fn record_dump(&mut self, dir: &Path) {
+    /// Records the final dump's figures. CRIU's `stats-dump` of a lazy dump is not usable (its
+    /// counters are zero and its frozen time wraps): post-copy figures come from haul's own
+    /// clock and from the bytes the relay carried.
+    fn record_dump(&mut self, dir: &Path, lazy: bool) {
+        if lazy {
+            let pages = self.report.memory_bytes_sent / 4096;
+            self.report.dump = crate::criu::DumpStats {
+                pages_lazy: pages,
+                ..Default::default()
+            };
+            self.report.pages_sent += pages;
+            self.report.frozen_secs += self.report.downtime_secs;
+            return;
+        }
         match stats::read_dump(dir) {
             Ok(st) => {
                 self.report.dump = st;
-                self.report.pages_sent += st.pages_written + st.pages_lazy;
-                // CRIU's frozen time of a lazy dump is unreliable: use haul's own clock then.
-                self.report.frozen_secs +=
-                    if st.pages_lazy > 0 || self.report.postcopy_window_secs.is_some() {
-                        self.report.downtime_secs
-                    } else {
-                        f64::from(st.frozen_time_us) / 1e6
-                    };
+                self.report.pages_sent += st.pages_written;
+                self.report.frozen_secs += f64::from(st.frozen_time_us) / 1e6;
             }
             Err(e) => {
                 warn!("{e}");
