@@ -189,6 +189,11 @@ impl fmt::Display for WorkloadExit {
 }
 
 /// A started workload.
+///
+/// Its reaper is the caller's child: [`try_wait`](Self::try_wait),
+/// [`wait_timeout`](Self::wait_timeout) and [`kill`](Self::kill) reap it. Dropping a
+/// `Launched` leaves the workload running; its reaper then stays a zombie child of the caller
+/// once the workload ends, until the caller exits (as `haul-launch` does at once).
 #[derive(Debug)]
 pub struct Launched {
     /// Host pid of the namespace init: the pid `haul pid PID` takes.

@@ -218,6 +218,27 @@ fn failures_name_what_failed() {
         ),
         "{e}"
     );
+    // A program that reports but keeps the start pipe open: refused (CRIU would be), killed.
+    let e = launch(
+        &LaunchSpec::new("sh")
+            .args(["-c", "printf O >&3; exec sleep 600"])
+            .start_timeout(std::time::Duration::from_millis(500)),
+    )
+    .unwrap_err();
+    match e {
+        LaunchError::StartPipeKept { host_pid, .. } => {
+            wait_for("the workload to be gone", PATIENCE, || {
+                !procfs::is_alive(host_pid)
+            })
+        }
+        other => panic!("{other}"),
+    }
+    // The same program closing fd 3 after its report is fine.
+    let mut l =
+        launch(&LaunchSpec::new("sh").args(["-c", "printf M >&3; exec 3>&-; exec sleep 600"]))
+            .unwrap();
+    assert_eq!(l.code, 'M');
+    assert_eq!(l.kill().unwrap(), WorkloadExit::Signal(libc::SIGKILL));
     // A program that never reports: timed out and killed.
     let e = launch(
         &LaunchSpec::new("sleep")
