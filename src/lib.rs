@@ -3,5 +3,6 @@
 //! See ARCHITECTURE.md for the crates and the path of one migration.
 
 pub mod criu;
+pub mod fault;
 pub mod migrate;
 pub mod wire;

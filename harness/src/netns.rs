@@ -59,6 +59,8 @@ pub struct NodePair {
     pub a: Node,
     /// The destination node.
     pub b: Node,
+    /// The veth ends in `a` and `b`.
+    links: (String, String),
 }
 
 fn ip(args: &[&str]) -> Result<(), NodeError> {
@@ -87,7 +89,12 @@ impl NodePair {
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let prefix = format!("haul-{tag}-{me}-{seq}");
         let (x, y) = (100 + (me % 100) as u8, (seq % 250) as u8 + 1);
+        let (va, vb) = (
+            format!("hv{seq}a{}", me % 100000),
+            format!("hv{seq}b{}", me % 100000),
+        );
         let pair = NodePair {
+            links: (va.clone(), vb.clone()),
             a: Node {
                 netns: format!("{prefix}-a"),
                 addr: format!("10.{x}.{y}.1"),
@@ -100,10 +107,6 @@ impl NodePair {
         // From here on, Drop cleans up whatever was made.
         ip(&["netns", "add", &pair.a.netns])?;
         ip(&["netns", "add", &pair.b.netns])?;
-        let (va, vb) = (
-            format!("hv{seq}a{}", me % 100000),
-            format!("hv{seq}b{}", me % 100000),
-        );
         ip(&[
             "link",
             "add",
@@ -132,6 +135,15 @@ impl NodePair {
             ip(&["-n", &n.netns, "link", "set", dev, "up"])?;
         }
         Ok(pair)
+    }
+}
+
+impl NodePair {
+    /// Cuts the link between the nodes (both veth ends down): packets vanish without a reset,
+    /// as when a cable is pulled.
+    pub fn cut_link(&self) -> Result<(), NodeError> {
+        ip(&["-n", &self.a.netns, "link", "set", &self.links.0, "down"])?;
+        ip(&["-n", &self.b.netns, "link", "set", &self.links.1, "down"])
     }
 }
 

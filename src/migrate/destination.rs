@@ -154,7 +154,8 @@ async fn handle_connection(
     peer: SocketAddr,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<bool, MigrateError> {
-    let _ = stream.set_nodelay(true);
+    super::sockopt::harden(&stream);
+    crate::fault::point(crate::fault::Phase::Handshake).await;
     let mut conn = Conn::new(stream);
     let purpose =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut conn, &shared.cfg.key))
@@ -325,6 +326,12 @@ impl Migration {
                     Body::PageServerStarted(pb::PageServerStarted { round: s.round }),
                 )
                 .await?;
+                let phase = if s.round == 0 {
+                    crate::fault::Phase::FinalDump
+                } else {
+                    crate::fault::Phase::PreCopyRound
+                };
+                crate::fault::point(phase).await;
             }
             (true, false, Some(Body::EndPageServer(e))) => {
                 let bytes = self.end_page_server(e.round).await?;
@@ -338,6 +345,9 @@ impl Migration {
                 .await?;
             }
             (true, false, Some(Body::ImageChunk(c))) => {
+                if c.round == 0 {
+                    crate::fault::point(crate::fault::Phase::ImageTransfer).await;
+                }
                 let dir = self.dir()?.root().join(images::round_name(c.round));
                 if !self.receivers.contains_key(&c.round) {
                     std::fs::create_dir_all(&dir)
@@ -350,7 +360,8 @@ impl Migration {
                     .map_err(|e| self.protocol(format!("image chunk refused: {e}")))?;
             }
             (true, false, Some(Body::Restore(r))) => {
-                let restored = self.restore(r).await?;
+                crate::fault::point(crate::fault::Phase::Restore).await;
+                let restored = self.restore(conn, r).await?;
                 self.send(conn, Body::Restored(restored)).await?;
             }
             (true, true, Some(Body::LazyDone(_))) => {
@@ -462,6 +473,10 @@ impl Migration {
         let sock: OwnedFd = std_stream.into();
         crate::criu::worker::set_blocking(sock.as_raw_fd())?;
         let mut opts = options::base(rd.fd(), "page-server.log");
+        // No notifications: the page server is a forked child sharing the RPC socket; its
+        // status-ready could come after the parent's answer and would then wait for an
+        // acknowledgement forever (and the parent would read that acknowledgement as a request).
+        opts.notify_scripts = None;
         options::page_server_fd(&mut opts, sock.as_raw_fd());
         let mut req = crate::criu::client::new_request(CriuReqType::PageServerChld, Some(opts));
         req.keep_open = Some(true);
@@ -546,7 +561,11 @@ impl Migration {
         Ok(bytes)
     }
 
-    async fn restore(&mut self, r: pb::Restore) -> Result<pb::Restored, MigrateError> {
+    async fn restore(
+        &mut self,
+        conn: &mut Conn<TcpStream>,
+        r: pb::Restore,
+    ) -> Result<pb::Restored, MigrateError> {
         if !self.page_servers.is_empty() {
             return Err(self.protocol("Restore while a page server still runs"));
         }
@@ -581,6 +600,40 @@ impl Migration {
             .await?;
         let resp = loop {
             match op.next().await {
+                Ok(Event::Notify(n)) if n.script == "post-restore" => {
+                    // Two-phase commit: the tree is restored but does not run yet. Only when
+                    // the source answers (it is about to kill its tasks) does it run here;
+                    // if the source is gone or says no, CRIU kills this copy and the source
+                    // keeps (or resumes) the original.
+                    let pid = n.pid.unwrap_or(0);
+                    let go = async {
+                        self.send(conn, Body::RestoreHeld(pb::RestoreHeld { pid }))
+                            .await?;
+                        match self.recv(conn).await?.body {
+                            Some(Body::Resume(_)) => Ok(()),
+                            Some(Body::Error(e)) => Err(MigrateError::Remote {
+                                peer: self.peer.clone(),
+                                message: e.message,
+                            }),
+                            Some(Body::Finish(f)) => Err(MigrateError::Remote {
+                                peer: self.peer.clone(),
+                                message: format!(
+                                    "the source abandoned the migration: {}",
+                                    f.reason
+                                ),
+                            }),
+                            _ => Err(self.protocol("expected Resume after RestoreHeld")),
+                        }
+                    }
+                    .await;
+                    op.ack(go.is_ok()).await?;
+                    if let Err(e) = go {
+                        warn!("{}: restored copy (pid {pid}) discarded: {e}", self.peer);
+                        let _ = tokio::time::timeout(Duration::from_secs(60), op.next()).await;
+                        op.finish().await;
+                        return Err(e);
+                    }
+                }
                 Ok(Event::Notify(_)) => op.ack(true).await?,
                 Ok(Event::Done(resp)) => break resp,
                 Err(e) => {
@@ -643,8 +696,7 @@ impl Migration {
                     return;
                 }
             };
-            let _ = local.set_nodelay(true);
-            let _ = remote.set_nodelay(true);
+            super::sockopt::harden(&local);
             match relay::pipe(local, remote).await {
                 Ok((a, b)) => {
                     info!("{peer}: lazy relay done: {a} bytes to the source, {b} from it")

@@ -7,6 +7,7 @@
 //! - [`images`]: the per-migration image directories on both nodes;
 //! - [`transfer`]: image files over the control channel;
 //! - [`relay`]: post-copy page traffic between CRIU's local endpoints, over an authenticated channel;
+//! - [`sockopt`]: bounded failure detection on every connection;
 //! - [`tree`]: the process tree being migrated, as /proc shows it;
 //! - [`report`]: the JSON report and the P.Haul-style summary;
 //! - [`error`]: what can fail, and where the process is afterwards.
@@ -16,6 +17,7 @@ pub mod error;
 pub mod images;
 pub mod relay;
 pub mod report;
+pub mod sockopt;
 pub mod source;
 pub mod strategy;
 pub mod transfer;

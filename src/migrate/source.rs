@@ -199,7 +199,7 @@ impl Run {
                     peer: peer.clone(),
                     source,
                 })?;
-            let _ = s.set_nodelay(true);
+            super::sockopt::harden(&s);
             let mut c = Conn::new(s);
             auth::client(&mut c, &self.cfg.key, purpose)
                 .await
@@ -479,6 +479,7 @@ impl Run {
         if let Some(p) = &progress {
             p.finish_and_clear();
         }
+        crate::fault::point(crate::fault::Phase::Frozen).await;
         let held = self.while_frozen(&rd, lazy, mem.is_some()).await;
         drop(mem);
         match held {
@@ -544,8 +545,17 @@ impl Run {
         self.send(Body::Restore(restore)).await
     }
 
+    /// The destination's two-phase restore: `RestoreHeld` (restored, not running), then haul
+    /// says `Resume`, then `Restored` (running there). Only after `Restored` does the source
+    /// acknowledge post-dump: a lost `Resume` leaves one copy (here, resumed), a lost
+    /// `Restored` is the one window where both could run.
     async fn recv_restored(&mut self) -> Result<pb::Restored, MigrateError> {
         match self.recv("the destination's restore").await? {
+            Body::RestoreHeld(_) => {}
+            other => return Err(self.unexpected("RestoreHeld", &other)),
+        }
+        self.send(Body::Resume(pb::Resume {})).await?;
+        match self.recv("the destination to resume the process").await? {
             Body::Restored(r) => Ok(r),
             other => Err(self.unexpected("Restored", &other)),
         }
@@ -604,6 +614,7 @@ impl Run {
         self.record_restore(&restored, t_freeze);
         self.stage = Stage::Moved(restored.pid);
         let t_running = Instant::now();
+        crate::fault::point(crate::fault::Phase::PostCopyServing).await;
         // The dump ends when the destination has pulled every page.
         let r = op.run_to_end().await;
         self.report.postcopy_window_secs = Some(t_running.elapsed().as_secs_f64());
@@ -634,7 +645,7 @@ impl Run {
                 peer: format!("CRIU's lazy-pages server on 127.0.0.1:{port}"),
                 source,
             })?;
-        let _ = local.set_nodelay(true);
+        super::sockopt::harden(&local);
         let remote = self.memory_channel(0, true).await?;
         Ok(tokio::spawn(relay::source_relay(local, remote, decision)))
     }

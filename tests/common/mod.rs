@@ -1,0 +1,195 @@
+//! Helpers shared by the end-to-end tests: nodes, `haul serve`, mtouch, verdicts.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haul_harness::NodePair;
+use haul_workloads::launch::{launch, LaunchSpec};
+use haul_workloads::mtouch_log;
+
+pub const HAUL: &str = env!("CARGO_BIN_EXE_haul");
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = Path::new(HAUL).parent().expect("target dir").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// Why this machine cannot run the test, if it cannot.
+pub fn cannot_run() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root (CRIU and network namespaces)".into());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Err(e) = rt.block_on(haul::criu::Criu::locate_checked()) {
+        return Some(format!("no usable CRIU: {e}"));
+    }
+    None
+}
+
+/// Returns early from a test, with the reason printed, when this machine cannot run it.
+#[macro_export]
+macro_rules! skip_unless_runnable {
+    () => {
+        if let Some(why) = $crate::common::cannot_run() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// A `haul serve` in node B, killed on drop.
+pub struct Serve {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let k = dir.join(name);
+    let st = Command::new(HAUL)
+        .arg("keygen")
+        .arg(&k)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    k
+}
+
+pub fn start_serve(nodes: &NodePair, key: &Path, dir: &Path) -> Serve {
+    start_serve_env(nodes, key, dir, &[])
+}
+
+/// `haul serve` in node B with extra environment (e.g. a fault point).
+pub fn start_serve_env(nodes: &NodePair, key: &Path, dir: &Path, env: &[(&str, &Path)]) -> Serve {
+    let port = 27600 + (std::process::id() % 300) as u16;
+    let log = dir.join("serve.log");
+    let child = nodes
+        .b
+        .command(HAUL)
+        .args(["serve", "--listen", &format!("{}:{port}", nodes.b.addr)])
+        .arg("--key")
+        .arg(key)
+        .arg("--img-path")
+        .arg(dir.join("dst-img"))
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let serve = Serve { child, port, log };
+    let t = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&serve.log).unwrap_or_default();
+        if text.contains("haul serve on") {
+            return serve;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "haul serve did not start:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts mtouch in node A in its own pid namespace; returns (host pid, workdir).
+pub fn start_mtouch(nodes: &NodePair, dir: &Path, spec: &str) -> (i32, PathBuf) {
+    let wd = dir.join("work");
+    std::fs::create_dir_all(&wd).unwrap();
+    let launched = launch(
+        &LaunchSpec::new(bin("mtouch"))
+            .args(["mem-touch.log", spec])
+            .cwd(&wd)
+            .netns(nodes.a.netns.clone()),
+    )
+    .expect("launch mtouch");
+    assert_eq!(launched.code, 'O', "mtouch did not start");
+    // wait until it touches
+    let t = Instant::now();
+    while touches(&wd) < 20 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "mtouch never started touching"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (launched.host_pid, wd)
+}
+
+pub fn touches(wd: &Path) -> usize {
+    std::fs::File::open(wd.join("mem-touch.log"))
+        .map(|f| {
+            BufReader::new(f)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| l.starts_with("t "))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+pub fn haul_pid(
+    nodes: &NodePair,
+    serve: &Serve,
+    key: &Path,
+    dir: &Path,
+    pid: i32,
+    extra: &[&str],
+) -> std::process::Output {
+    nodes
+        .a
+        .command(HAUL)
+        .args([
+            "pid",
+            &pid.to_string(),
+            &format!("{}:{}", nodes.b.addr, serve.port),
+        ])
+        .arg("--key")
+        .arg(key)
+        .arg("--img-path")
+        .arg(dir.join("src-img"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Stops mtouch with its stop file and returns its verdict.
+pub fn stop_and_verify(wd: &Path) -> mtouch_log::MtouchVerdict {
+    std::fs::write(wd.join("mem-touch-stop"), b"").unwrap();
+    let t = Instant::now();
+    loop {
+        let v = mtouch_log::analyze(wd.join("mem-touch.log")).unwrap();
+        if v.finished {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "mtouch never logged Finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    haul::migrate::tree::alive(pid)
+}
