@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::criu::pb::{self as cpb, CriuReqType};
@@ -105,7 +105,7 @@ pub async fn serve(listener: TcpListener, cfg: ServeConfig) -> Result<(), Migrat
         features,
         slots: Arc::default(),
     });
-    let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    let pending = Arc::new(Mutex::new(Pending::default()));
     let mut migrations = tokio::task::JoinSet::new();
     let mut done = 0usize;
     loop {
@@ -124,10 +124,7 @@ pub async fn serve(listener: TcpListener, cfg: ServeConfig) -> Result<(), Migrat
                         continue;
                     }
                 };
-                let Ok(permit) = pending.clone().try_acquire_owned() else {
-                    warn!("{peer}: too many connections being authenticated; closed");
-                    continue;
-                };
+                let permit = Pending::admit(&pending);
                 let shared = shared.clone();
                 migrations.spawn(async move {
                     let r = handle_connection(shared, stream, peer, permit).await;
@@ -147,35 +144,88 @@ pub async fn serve(listener: TcpListener, cfg: ServeConfig) -> Result<(), Migrat
     Ok(())
 }
 
+/// Connections still authenticating, oldest first. When one more would exceed
+/// [`MAX_PENDING`], the oldest is told to give up: a real client authenticates within
+/// milliseconds, so a flood of idle connections only ever evicts itself.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>,
+}
+
+/// A connection's place in [`Pending`]; leaves it when dropped (authenticated or failed).
+struct Ticket {
+    id: u64,
+    evicted: Arc<tokio::sync::Notify>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Pending {
+    fn admit(pending: &Arc<Mutex<Pending>>) -> Ticket {
+        let mut p = pending.lock().expect("pending lock");
+        if p.queue.len() >= MAX_PENDING {
+            if let Some((_, oldest)) = p.queue.pop_front() {
+                oldest.notify_one();
+            }
+        }
+        p.next += 1;
+        let id = p.next;
+        let evicted = Arc::new(tokio::sync::Notify::new());
+        p.queue.push_back((id, evicted.clone()));
+        Ticket {
+            id,
+            evicted,
+            pending: pending.clone(),
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.queue.retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
 /// Authenticates one connection and runs what it is for; `Ok(true)` when it was a migration.
 async fn handle_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Ticket,
 ) -> Result<bool, MigrateError> {
     super::sockopt::harden(&stream);
     crate::fault::point(crate::fault::Phase::Handshake).await;
     let mut conn = Conn::new(stream);
-    let purpose =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut conn, &shared.cfg.key))
-            .await
-        {
-            Err(_) => {
-                return Err(MigrateError::Timeout {
-                    peer: peer.to_string(),
-                    phase: "authentication",
-                    secs: HANDSHAKE_TIMEOUT.as_secs(),
-                })
-            }
-            Ok(Err(source)) => {
-                return Err(MigrateError::Auth {
-                    peer: peer.to_string(),
-                    source,
-                })
-            }
-            Ok(Ok(p)) => p,
-        };
+    let handshake =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut conn, &shared.cfg.key));
+    let evicted = permit.evicted.clone();
+    let outcome = tokio::select! {
+        r = handshake => r,
+        _ = evicted.notified() => {
+            return Err(MigrateError::Protocol {
+                peer: peer.to_string(),
+                detail: format!("closed: still not authenticated when {MAX_PENDING} newer connections were waiting"),
+            })
+        }
+    };
+    let purpose = match outcome {
+        Err(_) => {
+            return Err(MigrateError::Timeout {
+                peer: peer.to_string(),
+                phase: "authentication",
+                secs: HANDSHAKE_TIMEOUT.as_secs(),
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(MigrateError::Auth {
+                peer: peer.to_string(),
+                source,
+            })
+        }
+        Ok(Ok(p)) => p,
+    };
     drop(permit);
     match purpose {
         Purpose::Memory(m) => {
