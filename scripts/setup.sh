@@ -42,7 +42,7 @@ version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]
 criu_version() { "$1" --version 2>/dev/null | awk '/^Version:/{print $2; exit}'; }
 
 # ---------------------------------------------------------------- 1. packages
-RUNTIME_PKGS="iproute2 iputils-ping iptables nftables procps util-linux python3 gcc make pkg-config"
+RUNTIME_PKGS="iproute2 iputils-ping iptables nftables procps util-linux python3 gcc make pkg-config fonts-dejavu-core fontconfig"
 CRIU_BUILD_DEPS="build-essential pkg-config python3 libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
  protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev
  libgnutls28-dev uuid-dev libaio-dev xz-utils dpkg-dev"

@@ -160,7 +160,7 @@ async fn probes() {
             .unwrap();
         let msg = expect_error(c.recv().await, "command before Hello");
         assert!(msg.contains("expected Hello"), "{msg}");
-        let mut half = StdStream::connect(&s.addr).unwrap();
+        let half = StdStream::connect(&s.addr).unwrap();
         half.shutdown(std::net::Shutdown::Write).unwrap();
     }
     still_serving(&mut s, &key).await;
