@@ -82,6 +82,14 @@ enum Cmd {
         /// Pre-copy: at most this many pre-dump rounds.
         #[arg(long, default_value_t = 8)]
         max_rounds: u32,
+        /// Pre-copy: stop the rounds as soon as the estimated downtime (dirty pages of the last
+        /// round / measured bandwidth) is within this many milliseconds.
+        #[arg(long, value_name = "MS")]
+        max_downtime: Option<u64>,
+        /// Pre-copy: when --max-downtime is never met within --max-rounds, `cancel` (nothing is
+        /// frozen, the process stays on the source) or `proceed` (final dump anyway).
+        #[arg(long, default_value = "proceed")]
+        on_timeout: haul::migrate::strategy::OnTimeout,
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
@@ -165,6 +173,8 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             shell_job,
             file_locks,
             max_rounds,
+            max_downtime,
+            on_timeout,
             no_progress,
         } => {
             let key = Key::load(&key).map_err(|e| e.to_string())?;
@@ -186,7 +196,12 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                     link_remap: false,
                     ext_unix_sk: false,
                 },
-                max_rounds,
+                convergence: haul::migrate::strategy::Convergence {
+                    max_rounds,
+                    max_downtime_secs: max_downtime.map(|ms| ms as f64 / 1000.0),
+                    on_timeout,
+                    ..Default::default()
+                },
                 progress: !no_progress,
             };
             let rep = source::migrate(cfg).await.map_err(|e| e.to_string())?;

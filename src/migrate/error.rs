@@ -77,6 +77,9 @@ pub enum MigrateError {
         /// What is missing.
         why: String,
     },
+    /// Pre-copy did not reach the downtime target and `--on-timeout cancel` was asked for.
+    #[error("pre-copy did not converge: {0}; raise --max-downtime, or use --on-timeout proceed or --strategy post-copy")]
+    NotConverged(String),
     /// A file or directory operation failed.
     #[error("{what} {path}: {source}")]
     Io {

@@ -63,6 +63,8 @@ pub struct MigrationReport {
     pub restore: RestoreStats,
     /// Pre-dump rounds.
     pub rounds: Vec<RoundReport>,
+    /// Why the pre-dump rounds stopped (pre-copy, hybrid).
+    pub convergence: String,
     /// Pages written by all dumps (rounds and final).
     pub pages_sent: u64,
     /// Bytes sent over memory channels.

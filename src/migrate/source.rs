@@ -24,7 +24,7 @@ use crate::wire::Key;
 use super::error::{SourceFailure, Whereabouts};
 use super::images::{self, MigrationDir, RoundDir};
 use super::report::{MigrationReport, RoundReport};
-use super::strategy::Strategy;
+use super::strategy::{decide, Convergence, Decision, RoundFigures, Strategy};
 use super::{relay, transfer, tree, MigrateError};
 
 /// How long connecting and authenticating may take.
@@ -47,8 +47,8 @@ pub struct SourceConfig {
     pub strategy: Strategy,
     /// What the tree needs from CRIU.
     pub tree: TreeOptions,
-    /// Pre-copy: at most this many pre-dump rounds.
-    pub max_rounds: u32,
+    /// Pre-copy: when the rounds stop (rounds, dirty-set rules, downtime target, on-timeout).
+    pub convergence: Convergence,
     /// Show a progress bar on stderr (only drawn on a terminal).
     pub progress: bool,
 }
@@ -303,7 +303,7 @@ impl Run {
         // ---- pre-copy rounds while the process runs
         let mut parent = None;
         if matches!(strategy, Strategy::PreCopy | Strategy::Hybrid) {
-            parent = self.pre_copy(memory_bytes).await?;
+            parent = self.pre_copy().await?;
         }
         // ---- the final dump
         let lazy = matches!(strategy, Strategy::PostCopy | Strategy::Hybrid);
@@ -327,10 +327,10 @@ impl Run {
     }
 
     /// Pre-dump rounds until the dirty set converges; returns the last round's directory name.
-    async fn pre_copy(&mut self, memory_bytes: u64) -> Result<Option<String>, MigrateError> {
+    async fn pre_copy(&mut self) -> Result<Option<String>, MigrateError> {
         let mut parent: Option<String> = None;
-        let mut history: Vec<u64> = Vec::new();
-        for round in 1..=self.cfg.max_rounds.max(1) {
+        let mut history: Vec<RoundFigures> = Vec::new();
+        for round in 1.. {
             let t = Instant::now();
             let rd = self.dir.as_ref().expect("dir").round(round)?;
             let fd = self.start_round(round).await?;
@@ -375,11 +375,19 @@ impl Run {
                 bandwidth: bw,
                 est_downtime_secs: est,
             });
-            history.push(st.pages_written);
+            history.push(RoundFigures {
+                pages_written: st.pages_written,
+                est_downtime_secs: est,
+            });
             parent = Some(images::round_name(round));
-            let _ = memory_bytes;
-            if crate::migrate::strategy::converged(&history) {
-                break;
+            match decide(&self.cfg.convergence, &history) {
+                Decision::Continue => {}
+                Decision::FinalDump(why) => {
+                    info!("pre-copy stops after round {round}: {why}");
+                    self.report.convergence = why;
+                    break;
+                }
+                Decision::Cancel(why) => return Err(MigrateError::NotConverged(why)),
             }
         }
         Ok(parent)
