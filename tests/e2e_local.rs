@@ -17,37 +17,15 @@ use haul_harness::NodePair;
 #[case("auto")]
 fn mtouch_moves_from_a_to_b_and_verifies(#[case] strategy: &str) {
     skip_unless_runnable!();
-    let features = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            haul::criu::Criu::locate_checked()
-                .await
-                .unwrap()
-                .0
-                .features()
-                .await
-                .unwrap()
-        });
+    let features = criu_features();
     if strategy == "post-copy" && !features.lazy_pages {
         eprintln!("skipped: the kernel has no userfaultfd lazy pages");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let nodes = NodePair::new("e2e").expect("nodes");
-    let key = keygen(tmp.path(), "key");
-    let serve = start_serve(&nodes, &key, tmp.path());
-    let (pid, wd) = start_mtouch(&nodes, tmp.path(), "32m:32m:1000");
-    let report = tmp.path().join("report.json");
-    let out = haul_pid(
-        &nodes,
-        &serve,
-        &key,
-        tmp.path(),
-        pid,
-        &["--strategy", strategy, "--report", report.to_str().unwrap()],
-    );
+    let sc = Scene::new("e2e", "32m:32m:1000");
+    let (nodes, serve, pid, wd) = (&sc.nodes, &sc.serve, sc.pid, sc.wd.clone());
+    let report = sc.tmp.path().join("report.json");
+    let out = sc.migrate(&["--strategy", strategy, "--report", report.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -153,36 +131,14 @@ fn a_wrong_key_is_refused_before_anything_is_frozen() {
 #[test]
 fn pre_copy_without_memory_tracking_is_refused_clearly() {
     skip_unless_runnable!();
-    let features = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            haul::criu::Criu::locate_checked()
-                .await
-                .unwrap()
-                .0
-                .features()
-                .await
-                .unwrap()
-        });
+    let features = criu_features();
     if features.mem_track {
         eprintln!("skipped: this kernel tracks dirty memory, so pre-copy is not refused here");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let nodes = NodePair::new("pre").expect("nodes");
-    let key = keygen(tmp.path(), "key");
-    let serve = start_serve(&nodes, &key, tmp.path());
-    let (pid, wd) = start_mtouch(&nodes, tmp.path(), "16m:16m:1000");
-    let out = haul_pid(
-        &nodes,
-        &serve,
-        &key,
-        tmp.path(),
-        pid,
-        &["--strategy", "pre-copy"],
-    );
+    let sc = Scene::new("pre", "16m:16m:1000");
+    let (pid, wd) = (sc.pid, sc.wd.clone());
+    let out = sc.migrate(&["--strategy", "pre-copy"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("memory dirty tracking"), "{stderr}");
@@ -195,25 +151,10 @@ fn pre_copy_without_memory_tracking_is_refused_clearly() {
 #[test]
 fn a_destination_killed_mid_transfer_leaves_the_process_running_at_home() {
     skip_unless_runnable!();
-    let tmp = tempfile::tempdir().unwrap();
-    let nodes = NodePair::new("kill").expect("nodes");
-    let key = keygen(tmp.path(), "key");
-    let mut serve = start_serve(&nodes, &key, tmp.path());
-    let (pid, wd) = start_mtouch(&nodes, tmp.path(), "512m:512m:1000");
-    let mig = nodes
-        .a
-        .command(HAUL)
-        .args([
-            "pid",
-            &pid.to_string(),
-            &format!("{}:{}", nodes.b.addr, serve.port),
-        ])
-        .arg("--key")
-        .arg(&key)
-        .arg("--img-path")
-        .arg(tmp.path().join("src-img"))
-        .args(["--strategy", "stop-copy", "--no-progress"])
-        .stdin(Stdio::null())
+    let mut sc = Scene::new("kill", "512m:512m:1000");
+    let (pid, wd) = (sc.pid, sc.wd.clone());
+    let mig = sc
+        .pid_command(&["--strategy", "stop-copy", "--no-progress"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -230,7 +171,8 @@ fn a_destination_killed_mid_transfer_leaves_the_process_running_at_home() {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    serve.child.kill().unwrap();
+    sc.serve.child.kill().unwrap();
+    let nodes = &sc.nodes;
     let out = mig.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

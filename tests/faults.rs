@@ -16,7 +16,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use haul_harness::NodePair;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {
@@ -146,13 +145,17 @@ fn sigkill(pid: i32) {
 /// Runs one case; returns (outcome for the table, problems found).
 fn run_case(c: &Case) -> (String, Vec<String>) {
     let mut problems = Vec::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let faults = tmp.path().join("faults");
-    std::fs::create_dir_all(&faults).unwrap();
-    let nodes = NodePair::new("flt").expect("nodes");
-    let key = keygen(tmp.path(), "key");
-    let dst_img = tmp.path().join("dst-img");
-    std::fs::create_dir_all(&dst_img).unwrap();
+    let fault_dir = tempfile::tempdir().unwrap();
+    let faults = fault_dir.path().to_path_buf();
+    let phase_os = PathBuf::from(c.phase);
+    let mut serve_env: Vec<(&str, &Path)> = vec![("HAUL_FAULT_DIR", faults.as_path())];
+    if c.paused == Side::Destination {
+        serve_env.push(("HAUL_FAULT", phase_os.as_path()));
+    }
+    let mut sc = Scene::with_serve_env("flt", "64m:64m:1000", &serve_env);
+    let (pid, wd) = (sc.pid, sc.wd.clone());
+    // serve made its image directory at start; a small tmpfs over it makes the disk fill up
+    let dst_img = sc.tmp.path().join("dst-img");
     let _tmpfs = (c.fault == Fault::DiskFull).then(|| {
         nix::mount::mount(
             Some("tmpfs"),
@@ -164,29 +167,10 @@ fn run_case(c: &Case) -> (String, Vec<String>) {
         .expect("mount tmpfs");
         Tmpfs(dst_img.clone())
     });
-    let fault_env: Vec<(&str, &Path)> = vec![("HAUL_FAULT_DIR", faults.as_path())];
-    let phase_os = PathBuf::from(c.phase);
-    let mut serve_env = fault_env.clone();
-    if c.paused == Side::Destination {
-        serve_env.push(("HAUL_FAULT", phase_os.as_path()));
-    }
-    let mut serve = start_serve_env(&nodes, &key, tmp.path(), &serve_env);
-    let (pid, wd) = start_mtouch(&nodes, tmp.path(), "64m:64m:1000");
-    let mut cmd = nodes.a.command(HAUL);
-    cmd.args([
-        "pid",
-        &pid.to_string(),
-        &format!("{}:{}", nodes.b.addr, serve.port),
-    ])
-    .arg("--key")
-    .arg(&key)
-    .arg("--img-path")
-    .arg(tmp.path().join("src-img"))
-    .args(["--strategy", c.strategy, "--no-progress"])
-    .env("HAUL_FAULT_DIR", &faults)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = sc.pid_command(&["--strategy", c.strategy, "--no-progress"]);
+    cmd.env("HAUL_FAULT_DIR", &faults)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if c.paused == Side::Source {
         cmd.env("HAUL_FAULT", c.phase);
     }
@@ -198,10 +182,10 @@ fn run_case(c: &Case) -> (String, Vec<String>) {
     }
     match c.fault {
         Fault::KillDestination => {
-            let _ = serve.child.kill();
+            let _ = sc.serve.child.kill();
         }
         Fault::KillSource => sigkill(mig_pid),
-        Fault::CutLink => nodes.cut_link().expect("cut link"),
+        Fault::CutLink => sc.nodes.cut_link().expect("cut link"),
         Fault::DiskFull => {
             // leave no room for the images still to come
             let _ = std::fs::write(dst_img.join("filler"), vec![1u8; 200 << 20]);
@@ -235,6 +219,7 @@ fn run_case(c: &Case) -> (String, Vec<String>) {
     }
     // Where is the workload? Exactly once, on the source, running, not frozen.
     std::thread::sleep(Duration::from_millis(500));
+    let nodes = &sc.nodes;
     let in_a = nodes.a.pids_named("mtouch");
     let in_b = nodes.b.pids_named("mtouch");
     let outcome = format!("A: {}, B: {}", in_a.len(), in_b.len());
@@ -268,7 +253,7 @@ fn run_case(c: &Case) -> (String, Vec<String>) {
         }
     }
     if !problems.is_empty() {
-        let log = std::fs::read_to_string(&serve.log).unwrap_or_default();
+        let log = std::fs::read_to_string(&sc.serve.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(6).collect();
         eprintln!(
             "serve log tail:\n{}\nhaul pid stderr:\n{stderr}",

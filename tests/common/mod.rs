@@ -147,6 +147,31 @@ pub fn touches(wd: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// `haul pid PID B:PORT --key KEY --img-path DIR/src-img EXTRA...`, run in node A.
+pub fn haul_pid_command(
+    nodes: &NodePair,
+    serve: &Serve,
+    key: &Path,
+    dir: &Path,
+    pid: i32,
+    extra: &[&str],
+) -> Command {
+    let mut c = nodes.a.command(HAUL);
+    c.args([
+        "pid",
+        &pid.to_string(),
+        &format!("{}:{}", nodes.b.addr, serve.port),
+    ])
+    .arg("--key")
+    .arg(key)
+    .arg("--img-path")
+    .arg(dir.join("src-img"))
+    .args(extra)
+    .stdin(Stdio::null());
+    c
+}
+
+/// Runs [`haul_pid_command`] to the end.
 pub fn haul_pid(
     nodes: &NodePair,
     serve: &Serve,
@@ -155,22 +180,26 @@ pub fn haul_pid(
     pid: i32,
     extra: &[&str],
 ) -> std::process::Output {
-    nodes
-        .a
-        .command(HAUL)
-        .args([
-            "pid",
-            &pid.to_string(),
-            &format!("{}:{}", nodes.b.addr, serve.port),
-        ])
-        .arg("--key")
-        .arg(key)
-        .arg("--img-path")
-        .arg(dir.join("src-img"))
-        .args(extra)
-        .stdin(Stdio::null())
+    haul_pid_command(nodes, serve, key, dir, pid, extra)
         .output()
         .unwrap()
+}
+
+/// This machine's CRIU features.
+pub fn criu_features() -> haul::criu::Features {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            haul::criu::Criu::locate_checked()
+                .await
+                .unwrap()
+                .0
+                .features()
+                .await
+                .unwrap()
+        })
 }
 
 /// Stops mtouch with its stop file and returns its verdict.
@@ -192,4 +221,61 @@ pub fn stop_and_verify(wd: &Path) -> mtouch_log::MtouchVerdict {
 
 pub fn alive(pid: i32) -> bool {
     haul::migrate::tree::alive(pid)
+}
+
+/// One migration's stage: a temp dir, two nodes, a key, `haul serve` in B, mtouch in A.
+pub struct Scene {
+    /// `haul serve` in node B (dropped before the nodes).
+    pub serve: Serve,
+    /// mtouch's host pid in node A.
+    pub pid: i32,
+    /// mtouch's working directory (its log and stop file).
+    pub wd: PathBuf,
+    /// The key file.
+    pub key: PathBuf,
+    /// The nodes.
+    pub nodes: NodePair,
+    /// Everything on disk (dropped last).
+    pub tmp: tempfile::TempDir,
+}
+
+impl Scene {
+    /// Sets the stage with mtouch `SIZE:PRE:PAUSE` = `spec`.
+    pub fn new(tag: &str, spec: &str) -> Scene {
+        Scene::with_serve_env(tag, spec, &[])
+    }
+
+    /// The same, with extra environment for `haul serve`.
+    pub fn with_serve_env(tag: &str, spec: &str, env: &[(&str, &Path)]) -> Scene {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes = NodePair::new(tag).expect("nodes");
+        let key = keygen(tmp.path(), "key");
+        let serve = start_serve_env(&nodes, &key, tmp.path(), env);
+        let (pid, wd) = start_mtouch(&nodes, tmp.path(), spec);
+        Scene {
+            serve,
+            pid,
+            wd,
+            key,
+            nodes,
+            tmp,
+        }
+    }
+
+    /// `haul pid` for this scene's toucher, with the scene's key (see [`haul_pid_command`]).
+    pub fn pid_command(&self, extra: &[&str]) -> Command {
+        haul_pid_command(
+            &self.nodes,
+            &self.serve,
+            &self.key,
+            self.tmp.path(),
+            self.pid,
+            extra,
+        )
+    }
+
+    /// Runs `haul pid` to the end.
+    pub fn migrate(&self, extra: &[&str]) -> std::process::Output {
+        self.pid_command(extra).output().unwrap()
+    }
 }
