@@ -1,0 +1,303 @@
+//! The `local` provider: two network namespaces on this machine, joined by a veth pair
+//! ([`NodePair`]), sharing this machine's file system (which stands in for the HOWTO's NFS
+//! mount). Commands run through `nsenter --net=/run/netns/NAME`, so a workload, `haul serve`
+//! and CRIU's page server each live in their node's network namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{removable, run_local, Node, Output, Provider, ProviderError};
+use crate::netns::NodePair;
+
+/// The `[provider]` table for `kind = "local"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Where `haul`, `mtouch` and `haul-launch` are (default: `target/release` of the
+    /// source tree the harness runs in).
+    #[serde(default)]
+    pub bin_dir: Option<String>,
+    /// Where the run's directories go (default `/var/tmp/haul-harness`).
+    #[serde(default)]
+    pub work_root: Option<String>,
+    /// The CRIU binary (default: `criu` on PATH, else `/usr/local/sbin/criu`).
+    #[serde(default)]
+    pub criu: Option<String>,
+}
+
+/// The default root of the local provider's directories.
+pub const LOCAL_WORK_ROOT: &str = "/var/tmp/haul-harness";
+
+/// The source tree the harness runs in: the nearest ancestor of the working directory with
+/// `harness/Cargo.toml`, else the one this harness was built from.
+pub fn source_tree() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors()
+        .find(|d| d.join("harness/Cargo.toml").is_file())
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            let built = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+            built
+                .join("harness/Cargo.toml")
+                .is_file()
+                .then(|| built.to_path_buf())
+        })
+}
+
+/// The CRIU binary: `criu` on PATH, else `/usr/local/sbin/criu` (where scripts/setup.sh puts it).
+pub fn find_criu() -> String {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("criu").is_file()))
+        .unwrap_or(false);
+    if on_path || !Path::new("/usr/local/sbin/criu").is_file() {
+        "criu".into()
+    } else {
+        "/usr/local/sbin/criu".into()
+    }
+}
+
+/// One namespace of the pair.
+#[derive(Debug)]
+pub struct LocalNode {
+    role: &'static str,
+    netns: String,
+    addr: String,
+    bin_dir: String,
+    criu: String,
+    work_dir: String,
+    children: Mutex<Vec<Child>>,
+}
+
+impl LocalNode {
+    fn command(&self, argv: &[String]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .args(argv);
+        c
+    }
+
+    fn stop_child(mut child: Child) {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn terminate_all(&self) {
+        let children: Vec<Child> = self
+            .children
+            .lock()
+            .map(|mut c| c.drain(..).collect())
+            .unwrap_or_default();
+        for c in children {
+            Self::stop_child(c);
+        }
+    }
+}
+
+impl Node for LocalNode {
+    fn describe(&self) -> String {
+        format!("{} ({}, {})", self.role, self.netns, self.addr)
+    }
+
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn bin(&self, program: &str) -> String {
+        format!("{}/{program}", self.bin_dir)
+    }
+
+    fn criu(&self) -> String {
+        self.criu.clone()
+    }
+
+    fn work_dir(&self) -> &str {
+        &self.work_dir
+    }
+
+    fn exec(
+        &self,
+        argv: &[String],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Output, ProviderError> {
+        run_local(self.command(argv), stdin, timeout)
+    }
+
+    fn spawn(&self, argv: &[String], log: &str) -> Result<i32, ProviderError> {
+        let io = |source| ProviderError::Io {
+            what: format!("cannot open {log}"),
+            source,
+        };
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io)?;
+        let f2 = f.try_clone().map_err(io)?;
+        let child = self
+            .command(argv)
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .map_err(|source| ProviderError::Spawn {
+                program: argv.first().cloned().unwrap_or_default(),
+                source,
+            })?;
+        let pid = child.id() as i32;
+        if let Ok(mut c) = self.children.lock() {
+            c.push(child);
+        }
+        Ok(pid)
+    }
+
+    fn terminate(&self, pid: i32) {
+        let child = self.children.lock().ok().and_then(|mut c| {
+            let i = c.iter().position(|ch| ch.id() as i32 == pid)?;
+            Some(c.swap_remove(i))
+        });
+        if let Some(c) = child {
+            Self::stop_child(c);
+        }
+    }
+
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, ProviderError> {
+        std::fs::read(path).map_err(|source| ProviderError::Io {
+            what: format!("cannot read {path}"),
+            source,
+        })
+    }
+}
+
+/// Two namespaces and their directories under `<work_root>/<tag>/`: `a/`, `b/` (each node's
+/// own) and `shared/`.
+#[derive(Debug)]
+pub struct LocalProvider {
+    pair: Option<NodePair>,
+    a: LocalNode,
+    b: LocalNode,
+    root: String,
+    shared: String,
+    keep: bool,
+}
+
+impl LocalProvider {
+    /// Make the namespaces and directories; needs root.
+    pub fn new(config: &LocalConfig, tag: &str) -> Result<LocalProvider, ProviderError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(ProviderError::Config(
+                "the local provider needs root (network namespaces, CRIU)".into(),
+            ));
+        }
+        let bin_dir = match &config.bin_dir {
+            Some(d) => d.clone(),
+            None => source_tree()
+                .map(|t| t.join("target/release").display().to_string())
+                .ok_or_else(|| {
+                    ProviderError::Config(
+                        "no bin_dir given and not inside haul's source tree".into(),
+                    )
+                })?,
+        };
+        for p in ["haul", "mtouch", "haul-launch"] {
+            if !Path::new(&bin_dir).join(p).is_file() {
+                return Err(ProviderError::Config(format!(
+                    "{bin_dir}/{p} is missing: build it (cargo build --release -p haul -p haul-workloads)"
+                )));
+            }
+        }
+        let criu = config.criu.clone().unwrap_or_else(find_criu);
+        let root = format!(
+            "{}/{tag}",
+            config.work_root.as_deref().unwrap_or(LOCAL_WORK_ROOT)
+        );
+        if !removable(&root) {
+            return Err(ProviderError::Config(format!(
+                "work_root {root} must be absolute and contain a directory named haul-harness*"
+            )));
+        }
+        let pair = NodePair::new("hx")?;
+        let node = |role, n: &crate::netns::Node, sub: &str| LocalNode {
+            role,
+            netns: n.netns.clone(),
+            addr: n.addr.clone(),
+            bin_dir: bin_dir.clone(),
+            criu: criu.clone(),
+            work_dir: format!("{root}/{sub}"),
+            children: Mutex::new(Vec::new()),
+        };
+        let a = node("source", &pair.a, "a");
+        let b = node("destination", &pair.b, "b");
+        let p = LocalProvider {
+            shared: format!("{root}/shared"),
+            pair: Some(pair),
+            a,
+            b,
+            root,
+            keep: false,
+        };
+        for d in [&p.a.work_dir, &p.b.work_dir, &p.shared] {
+            std::fs::create_dir_all(d).map_err(|source| ProviderError::Io {
+                what: format!("cannot make {d}"),
+                source,
+            })?;
+        }
+        Ok(p)
+    }
+}
+
+impl Provider for LocalProvider {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "local: network namespaces {} ({}) -> {} ({}), shared directory {}",
+            self.a.netns, self.a.addr, self.b.netns, self.b.addr, self.shared
+        )
+    }
+
+    fn source(&self) -> &dyn Node {
+        &self.a
+    }
+
+    fn destination(&self) -> &dyn Node {
+        &self.b
+    }
+
+    fn shared_dir(&self) -> &str {
+        &self.shared
+    }
+
+    fn keep_files(&mut self, keep: bool) {
+        self.keep = keep;
+    }
+}
+
+impl Drop for LocalProvider {
+    fn drop(&mut self) {
+        self.a.terminate_all();
+        self.b.terminate_all();
+        // kills whatever still runs in the namespaces (a workload left behind by a failure),
+        // then deletes them
+        drop(self.pair.take());
+        if !self.keep && removable(&self.root) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
