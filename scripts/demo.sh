@@ -66,7 +66,7 @@ echo "node A: haul pid $MTOUCH_PID $ADDR_B:$PORT --strategy $STRATEGY"
 nsenter --net=/run/netns/$NS_A "$BIN/haul" pid "$MTOUCH_PID" $ADDR_B:$PORT --key "$TMP/key" \
     --img-path "$TMP/img-a" --strategy "$STRATEGY" --report "$TMP/report.json"
 sleep 1
-in_b=$(ip netns pids $NS_B | while read -r p; do [ "$(cat /proc/$p/comm 2>/dev/null)" = mtouch ] && echo $p; done)
+in_b=$(ip netns pids $NS_B | while read -r p; do if [ "$(cat /proc/$p/comm 2>/dev/null)" = mtouch ]; then echo "$p"; fi; done)
 [ -n "$in_b" ] || { echo "mtouch does not run in node B" >&2; exit 1; }
 echo "node B: mtouch runs as host pid $in_b; stopping it and checking its memory"
 touch "$TMP/shared/mem-touch-stop"

@@ -291,11 +291,7 @@ impl Operation {
             return Err(CriuError::Refused {
                 request: type_name(self.kind),
                 errno: resp.cr_errno,
-                message: resp
-                    .cr_errmsg
-                    .clone()
-                    .filter(|m| !m.is_empty())
-                    .unwrap_or_else(|| "CRIU reported failure without a message".into()),
+                message: failure_message(resp.cr_errmsg.as_deref(), self.worker.log.as_deref()),
                 log: self.worker.log.clone(),
             });
         }
@@ -362,5 +358,50 @@ impl Operation {
     /// Closes the connection and reaps the worker.
     pub async fn finish(self) {
         self.worker.finish().await;
+    }
+}
+
+/// CRIU's first error line is often a harmless one (`rlimit: Can't setup RLIMIT_NOFILE` on
+/// machines without CAP_SYS_RESOURCE): say the last error line of the log as well.
+fn failure_message(first: Option<&str>, log: Option<&Path>) -> String {
+    let first = first.map(str::trim).filter(|m| !m.is_empty());
+    let last = log
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|l| l.contains("Error (") && !l.contains("RLIMIT_NOFILE"))
+                .map(|l| l.trim().to_string())
+        });
+    match (first, last) {
+        (Some(f), Some(l)) if !f.contains(l.as_str()) && !l.contains(f) => {
+            format!("{l} (first error: {f})")
+        }
+        (_, Some(l)) => l,
+        (Some(f), None) => f.to_string(),
+        (None, None) => "CRIU reported failure without a message".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_real_error_of_the_log_leads() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("restore.log");
+        std::fs::write(
+            &log,
+            "(0.1) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self\n(0.2) ok\n(0.3) Error (criu/files-reg.c:2142): File a has bad size 3 (expect 4)\n",
+        )
+        .unwrap();
+        let m = failure_message(
+            Some("Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self"),
+            Some(&log),
+        );
+        assert!(m.starts_with("(0.3) Error (criu/files-reg.c"), "{m}");
+        assert!(m.contains("first error: "), "{m}");
+        assert_eq!(failure_message(Some("boom"), None), "boom");
     }
 }

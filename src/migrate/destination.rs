@@ -64,7 +64,54 @@ pub struct ServeConfig {
 }
 
 type MemoryKey = (String, u32, bool);
-type MemorySlots = Arc<Mutex<HashMap<MemoryKey, oneshot::Sender<TcpStream>>>>;
+type MemorySlots = Arc<Mutex<MemoryChannels>>;
+
+/// Memory channels meeting the migrations that asked for them. The source opens a channel
+/// right after the command that announces it, so the channel may be authenticated before the
+/// destination's migration has processed that command: an early channel is parked until the
+/// migration asks for it.
+#[derive(Default)]
+struct MemoryChannels {
+    waiting: HashMap<MemoryKey, oneshot::Sender<TcpStream>>,
+    parked: HashMap<MemoryKey, TcpStream>,
+}
+
+/// Early channels kept at most (they come from authenticated peers only).
+const MAX_PARKED: usize = 64;
+
+impl MemoryChannels {
+    /// A migration asks for channel `key`; the receiver yields it once it is there.
+    fn expect(&mut self, key: MemoryKey) -> oneshot::Receiver<TcpStream> {
+        let (tx, rx) = oneshot::channel();
+        match self.parked.remove(&key) {
+            Some(stream) => {
+                let _ = tx.send(stream);
+            }
+            None => {
+                self.waiting.insert(key, tx);
+            }
+        }
+        rx
+    }
+
+    /// An authenticated channel `key` arrived: hand it over, or park it; `false` when refused.
+    fn deliver(&mut self, key: MemoryKey, stream: TcpStream) -> bool {
+        if let Some(tx) = self.waiting.remove(&key) {
+            return tx.send(stream).is_ok();
+        }
+        if self.parked.len() >= MAX_PARKED || self.parked.contains_key(&key) {
+            return false;
+        }
+        self.parked.insert(key, stream);
+        true
+    }
+
+    /// Drops whatever belongs to migration `id`.
+    fn forget(&mut self, id: &str) {
+        self.waiting.retain(|k, _| k.0 != id);
+        self.parked.retain(|k, _| k.0 != id);
+    }
+}
 
 struct Shared {
     cfg: ServeConfig,
@@ -230,16 +277,18 @@ async fn handle_connection(
     match purpose {
         Purpose::Memory(m) => {
             let key = (m.migration_id.clone(), m.round, m.lazy);
-            let slot = shared.slots.lock().expect("slots lock").remove(&key);
-            match slot {
-                Some(tx) => {
-                    let _ = tx.send(conn.into_inner());
-                    Ok(false)
-                }
-                None => Err(MigrateError::Protocol {
+            let accepted = shared
+                .slots
+                .lock()
+                .expect("slots lock")
+                .deliver(key.clone(), conn.into_inner());
+            if accepted {
+                Ok(false)
+            } else {
+                Err(MigrateError::Protocol {
                     peer: peer.to_string(),
-                    detail: format!("memory channel for {key:?} that no migration expects"),
-                }),
+                    detail: format!("memory channel for {key:?} refused (duplicate, or too many early channels)"),
+                })
             }
         }
         Purpose::Control => {
@@ -559,15 +608,20 @@ impl Migration {
     }
 
     async fn memory_channel(&self, round: u32, lazy: bool) -> Result<TcpStream, MigrateError> {
-        let (tx, rx) = oneshot::channel();
         let key = (self.id.clone(), round, lazy);
+        let rx = self
+            .shared
+            .slots
+            .lock()
+            .expect("slots lock")
+            .expect(key.clone());
+        let r = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, rx).await;
         self.shared
             .slots
             .lock()
             .expect("slots lock")
-            .insert(key.clone(), tx);
-        let r = tokio::time::timeout(HANDSHAKE_TIMEOUT * 2, rx).await;
-        self.shared.slots.lock().expect("slots lock").remove(&key);
+            .waiting
+            .remove(&key);
         match r {
             Ok(Ok(s)) => Ok(s),
             _ => Err(MigrateError::Timeout {
@@ -724,12 +778,11 @@ impl Migration {
         let id = self.id.clone();
         let peer = self.peer.clone();
         // Register for the source's lazy memory channel now; it arrives once the source's CRIU serves pages.
-        let (tx, rx) = oneshot::channel();
-        shared
+        let rx = shared
             .slots
             .lock()
             .expect("slots lock")
-            .insert((id.clone(), 0, true), tx);
+            .expect((id.clone(), 0, true));
         self.lazy_relay = Some(tokio::spawn(async move {
             let local =
                 match tokio::time::timeout(Duration::from_secs(120), listener.accept()).await {
@@ -843,7 +896,7 @@ impl Migration {
             .slots
             .lock()
             .expect("slots lock")
-            .retain(|k, _| k.0 != self.id);
+            .forget(&self.id);
     }
 }
 
