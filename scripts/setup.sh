@@ -42,7 +42,7 @@ version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]
 criu_version() { "$1" --version 2>/dev/null | awk '/^Version:/{print $2; exit}'; }
 
 # ---------------------------------------------------------------- 1. packages
-RUNTIME_PKGS="iproute2 iputils-ping iptables nftables procps util-linux python3 gcc make pkg-config fonts-dejavu-core fontconfig"
+RUNTIME_PKGS="iproute2 iputils-ping iptables nftables procps util-linux python3 gcc make pkg-config fonts-dejavu-core fontconfig redis-server"
 CRIU_BUILD_DEPS="build-essential pkg-config python3 libprotobuf-dev libprotobuf-c-dev protobuf-c-compiler
  protobuf-compiler python3-protobuf libnl-3-dev libnet1-dev libcap-dev libbsd-dev libnftables-dev
  libgnutls28-dev uuid-dev libaio-dev xz-utils dpkg-dev"
@@ -69,6 +69,10 @@ apt_install() {
     apt-get install -y -qq -t bookworm --no-install-recommends $miss
 }
 apt_install $RUNTIME_PKGS
+# the redis-server package may start a system redis; the tests start their own in namespaces
+if [ -x /etc/init.d/redis-server ] && pgrep -x redis-server >/dev/null 2>&1; then
+    systemctl disable --now redis-server >/dev/null 2>&1 || /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+fi
 
 # ---------------------------------------------------------------- 2. CRIU
 have_criu=
