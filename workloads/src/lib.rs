@@ -22,7 +22,9 @@
 //! The programs: `haul-launch` (the launcher), `mtouch` (P.Haul's memory toucher, with dirty
 //! rates and patterns), `mt-threads` (threads with verifiable memory), `ptree` (a process tree
 //! with a zombie), `tcp-echo` and `tcp-client` (a connection that must survive migration) and
-//! `rec-writer` (appends checksummed records to a shared file).
+//! `rec-writer` (appends checksummed records to a shared file), and `redis-load` (a client that
+//! loads redis-server with a known data set, keeps writing through a migration, then checks
+//! every key).
 
 pub mod files;
 pub mod launch;
