@@ -47,10 +47,15 @@ fn every_strategy_migrates_between_two_vms() {
         last.ends_with(" 0 failed") && !last.contains(" 0 passed"),
         "{last}"
     );
+    // one line per migration: "<name>\tok|FAIL\t<figures>"
+    let results = std::fs::read_to_string(out.join("results.tsv")).unwrap_or_default();
+    eprintln!("{results}");
     for strategy in ["stop-copy", "pre-copy", "post-copy", "hybrid"] {
+        let name = format!("haul-{strategy}\t");
+        let line = results.lines().find(|l| l.starts_with(&name));
         assert!(
-            summary.contains(&format!("haul-{strategy}")),
-            "no haul {strategy} run in:\n{summary}"
+            line.is_some_and(|l| l.split('\t').nth(1) == Some("ok")),
+            "haul {strategy} did not pass between the VMs:\n{results}"
         );
     }
 }
