@@ -400,6 +400,35 @@ pub fn analyze(path: impl AsRef<Path>) -> Result<SelfCheckVerdict, LogError> {
     Ok(v)
 }
 
+/// The `main` of a self-checking workload: opens its log (reporting start code `L` when it
+/// cannot), runs it, and turns its verdict into the exit code; an I/O error ends the log with a
+/// `Fail:` line and `Finish`.
+pub fn workload_main(
+    name: &str,
+    log_path: &Path,
+    run: impl FnOnce(&std::sync::Arc<LogWriter>, crate::start_code::StartReporter) -> io::Result<bool>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let reporter = crate::start_code::StartReporter::from_env();
+    let log = match LogWriter::create(log_path) {
+        Ok(l) => std::sync::Arc::new(l),
+        Err(e) => {
+            eprintln!("{name}: cannot open log {}: {e}", log_path.display());
+            let _ = reporter.report(crate::start_code::StartCode::LogFailed);
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(&log, reporter) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            let _ = log.fail(format_args!("{e}"));
+            let _ = log.finish();
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -404,25 +404,10 @@ fn check(conn: &mut Conn, keys: &[String], args: &Args, log: &LogWriter) -> io::
 }
 
 fn main() -> ExitCode {
-    let reporter = StartReporter::from_env();
     let args = Args::parse();
-    let log = match LogWriter::create(&args.log) {
-        Ok(l) => Arc::new(l),
-        Err(e) => {
-            eprintln!("redis-load: cannot open log {}: {e}", args.log.display());
-            let _ = reporter.report(StartCode::LogFailed);
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(&args, &log, reporter) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            let _ = log.fail(format_args!("{e}"));
-            let _ = log.finish();
-            ExitCode::FAILURE
-        }
-    }
+    haul_workloads::worklog::workload_main("redis-load", &args.log, |log, reporter| {
+        run(&args, log, reporter)
+    })
 }
 
 fn run(args: &Args, log: &Arc<LogWriter>, reporter: StartReporter) -> io::Result<bool> {

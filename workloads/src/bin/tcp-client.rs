@@ -153,25 +153,10 @@ fn conn_loop(id: usize, first: TcpStream, args: &Args, log: &LogWriter, stats: &
 }
 
 fn main() -> ExitCode {
-    let reporter = StartReporter::from_env();
     let args = Args::parse();
-    let log = match LogWriter::create(&args.log) {
-        Ok(l) => Arc::new(l),
-        Err(e) => {
-            eprintln!("tcp-client: cannot open log {}: {e}", args.log.display());
-            let _ = reporter.report(StartCode::LogFailed);
-            return ExitCode::FAILURE;
-        }
-    };
-    match run(&args, &log, reporter) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            let _ = log.fail(format_args!("{e}"));
-            let _ = log.finish();
-            ExitCode::FAILURE
-        }
-    }
+    haul_workloads::worklog::workload_main("tcp-client", &args.log, |log, reporter| {
+        run(&args, log, reporter)
+    })
 }
 
 fn run(args: &Args, log: &Arc<LogWriter>, reporter: StartReporter) -> std::io::Result<bool> {
