@@ -172,24 +172,29 @@ pub fn procs_in_netns(name: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Kills every process left in network namespace `name` (all of them started by the caller's
+/// run), waiting up to 5 s for them to go, then deletes the namespace.
+pub fn destroy_netns(name: &str) {
+    for _ in 0..50 {
+        let pids = procs_in_netns(name);
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = ip(&["netns", "del", name]);
+}
+
 impl Drop for NodePair {
     fn drop(&mut self) {
-        for n in [&self.a, &self.b] {
-            for _ in 0..20 {
-                let pids = procs_in_netns(&n.netns);
-                if pids.is_empty() {
-                    break;
-                }
-                for p in pids {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(p),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = ip(&["netns", "del", &n.netns]);
-        }
+        destroy_netns(&self.a.netns);
+        destroy_netns(&self.b.netns);
     }
 }
 

@@ -548,24 +548,7 @@ impl ClientNode {
 
 impl Drop for ClientNode {
     fn drop(&mut self) {
-        for _ in 0..50 {
-            let pids = procs_in_netns(&self.netns);
-            if pids.is_empty() {
-                break;
-            }
-            for p in pids {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        haul_harness::netns::destroy_netns(&self.netns);
     }
 }
 
