@@ -11,6 +11,8 @@
 pub mod client;
 pub mod error;
 pub mod options;
+pub mod scripted;
+pub mod service;
 pub mod stats;
 pub mod worker;
 

@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::criu::pb::{self as cpb, CriuReqType};
+use crate::criu::service::{CriuOperation, CriuService};
 use crate::criu::{options, stats, Criu, CriuVersion, Event, Features};
 use crate::wire::auth::{self, Purpose};
 use crate::wire::frame::Conn;
@@ -115,9 +116,27 @@ impl MemoryChannels {
 
 struct Shared {
     cfg: ServeConfig,
+    criu: Arc<dyn CriuService>,
     version: CriuVersion,
     features: Features,
     slots: MemorySlots,
+}
+
+impl Shared {
+    /// Asks `criu` for its version and features; makes the image directory.
+    async fn new(cfg: ServeConfig, criu: Arc<dyn CriuService>) -> Result<Shared, MigrateError> {
+        let version = criu.version().await?;
+        let features = criu.features().await?;
+        std::fs::create_dir_all(&cfg.img_path)
+            .map_err(|e| MigrateError::io("cannot create image directory", &cfg.img_path, e))?;
+        Ok(Shared {
+            cfg,
+            criu,
+            version,
+            features,
+            slots: Arc::default(),
+        })
+    }
 }
 
 /// Binds the listening socket (separate from [`serve`] so callers know the port at once).
@@ -132,26 +151,19 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MigrateError> {
 
 /// Serves migrations one after another (and side by side) until `max_migrations` are done.
 pub async fn serve(listener: TcpListener, cfg: ServeConfig) -> Result<(), MigrateError> {
-    let (criu, version) = (cfg.criu.clone(), cfg.criu.version().await?);
-    let features = criu.features().await?;
-    std::fs::create_dir_all(&cfg.img_path)
-        .map_err(|e| MigrateError::io("cannot create image directory", &cfg.img_path, e))?;
+    let criu: Arc<dyn CriuService> = Arc::new(cfg.criu.clone());
+    let shared = Arc::new(Shared::new(cfg, criu).await?);
     info!(
-        "haul serve on {} (CRIU {version}, mem_track {}, lazy_pages {}), images in {}",
+        "haul serve on {} (CRIU {}, mem_track {}, lazy_pages {}), images in {}",
         listener
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default(),
-        features.mem_track,
-        features.lazy_pages,
-        cfg.img_path.display()
+        shared.version,
+        shared.features.mem_track,
+        shared.features.lazy_pages,
+        shared.cfg.img_path.display()
     );
-    let shared = Arc::new(Shared {
-        cfg,
-        version,
-        features,
-        slots: Arc::default(),
-    });
     let pending = Arc::new(Mutex::new(Pending::default()));
     let mut migrations = tokio::task::JoinSet::new();
     let mut done = 0usize;
@@ -293,25 +305,55 @@ async fn handle_connection(
         }
         Purpose::Control => {
             info!("{peer}: authenticated; migration starts");
-            let mut m = Migration::new(shared, peer.to_string());
-            let r = m.run(&mut conn).await;
-            if let Err(e) = &r {
-                let _ = conn
-                    .send(&pb::Message::error(
-                        pb::ErrorKind::Unspecified,
-                        e.to_string(),
-                    ))
-                    .await;
-            }
-            m.cleanup().await;
-            r.map(|()| true)
+            run_migration(shared, &mut conn, peer.to_string())
+                .await
+                .map(|()| true)
         }
     }
 }
 
+/// Runs one migration's state machine on an authenticated control connection; on failure
+/// tells the source why. Whatever it started is stopped before it returns.
+async fn run_migration<S: Stream>(
+    shared: Arc<Shared>,
+    conn: &mut Conn<S>,
+    peer: String,
+) -> Result<(), MigrateError> {
+    let mut m = Migration::new(shared, peer);
+    let r = m.run(conn).await;
+    if let Err(e) = &r {
+        let _ = conn
+            .send(&pb::Message::error(
+                pb::ErrorKind::Unspecified,
+                e.to_string(),
+            ))
+            .await;
+    }
+    m.cleanup().await;
+    r
+}
+
+/// A control connection's byte stream.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The state machine of one migration alone: `conn` is taken as authenticated (tag keys
+/// already set, or none), `criu` stands in for CRIU, and no memory channel ever arrives
+/// (a page server waits for one until it times out). For the fuzz target and the root-free
+/// tests of the protocol's states; `haul serve` itself goes through [`serve`].
+#[doc(hidden)]
+pub async fn control_session<S: Stream>(
+    conn: &mut Conn<S>,
+    cfg: ServeConfig,
+    criu: Arc<dyn CriuService>,
+) -> Result<(), MigrateError> {
+    let shared = Arc::new(Shared::new(cfg, criu).await?);
+    run_migration(shared, conn, "fuzz".into()).await
+}
+
 /// A page server serving one round.
 struct PageServer {
-    op: crate::criu::Operation,
+    op: Box<dyn CriuOperation>,
     pid: i32,
     _dir: RoundDir,
     _sock: OwnedFd,
@@ -359,11 +401,7 @@ impl Migration {
         }
     }
 
-    async fn send<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-        &self,
-        conn: &mut Conn<S>,
-        body: Body,
-    ) -> Result<(), MigrateError> {
+    async fn send<S: Stream>(&self, conn: &mut Conn<S>, body: Body) -> Result<(), MigrateError> {
         conn.send(&pb::Message::of(body))
             .await
             .map(drop)
@@ -373,10 +411,7 @@ impl Migration {
             })
     }
 
-    async fn recv<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-        &self,
-        conn: &mut Conn<S>,
-    ) -> Result<pb::Message, MigrateError> {
+    async fn recv<S: Stream>(&self, conn: &mut Conn<S>) -> Result<pb::Message, MigrateError> {
         match tokio::time::timeout(IDLE_TIMEOUT, conn.recv()).await {
             Err(_) => Err(MigrateError::Timeout {
                 peer: self.peer.clone(),
@@ -390,7 +425,7 @@ impl Migration {
         }
     }
 
-    async fn run(&mut self, conn: &mut Conn<TcpStream>) -> Result<(), MigrateError> {
+    async fn run<S: Stream>(&mut self, conn: &mut Conn<S>) -> Result<(), MigrateError> {
         loop {
             let msg = self.recv(conn).await?;
             match self.step(conn, msg).await? {
@@ -407,9 +442,9 @@ impl Migration {
     }
 
     /// One command: the state is which of `dir` / `restored_pid` are set.
-    async fn step(
+    async fn step<S: Stream>(
         &mut self,
-        conn: &mut Conn<TcpStream>,
+        conn: &mut Conn<S>,
         msg: pb::Message,
     ) -> Result<Step, MigrateError> {
         let kind = msg.kind_name();
@@ -531,7 +566,6 @@ impl Migration {
         std::fs::write(&img, &b.cpuinfo).map_err(|e| MigrateError::io("cannot write", &img, e))?;
         let opts = options::base(cpu.fd(), "cpuinfo-check.log");
         self.shared
-            .cfg
             .criu
             .cpuinfo_check(opts, Some(cpu_dir.join("cpuinfo-check.log")))
             .await
@@ -582,7 +616,6 @@ impl Migration {
         let log = rd.path().join("page-server.log");
         let mut op = self
             .shared
-            .cfg
             .criu
             .start_request(req, &[sock.as_raw_fd()], Some(log))
             .await?;
@@ -665,9 +698,9 @@ impl Migration {
         Ok(bytes)
     }
 
-    async fn restore(
+    async fn restore<S: Stream>(
         &mut self,
-        conn: &mut Conn<TcpStream>,
+        conn: &mut Conn<S>,
         r: pb::Restore,
     ) -> Result<pb::Restored, MigrateError> {
         if !self.page_servers.is_empty() {
@@ -696,12 +729,8 @@ impl Migration {
         }
         let t0 = Instant::now();
         let log = rd.path().join("restore.log");
-        let mut op = self
-            .shared
-            .cfg
-            .criu
-            .start(CriuReqType::Restore, opts, &[], Some(log))
-            .await?;
+        let req = crate::criu::client::new_request(CriuReqType::Restore, Some(opts));
+        let mut op = self.shared.criu.start_request(req, &[], Some(log)).await?;
         let resp = loop {
             match op.next().await {
                 Ok(Event::Notify(n)) if n.script == "post-restore" => {
@@ -808,7 +837,7 @@ impl Migration {
             }
         }));
         let log = "lazy-pages.log";
-        let child = tokio::process::Command::new(self.shared.cfg.criu.path())
+        let child = tokio::process::Command::new(self.shared.criu.path())
             .arg("lazy-pages")
             .arg("--page-server")
             .arg("--address")
@@ -829,7 +858,7 @@ impl Migration {
             .map_err(|e| {
                 MigrateError::io(
                     "cannot start criu lazy-pages from",
-                    self.shared.cfg.criu.path(),
+                    self.shared.criu.path(),
                     e,
                 )
             })?;

@@ -1,0 +1,216 @@
+//! A stand-in for CRIU that answers from a script: every request succeeds (or fails, where
+//! the script says so) without touching a process. It lets the destination's state machine
+//! run without root or CRIU, under the fuzz target and the protocol-state tests, and it
+//! counts operations that were started but never finished (a leaked `criu swrk` worker in
+//! real life).
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::client::{type_name, CriuVersion, Event, Features, Notification};
+use super::error::CriuError;
+use super::pb::{self, CriuReqType};
+use super::service::{BoxFuture, CriuOperation, CriuService};
+
+/// What the scripted CRIU does.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    /// CPUINFO_CHECK fails (the CPUs differ).
+    pub cpu_mismatch: bool,
+    /// RESTORE fails before its post-restore notification.
+    pub restore_fails: bool,
+    /// The pid a RESTORE reports (0 by default: no real process).
+    pub restored_pid: i32,
+}
+
+/// The scripted CRIU; clones share their record.
+#[derive(Debug, Clone)]
+pub struct ScriptedCriu {
+    script: Script,
+    requests: Arc<Mutex<Vec<String>>>,
+    open: Arc<AtomicUsize>,
+}
+
+impl ScriptedCriu {
+    /// A CRIU 4.2.0 with memory tracking and lazy pages, following `script`.
+    pub fn new(script: Script) -> ScriptedCriu {
+        ScriptedCriu {
+            script,
+            requests: Arc::default(),
+            open: Arc::default(),
+        }
+    }
+
+    /// The requests made so far, by type name (`RESTORE`, `PAGE_SERVER_CHLD`, `NOTIFY(ok)`...).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("requests lock").clone()
+    }
+
+    /// Operations started and not finished.
+    pub fn open_operations(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    fn note(&self, what: String) {
+        self.requests.lock().expect("requests lock").push(what);
+    }
+
+    fn refused(request: &str, message: &str) -> CriuError {
+        CriuError::Refused {
+            request: request.into(),
+            errno: None,
+            message: message.into(),
+            log: None,
+        }
+    }
+}
+
+impl CriuService for ScriptedCriu {
+    fn path(&self) -> &Path {
+        Path::new("/nonexistent/scripted-criu")
+    }
+
+    fn version(&self) -> BoxFuture<'_, Result<CriuVersion, CriuError>> {
+        Box::pin(async {
+            Ok(CriuVersion {
+                major: 4,
+                minor: 2,
+                sublevel: 0,
+            })
+        })
+    }
+
+    fn features(&self) -> BoxFuture<'_, Result<Features, CriuError>> {
+        Box::pin(async {
+            Ok(Features {
+                mem_track: true,
+                lazy_pages: true,
+            })
+        })
+    }
+
+    fn cpuinfo_check(
+        &self,
+        _opts: pb::CriuOpts,
+        _log: Option<PathBuf>,
+    ) -> BoxFuture<'_, Result<(), CriuError>> {
+        self.note("CPUINFO_CHECK".into());
+        let mismatch = self.script.cpu_mismatch;
+        Box::pin(async move {
+            if mismatch {
+                Err(Self::refused(
+                    "CPUINFO_CHECK",
+                    "CPU features differ (scripted)",
+                ))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    fn start_request<'a>(
+        &'a self,
+        req: pb::CriuReq,
+        _inherit: &'a [RawFd],
+        _log: Option<PathBuf>,
+    ) -> BoxFuture<'a, Result<Box<dyn CriuOperation>, CriuError>> {
+        let name = type_name(req.r#type);
+        self.note(name.clone());
+        let ok = |t: CriuReqType| pb::CriuResp {
+            r#type: t as i32,
+            success: true,
+            ..Default::default()
+        };
+        let mut events = VecDeque::new();
+        let kind = CriuReqType::try_from(req.r#type).ok();
+        match kind {
+            Some(CriuReqType::PageServerChld) => {
+                let mut r = ok(CriuReqType::PageServer);
+                r.ps = Some(pb::CriuPageServerInfo {
+                    pid: Some(0),
+                    ..Default::default()
+                });
+                events.push_back(Ok(Event::Done(r)));
+            }
+            Some(CriuReqType::Restore) if self.script.restore_fails => {
+                events.push_back(Err(("RESTORE", "restore failed (scripted)")));
+            }
+            Some(CriuReqType::Restore) => {
+                events.push_back(Ok(Event::Notify(Notification {
+                    script: "post-restore".into(),
+                    pid: Some(self.script.restored_pid),
+                })));
+                let mut r = ok(CriuReqType::Restore);
+                r.restore = Some(pb::CriuRestoreResp {
+                    pid: self.script.restored_pid,
+                });
+                events.push_back(Ok(Event::Done(r)));
+            }
+            _ => events.push_back(Err(("request", "not scripted"))),
+        }
+        self.open.fetch_add(1, Ordering::SeqCst);
+        let op = ScriptedOperation {
+            criu: self.clone(),
+            events,
+            refused: false,
+        };
+        Box::pin(async move { Ok(Box::new(op) as Box<dyn CriuOperation>) })
+    }
+}
+
+/// One scripted operation.
+struct ScriptedOperation {
+    criu: ScriptedCriu,
+    events: VecDeque<Result<Event, (&'static str, &'static str)>>,
+    /// A notification was answered `false`: CRIU fails the operation.
+    refused: bool,
+}
+
+impl CriuOperation for ScriptedOperation {
+    fn next(&mut self) -> BoxFuture<'_, Result<Event, CriuError>> {
+        let e = if self.refused {
+            Err(ScriptedCriu::refused(
+                "RESTORE",
+                "a notification was refused",
+            ))
+        } else {
+            match self.events.pop_front() {
+                Some(Ok(e)) => Ok(e),
+                Some(Err((r, m))) => Err(ScriptedCriu::refused(r, m)),
+                None => Err(ScriptedCriu::refused("operation", "already answered")),
+            }
+        };
+        Box::pin(async move { e })
+    }
+
+    fn request(&mut self, req: pb::CriuReq) -> BoxFuture<'_, Result<pb::CriuResp, CriuError>> {
+        let name = type_name(req.r#type);
+        self.criu.note(name.clone());
+        let r = if req.r#type == CriuReqType::WaitPid as i32 {
+            Ok(pb::CriuResp {
+                r#type: req.r#type,
+                success: true,
+                status: Some(0),
+                ..Default::default()
+            })
+        } else {
+            Err(ScriptedCriu::refused(&name, "not scripted"))
+        };
+        Box::pin(async move { r })
+    }
+
+    fn ack(&mut self, success: bool) -> BoxFuture<'_, Result<(), CriuError>> {
+        self.criu
+            .note(format!("NOTIFY({})", if success { "ok" } else { "no" }));
+        self.refused |= !success;
+        Box::pin(async { Ok(()) })
+    }
+
+    fn finish(self: Box<Self>) -> BoxFuture<'static, ()> {
+        self.criu.open.fetch_sub(1, Ordering::SeqCst);
+        Box::pin(async {})
+    }
+}
