@@ -11,7 +11,7 @@
 #      Debian's own source package (a deb-src entry only; never a binary trixie/sid entry),
 #      installed to /usr/local/sbin/criu; skipped when a CRIU >= 4.1 is already on PATH;
 #   3. fs.pipe-max-size >= 4 MiB (CRIU's lazy pages need it without CAP_SYS_RESOURCE);
-#   4. cargo build --release of the workspace;
+#   4. cargo build --release of the workspace; cargo-fuzz (pinned) for tests/fuzz_smoke.rs;
 #   5. the main job: scripts/demo.sh (mtouch moved between two local nodes).
 set -euo pipefail
 
@@ -145,6 +145,20 @@ command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://
 log "cargo build --release"
 cd "$HERE"
 cargo build --release --workspace --quiet
+
+# cargo-fuzz, pinned: tests/fuzz_smoke.rs runs each fuzz target briefly with it (and skips
+# without it). A fresh install takes about 1.5 minutes on 2 cores.
+CARGO_FUZZ_VERSION=0.13.2
+have_fuzz=$(cargo fuzz --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have_fuzz" = "$CARGO_FUZZ_VERSION" ]; then
+    log "cargo-fuzz $have_fuzz: nothing to install"
+else
+    log "installing cargo-fuzz $CARGO_FUZZ_VERSION${have_fuzz:+ (found $have_fuzz)} with cargo install --locked (about 1.5 min)"
+    t0=$SECONDS
+    cargo install --locked --quiet --force cargo-fuzz --version "$CARGO_FUZZ_VERSION" ||
+        die "could not install cargo-fuzz $CARGO_FUZZ_VERSION (crates.io reachable?)"
+    log "installed cargo-fuzz $(cargo fuzz --version | awk '{print $2}') in $((SECONDS - t0)) s"
+fi
 
 # ---------------------------------------------------------------- 5. main job
 if [ $DEMO = 1 ]; then
