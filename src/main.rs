@@ -96,6 +96,20 @@ enum Cmd {
     },
     /// Show the CRIU version and the kernel features that decide which strategies can run.
     Check,
+    /// (internal) The destination's post-copy relay, started by `haul serve` on two
+    /// inherited sockets so that it outlives the service.
+    #[command(hide = true)]
+    LazyRelay {
+        /// The lazy-pages daemon's connection.
+        #[arg(long)]
+        local_fd: i32,
+        /// The memory channel from the source.
+        #[arg(long)]
+        remote_fd: i32,
+        /// Where `haul serve` writes the restored tree's root pid.
+        #[arg(long)]
+        tree_pid_file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -217,7 +231,40 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             Ok(())
         }
         Cmd::Check => check().await,
+        Cmd::LazyRelay {
+            local_fd,
+            remote_fd,
+            tree_pid_file,
+        } => {
+            let local = inherited_socket(local_fd)?;
+            let remote = inherited_socket(remote_fd)?;
+            let (up, down) = haul::migrate::relay::destination_relay(local, remote, &tree_pid_file)
+                .await
+                .map_err(|e| format!("lazy relay: {e}"))?;
+            tracing::info!("lazy relay done: {up} bytes to the source, {down} from it");
+            Ok(())
+        }
     }
+}
+
+/// A TCP socket inherited from `haul serve` as fd `fd`.
+fn inherited_socket(fd: i32) -> Result<tokio::net::TcpStream, String> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: fstat(2) on any int is harmless; `st` is plain data it fills in.
+    let is_socket = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    };
+    if fd < 3 || !is_socket {
+        return Err(format!("fd {fd} is not an inherited socket"));
+    }
+    // SAFETY: fd is open, a socket, and not used by anything else in this process: it was
+    // inherited for this command alone.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let std = std::net::TcpStream::from(owned);
+    std.set_nonblocking(true)
+        .map_err(|e| format!("fd {fd}: {e}"))?;
+    tokio::net::TcpStream::from_std(std).map_err(|e| format!("fd {fd}: {e}"))
 }
 
 async fn check() -> Result<(), String> {

@@ -36,7 +36,6 @@ use crate::wire::pb::{self, message::Body};
 use crate::wire::Key;
 
 use super::images::{self, MigrationDir, RoundDir};
-use super::relay;
 use super::transfer::ImageReceiver;
 use super::MigrateError;
 
@@ -739,6 +738,13 @@ impl Migration {
                     // if the source is gone or says no, CRIU kills this copy and the source
                     // keeps (or resumes) the original.
                     let pid = n.pid.unwrap_or(0);
+                    // The post-copy relay kills this copy if its memory stops coming.
+                    if r.lazy {
+                        let f = rd.path().join(TREE_PID_FILE);
+                        if let Err(e) = std::fs::write(&f, pid.to_string()) {
+                            warn!("{}: cannot write {}: {e}", self.peer, f.display());
+                        }
+                    }
                     let go = async {
                         self.send(conn, Body::RestoreHeld(pb::RestoreHeld { pid }))
                             .await?;
@@ -812,6 +818,7 @@ impl Migration {
             .lock()
             .expect("slots lock")
             .expect((id.clone(), 0, true));
+        let relay_dir = rd.path().to_path_buf();
         self.lazy_relay = Some(tokio::spawn(async move {
             let local =
                 match tokio::time::timeout(Duration::from_secs(120), listener.accept()).await {
@@ -829,11 +836,17 @@ impl Migration {
                 }
             };
             super::sockopt::harden(&local);
-            match relay::pipe(local, remote).await {
-                Ok((a, b)) => {
-                    info!("{peer}: lazy relay done: {a} bytes to the source, {b} from it")
-                }
-                Err(e) => warn!("{peer}: lazy relay: {e}"),
+            // Its own process: the copy's memory keeps coming even if this service dies.
+            match spawn_relay_process(local, remote, &relay_dir) {
+                Ok(mut child) => match child.wait().await {
+                    Ok(st) if st.success() => info!("{peer}: lazy relay done"),
+                    Ok(st) => warn!(
+                        "{peer}: lazy relay exited with {st} (see {})",
+                        relay_dir.join(RELAY_LOG).display()
+                    ),
+                    Err(e) => warn!("{peer}: cannot wait for the lazy relay: {e}"),
+                },
+                Err(e) => warn!("{peer}: {e}"),
             }
         }));
         let log = "lazy-pages.log";
@@ -927,6 +940,68 @@ impl Migration {
             .expect("slots lock")
             .forget(&self.id);
     }
+}
+
+/// The restored tree's root pid, for the post-copy relay (in the final round's directory).
+const TREE_PID_FILE: &str = "restored.pid";
+/// The post-copy relay process's log (in the final round's directory).
+const RELAY_LOG: &str = "lazy-relay.log";
+
+/// Starts `haul lazy-relay` on the two connections, in its own session: it outlives this
+/// service, so that a restored copy gets the rest of its memory (or is killed, never
+/// zero-filled) whatever happens to `haul serve`.
+fn spawn_relay_process(
+    local: TcpStream,
+    remote: TcpStream,
+    dir: &std::path::Path,
+) -> Result<tokio::process::Child, MigrateError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| MigrateError::io("cannot find haul's own binary at", "/proc/self/exe", e))?;
+    let (local, remote): (OwnedFd, OwnedFd) = (
+        local
+            .into_std()
+            .map_err(|e| MigrateError::io("lazy relay socket", dir, e))?
+            .into(),
+        remote
+            .into_std()
+            .map_err(|e| MigrateError::io("lazy relay socket", dir, e))?
+            .into(),
+    );
+    let log = dir.join(RELAY_LOG);
+    let log_file =
+        std::fs::File::create(&log).map_err(|e| MigrateError::io("cannot create", &log, e))?;
+    let fds = [local.as_raw_fd(), remote.as_raw_fd()];
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.arg("lazy-relay")
+        .arg("--local-fd")
+        .arg(fds[0].to_string())
+        .arg("--remote-fd")
+        .arg(fds[1].to_string())
+        .arg("--tree-pid-file")
+        .arg(dir.join(TREE_PID_FILE))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .kill_on_drop(false);
+    // SAFETY: runs in the forked child before exec; fcntl(2) and setsid(2) are
+    // async-signal-safe and touch no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| MigrateError::io("cannot start the lazy relay", &exe, e))?;
+    drop((local, remote));
+    Ok(child)
 }
 
 fn dir_bytes(dir: &std::path::Path, pick: impl Fn(&str) -> bool) -> u64 {

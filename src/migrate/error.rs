@@ -61,6 +61,14 @@ pub enum MigrateError {
         /// What was wrong.
         detail: String,
     },
+    /// Post-copy: the memory channel failed while pages were still owed to the destination.
+    #[error("post-copy memory channel with {peer} broke before every page had arrived: {source}")]
+    PageFlow {
+        /// The destination.
+        peer: String,
+        /// What the channel said.
+        source: std::io::Error,
+    },
     /// The peer reported an error.
     #[error("{peer} reported: {message}")]
     Remote {
@@ -104,7 +112,7 @@ impl MigrateError {
 }
 
 /// Where the migrated process is after a failed migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Whereabouts {
     /// Nothing was frozen: the process ran on the source throughout.
     Untouched(i32),
@@ -112,6 +120,14 @@ pub enum Whereabouts {
     ResumedOnSource(i32),
     /// The process runs on the destination (the failure came after a successful restore).
     OnDestination(i32),
+    /// Post-copy: the process ran on the destination (pid there) but its memory stopped
+    /// coming before every page had arrived; CRIU ends a copy whose pages cannot come.
+    LostInPostCopy {
+        /// The pid on the destination.
+        pid: i32,
+        /// How long the post-copy window had lasted when the page flow broke.
+        window_secs: f64,
+    },
     /// haul could not confirm where the process is.
     Unknown(i32),
 }
@@ -122,6 +138,7 @@ impl std::fmt::Display for Whereabouts {
             Whereabouts::Untouched(p) => write!(f, "nothing was frozen: the process still runs on the source (pid {p})"),
             Whereabouts::ResumedOnSource(p) => write!(f, "the process was resumed and still runs on the source (pid {p})"),
             Whereabouts::OnDestination(p) => write!(f, "the process runs on the destination (pid {p} there)"),
+            Whereabouts::LostInPostCopy { pid, window_secs } => write!(f, "the process ran on the destination (pid {pid} there), but {window_secs:.2} s into the post-copy window its memory stopped coming with pages still missing: CRIU ends that copy, and the original's tasks were already gone, so the process is lost (post-copy's known risk; --strategy stop-copy never takes it)"),
             Whereabouts::Unknown(p) => write!(f, "haul could not confirm where the process is: check pid {p} on the source and the destination's log"),
         }
     }

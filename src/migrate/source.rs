@@ -86,6 +86,9 @@ enum Stage {
     Frozen,
     /// The final dump's failure was answered; the tasks were resumed.
     Resumed,
+    /// Post-copy: the destination runs the process (pid there) while its memory still comes
+    /// from here, since the instant given.
+    Serving(i32, Instant),
     /// The destination runs the process.
     Moved(i32),
 }
@@ -131,6 +134,10 @@ impl Run {
                 Whereabouts::ResumedOnSource(pid)
             }
             Stage::Moved(p) => Whereabouts::OnDestination(p),
+            Stage::Serving(p, since) => Whereabouts::LostInPostCopy {
+                pid: p,
+                window_secs: since.elapsed().as_secs_f64(),
+            },
             _ => Whereabouts::Unknown(pid),
         }
     }
@@ -620,17 +627,29 @@ impl Run {
         };
         let _ = decide.send(Some(true));
         self.record_restore(&restored, t_freeze);
-        self.stage = Stage::Moved(restored.pid);
         let t_running = Instant::now();
+        self.stage = Stage::Serving(restored.pid, t_running);
         crate::fault::point(crate::fault::Phase::PostCopyServing).await;
         // The dump ends when the destination has pulled every page.
         let r = op.run_to_end().await;
         self.report.postcopy_window_secs = Some(t_running.elapsed().as_secs_f64());
-        if let Ok(Ok(Ok(sent))) = tokio::time::timeout(Duration::from_secs(30), relay).await {
-            self.report.memory_bytes_sent += sent;
-        }
+        let relayed = match tokio::time::timeout(Duration::from_secs(30), relay).await {
+            Ok(Ok(Ok(sent))) => {
+                self.report.memory_bytes_sent += sent;
+                Ok(())
+            }
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(e)) => Err(std::io::Error::other(e)),
+            Err(_) => Err(std::io::Error::other("the relay did not end in 30 s")),
+        };
         self.record_dump(dir, true);
         r?;
+        // Every page left here in order: the copy on the destination is whole.
+        relayed.map_err(|source| MigrateError::PageFlow {
+            peer: self.peer(),
+            source,
+        })?;
+        self.stage = Stage::Moved(restored.pid);
         self.send(Body::LazyDone(pb::LazyDone {})).await?;
         match self.recv("the destination's lazy-pages daemon").await? {
             Body::LazyFinished(f) if f.ok => Ok(()),
