@@ -16,9 +16,9 @@
 
 use std::time::Duration;
 
-use crate::criu_stats::{self, DumpStats, RestoreStats};
 use crate::provider::{shell_quote, Node, Provider, ProviderError};
 use crate::record::{CriuDetail, Figures};
+use haul::criu::stats::{self as criu_stats, DumpStats, RestoreStats};
 
 /// Why the plain-CRIU migration failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +82,10 @@ fn log_errors(node: &dyn Node, log: &str) -> String {
         .unwrap_or_default()
 }
 
-fn stats(node: &dyn Node, path: &str) -> Option<criu_stats::StatsEntry> {
+fn stats(node: &dyn Node, path: &str) -> Option<haul::criu::pb::StatsEntry> {
     node.read_file(path)
         .ok()
-        .and_then(|b| criu_stats::decode(&b).ok())
+        .and_then(|b| criu_stats::parse(&b).ok())
 }
 
 /// Move the tree rooted at `pid` from the provider's source to its destination with plain
@@ -158,15 +158,17 @@ pub fn migrate(
         .unwrap_or(0);
 
     let dump_stats: Option<DumpStats> =
-        stats(src, &format!("{}/stats-dump", dirs.src)).and_then(|e| e.dump);
+        stats(src, &format!("{}/stats-dump", dirs.src)).and_then(|e| e.dump.map(Into::into));
     let restore_stats: Option<RestoreStats> =
-        stats(dst, &format!("{}/stats-restore", dirs.dst)).and_then(|e| e.restore);
+        stats(dst, &format!("{}/stats-restore", dirs.dst)).and_then(|e| e.restore.map(Into::into));
     let total = dump_secs + copy_secs + restore_wall_secs;
     let pages = dump_stats.as_ref().map(|d| d.pages_written);
     let figures = Figures {
         total_secs: Some(total),
-        frozen_secs: dump_stats.as_ref().map(|d| d.frozen_time as f64 / 1e6),
-        restore_secs: restore_stats.as_ref().map(|r| r.restore_time as f64 / 1e6),
+        frozen_secs: dump_stats.as_ref().map(|d| d.frozen_time_us as f64 / 1e6),
+        restore_secs: restore_stats
+            .as_ref()
+            .map(|r| r.restore_time_us as f64 / 1e6),
         downtime_secs: Some(total),
         observed_downtime_secs: None,
         postcopy_window_secs: None,

@@ -12,7 +12,6 @@
 //! | [`workload`] | starting `mtouch` on a node, finding it after the move, its self-check |
 //! | [`runner`] | running a scenario: `haul serve`, `haul pid`, records, progress |
 //! | [`baseline`] | the plain-CRIU migration (dump to a page server, copy, restore) |
-//! | [`criu_stats`] | CRIU's `stats-dump` / `stats-restore` images |
 //! | [`record`] | the results files (JSON lines) |
 //! | [`stats`] | medians, quartiles, the permutation test |
 //! | [`group`] | records grouped by workload and method |
@@ -22,7 +21,6 @@
 
 pub mod baseline;
 pub mod compare;
-pub mod criu_stats;
 pub mod group;
 pub mod netns;
 pub mod plot;

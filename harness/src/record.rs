@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::criu_stats::{DumpStats, RestoreStats};
 use crate::scenario::WorkloadCase;
+use haul::criu::stats::{DumpStats, RestoreStats};
 
 /// The version of this record layout.
 pub const SCHEMA: u32 = 1;

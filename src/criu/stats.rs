@@ -27,12 +27,16 @@ pub const MAX_ENTRY: usize = 4096;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DumpStats {
     /// Time to freeze the tree.
+    #[serde(alias = "freezing_time")]
     pub freezing_time_us: u32,
     /// Time the tree was frozen (for a final dump held at post-dump: includes the hold).
+    #[serde(alias = "frozen_time")]
     pub frozen_time_us: u32,
     /// Time to dump memory.
+    #[serde(alias = "memdump_time")]
     pub memdump_time_us: u32,
     /// Time to write memory out.
+    #[serde(alias = "memwrite_time")]
     pub memwrite_time_us: u32,
     /// Pages scanned.
     pub pages_scanned: u64,
@@ -52,8 +56,10 @@ pub struct RestoreStats {
     /// Pages skipped thanks to copy-on-write.
     pub pages_skipped_cow: u64,
     /// Time forking the tree.
+    #[serde(alias = "forking_time")]
     pub forking_time_us: u32,
     /// Whole restore time.
+    #[serde(alias = "restore_time")]
     pub restore_time_us: u32,
     /// Pages restored.
     pub pages_restored: u64,
