@@ -308,25 +308,31 @@ fn check_on_source(
     if !in_b.is_empty() {
         problems.push(format!("a copy runs in B: {in_b:?}"));
     }
-    if haul::migrate::tree::state(pid) == Some('T') {
-        problems.push("the workload was left stopped".into());
-    }
-    let n0 = touches(&sc.wd);
-    std::thread::sleep(Duration::from_millis(300));
-    if touches(&sc.wd) <= n0 {
-        problems.push("the workload does not run".into());
-    }
-    if in_a == vec![pid] {
-        let v = stop_and_verify(&sc.wd);
-        if !v.mismatch_lines.is_empty() {
-            problems.push(format!("{} pages differ", v.mismatch_lines.len()));
-        }
-    }
+    runs_intact(sc, pid, "the workload", in_a == vec![pid], problems);
     format!(
         "process runs once, on the source; A: {}, B: {}",
         in_a.len(),
         in_b.len()
     )
+}
+
+/// `pid` is not stopped and keeps touching; with `verify`, it is stopped and checks every
+/// page. Problems are named after `what`.
+fn runs_intact(sc: &Scene, pid: i32, what: &str, verify: bool, problems: &mut Vec<String>) {
+    if haul::migrate::tree::state(pid) == Some('T') {
+        problems.push(format!("{what} was left stopped"));
+    }
+    let n0 = touches(&sc.wd);
+    std::thread::sleep(Duration::from_millis(300));
+    if touches(&sc.wd) <= n0 {
+        problems.push(format!("{what} does not run"));
+    }
+    if verify {
+        let v = stop_and_verify(&sc.wd);
+        if !v.mismatch_lines.is_empty() {
+            problems.push(format!("{what}: {} pages differ", v.mismatch_lines.len()));
+        }
+    }
 }
 
 /// In post-copy's window: the source's tasks are gone; the process runs once on the
@@ -385,18 +391,7 @@ fn check_after_restore(
     }
     if runs_on_b {
         let b = in_b[0];
-        if haul::migrate::tree::state(b) == Some('T') {
-            problems.push("the copy on B was left stopped".into());
-        }
-        let n0 = touches(&sc.wd);
-        std::thread::sleep(Duration::from_millis(300));
-        if touches(&sc.wd) <= n0 {
-            problems.push("the copy on B does not run".into());
-        }
-        let v = stop_and_verify(&sc.wd);
-        if !v.mismatch_lines.is_empty() {
-            problems.push(format!("{} pages differ on B", v.mismatch_lines.len()));
-        }
+        runs_intact(sc, b, "the copy on B", true, problems);
         "runs once, on the destination, intact; A: 0, B: 1".to_string()
     } else {
         format!(

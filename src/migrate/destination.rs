@@ -955,8 +955,9 @@ fn spawn_relay_process(
     remote: TcpStream,
     dir: &std::path::Path,
 ) -> Result<tokio::process::Child, MigrateError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| MigrateError::io("cannot find haul's own binary at", "/proc/self/exe", e))?;
+    // This very binary, even if the file was replaced or deleted since it started (an
+    // upgrade while `haul serve` runs): exec of /proc/self/exe reaches the running inode.
+    let exe = std::path::PathBuf::from("/proc/self/exe");
     let (local, remote): (OwnedFd, OwnedFd) = (
         local
             .into_std()
