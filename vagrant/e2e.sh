@@ -2,6 +2,7 @@
 # e2e.sh: haul end to end on two VMs: up -> provision -> run_migrations -> collect -> down.
 #
 #   vagrant/e2e.sh [--driver qemu|vagrant] [--out DIR] [--limit SECS] [--with-haul] [--keep-up]
+#                  [--sizes "64m 256m 1g"] [--howto] [--repeat N]
 #   vagrant/e2e.sh -h|--help
 #
 #   --driver qemu     plain QEMU through vagrant/vm.sh (the default, and what CI uses)
@@ -11,6 +12,19 @@
 #   --with-haul       also migrate with `haul pid` and each strategy in HAUL_E2E_STRATEGIES
 #                     (default "stop-copy pre-copy post-copy hybrid"); HAUL_E2E_WITH_HAUL=1 too
 #   --keep-up         leave the VMs running at the end (for a look inside); `vm.sh down` later
+#   --sizes LIST      measure each memory size in LIST (HAUL_E2E_SIZES): the toucher is
+#                     SIZE:SIZE:PAUSE (every page resident; PAUSE from HAUL_E2E_PAUSE, default
+#                     10000 us), migrated by each method; names get .SIZE.rN
+#   --howto           also the P.Haul HOWTO workload, 256m:64m:100000 (HAUL_E2E_HOWTO=1);
+#                     names get .howto.rN; "howto" in the --sizes list puts it at that place
+#   --repeat N        run every (workload, method) cell N times (HAUL_E2E_REPEAT, default 1)
+#   Without --sizes and --howto the run is the CI one: one workload, HAUL_E2E_SIZE, plain names.
+#   With them, the guests' memory is raised to fit the largest size (HAUL_VM_MEM, unless set:
+#   768 MiB or 2 x SIZE + 1 GiB), their disks to hold a pre-copy's rounds (HAUL_VM_DISK, unless
+#   set: 4 GiB + 12 x SIZE), the migration steps' limits scale with SIZE, and each cell's
+#   memory images are deleted once it is checked (their listing stays: imgs-<node>.txt).
+#   HAUL_E2E_CRIU_REFS=0 leaves out the plain-CRIU migrations (criu-precopy, criu-stopcopy).
+#   HAUL_E2E_HAUL_ARGS: more `haul pid` options for every haul migration (e.g. --max-rounds 2).
 #
 # run_migrations is the hook for the migrations. Each moves a memory toucher (SIZE:PRE:PAUSE
 # from HAUL_E2E_SIZE, default 64m:64m:10000) from src to dst, in its own directory of
@@ -38,6 +52,12 @@ LIMIT=${HAUL_E2E_LIMIT:-1200}
 WITH_HAUL=${HAUL_E2E_WITH_HAUL:-0}
 STRATEGIES=${HAUL_E2E_STRATEGIES:-stop-copy pre-copy post-copy hybrid}
 SIZE=${HAUL_E2E_SIZE:-64m:64m:10000}
+SIZES=${HAUL_E2E_SIZES:-}
+HOWTO=${HAUL_E2E_HOWTO:-0}
+REPEAT=${HAUL_E2E_REPEAT:-1}
+PAUSE=${HAUL_E2E_PAUSE:-10000}
+CRIU_REFS=${HAUL_E2E_CRIU_REFS:-1}
+HAUL_ARGS=${HAUL_E2E_HAUL_ARGS:-}
 E2E_CRIU=${HAUL_E2E_CRIU:-/usr/sbin/criu}
 KEEP=0
 ARGS=("$@")
@@ -48,12 +68,58 @@ while [ $# -gt 0 ]; do
     --limit) [ $# -ge 2 ] || die "--limit needs seconds"; LIMIT=$2; shift ;;
     --with-haul) WITH_HAUL=1 ;;
     --keep-up) KEEP=1 ;;
+    --sizes) [ $# -ge 2 ] || die "--sizes needs a list, e.g. \"64m 256m 1g\""; SIZES=$2; shift ;;
+    --howto) HOWTO=1 ;;
+    --repeat) [ $# -ge 2 ] || die "--repeat needs a count"; REPEAT=$2; shift ;;
     -h|--help) usage_from_header "$0"; exit 0 ;;
     *) die "unknown argument '$1' (try --help)" ;;
     esac
     shift
 done
 case $DRIVER in qemu|vagrant) ;; *) die "unknown driver '$DRIVER' (qemu or vagrant)" ;; esac
+case $REPEAT in '' | *[!0-9]* | 0) die "--repeat needs a positive count, not '$REPEAT'" ;; esac
+
+# size_mib SIZE: 64m, 1g, 512k, 1048576 -> MiB (rounded up)
+size_mib() {
+    local v=${1%[kKmMgG]} u=${1#"${1%[kKmMgG]}"}
+    case $v in '' | *[!0-9]*) die "bad size '$1' (e.g. 64m, 1g)" ;; esac
+    case $u in
+    g | G) echo $((v * 1024)) ;;
+    m | M) echo "$v" ;;
+    k | K) echo $(((v + 1023) / 1024)) ;;
+    *) echo $(((v + 1048575) / 1048576)) ;;
+    esac
+}
+# WORKLOADS: "LABEL SPEC" lines; an empty LABEL (.) is the CI run's single workload
+MATRIX=0
+MAX_MIB=0
+WORKLOADS=
+if [ -n "$SIZES" ] || [ "$HOWTO" = 1 ]; then
+    MATRIX=1
+    # "howto" in the list puts the HOWTO workload at that place; --howto appends it
+    [ "$HOWTO" = 1 ] && ! [[ " $SIZES " = *" howto "* ]] && SIZES="$SIZES howto"
+    for sz in $SIZES; do
+        if [ "$sz" = howto ]; then
+            WORKLOADS="${WORKLOADS}howto 256m:64m:100000"$'\n'
+            sz=256m
+        else
+            WORKLOADS="$WORKLOADS$sz $sz:$sz:$PAUSE"$'\n'
+        fi
+        m=$(size_mib "$sz")
+        [ "$m" -gt "$MAX_MIB" ] && MAX_MIB=$m
+    done
+    # memory and disk for the largest workload (the outer run exports them to vm.sh)
+    if [ -z "${HAUL_VM_MEM:-}" ] && [ $((2 * MAX_MIB + 1024)) -gt 768 ]; then
+        export HAUL_VM_MEM=$((2 * MAX_MIB + 1024))
+    fi
+    [ -z "${HAUL_VM_DISK:-}" ] && export HAUL_VM_DISK=$((4 + (12 * MAX_MIB + 1023) / 1024))G
+else
+    WORKLOADS=". $SIZE"$'\n'
+    MAX_MIB=$(size_mib "${SIZE%%:*}")
+fi
+# a migration step's limit for this workload: BASE seconds, plus PER_GIB seconds per GiB
+# above 64 MiB (TCG moves some 20-30 MB/s: a pre-copy round of 1 GiB alone takes ~45 s)
+scaled() { local base=$1 per_gib=$2 mib=$3; echo $((base + (mib > 64 ? (mib - 64) * per_gib / 1024 : 0))); }
 need_root
 [ -n "$OUT" ] || OUT=$HAUL_VAGRANT_DIR/out/e2e-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
@@ -135,6 +201,16 @@ if [ -z "${HAUL_E2E_INNER:-}" ]; then
     : >"$HAUL_STEP_LOG"
     rm -f "$OUT/summary"
     INNER_LIMIT=$((LIMIT > 210 ? LIMIT - 150 : 60))
+    {
+        echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "host: $(uname -srm), $(nproc) cpus, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(awk '/^MemTotal/ {printf "%d MiB", $2 / 1024}' /proc/meminfo)"
+        echo "qemu: $(qemu-system-x86_64 --version 2>/dev/null | head -n 1)"
+        echo "guests: accel ${HAUL_VM_ACCEL:-tcg}, ${HAUL_VM_MEM:-768} MiB, 1 vcpu, disk ${HAUL_VM_DISK:-as the image}"
+        echo "commit: $(git -C "$HAUL_ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$HAUL_ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo ' (+ uncommitted changes)')"
+        b=${HAUL_BIN_DIR:-$HAUL_ROOT/target/release}/haul
+        [ -x "$b" ] && echo "haul: $b, $("$b" --version 2>/dev/null), sha256 $(sha256sum "$b" | cut -c1-16), built $(date -u -r "$b" +%Y-%m-%dT%H:%M:%SZ)"
+        echo "workloads: $(printf '%s' "$WORKLOADS" | tr '\n' ';')repeat $REPEAT; strategies: $STRATEGIES; haul pid options: ${HAUL_ARGS:-none}"
+    } >"$OUT/machine.txt"
     HAUL_E2E_RUN=$$-$(date +%s%N)
     export HAUL_E2E_RUN
     HAUL_E2E_INNER=1 HAUL_E2E_OUT=$OUT HAUL_E2E_DRIVER=$DRIVER HAUL_E2E_INNER_LIMIT=$INNER_LIMIT \
@@ -227,61 +303,121 @@ prepare_guests() {
     *) warn "unknown HAUL_E2E_TOUCHER '$t' (memtoucher or mtouch)"; return 1 ;;
     esac
     log "haul's migrations move $HAUL_TOUCHER"
+    clock_sync
     for n in src dst; do
-        timeout 60 "${SSH[@]}" "$n" 'echo "$(hostname): $(uname -r), criu $(criu --version | sed -n "s/^Version: //p") ($(command -v criu)) and $(/usr/sbin/criu --version | sed -n "s/^Version: //p") (/usr/sbin/criu), THP $(cat /sys/kernel/mm/transparent_hugepage/enabled)"; haul --version 2>/dev/null || true' >&2
+        timeout 60 "${SSH[@]}" "$n" 'echo "$(hostname): $(uname -r), $(nproc) cpu, $(awk "/^MemTotal/ {printf \"%d MiB\", \$2 / 1024}" /proc/meminfo), / $(df -h --output=size / | tail -n 1 | tr -d " "), criu $(criu --version | sed -n "s/^Version: //p") ($(command -v criu)) and $(/usr/sbin/criu --version | sed -n "s/^Version: //p") (/usr/sbin/criu), THP $(cat /sys/kernel/mm/transparent_hugepage/enabled)"; haul --version 2>/dev/null || true' | tee -a "$OUT/guests.txt" >&2
     done
+}
+
+# clock_offsets: each guest's CLOCK_REALTIME minus the host's, in ms ("src=-3.1 dst=2.0"), the
+# host's time sent down an ssh channel that is already open (the sleep covers the handshake);
+# the one-way latency (a few ms) is included. The toucher's log is written on src and then on
+# dst: a pause that spans the migration is only right if both clocks agree.
+clock_offsets() {
+    local n r out=
+    for n in src dst; do
+        r=$( (sleep 1.5; date +%s%N) | timeout 30 "${SSH[@]}" "$n" 'read -r t; echo "$t $(date +%s%N)"' 2>/dev/null | awk '{printf "%.1f", ($2 - $1) / 1e6}')
+        out="$out $n=${r:-?}"
+    done
+    echo "${out# }"
+}
+# clock_sync: set both guests' clocks from the host's (they boot from the RTC, whole seconds
+# apart, and TCG guests drift); then log the offsets left
+clock_sync() {
+    local n
+    for n in src dst; do
+        (sleep 1.5; date +%s.%N) | timeout 30 "${SSH[@]}" "$n" 'read -r t; date -s "@$t" >/dev/null' 2>/dev/null ||
+            warn "could not set $n's clock"
+    done
+    printf '%s\tsynced\t%s\n' "$(date -u +%H:%M:%S)" "$(clock_offsets)" | tee -a "$OUT/clock.tsv" >&2
 }
 
 # cleanup_run RUN: end the workload wherever it still runs (by its pid files)
 cleanup_run() {
     local run=$1
-    timeout 30 "${SSH[@]}" src "[ -s $run/pid.src ] && kill -9 \$(cat $run/pid.src) 2>/dev/null; true" >/dev/null 2>&1
-    timeout 30 "${SSH[@]}" dst "[ -s $run/pid.dst ] && kill -9 \$(cat $run/pid.dst) 2>/dev/null; true" >/dev/null 2>&1
+    timeout 30 "${SSH[@]}" src "[ -s $run/pid.src ] && kill -9 \$(cat $run/pid.src) 2>/dev/null; true" </dev/null >/dev/null 2>&1
+    timeout 30 "${SSH[@]}" dst "[ -s $run/pid.dst ] && kill -9 \$(cat $run/pid.dst) 2>/dev/null; true" </dev/null >/dev/null 2>&1
 }
 
-# criu_migration NAME ROUNDS: plain CRIU, ROUNDS pre-dumps then the final dump
+# free_images RUN: in the size matrix, delete the run's memory images on both nodes once it is
+# checked (a pre-copy of 1 GiB leaves ~9 GiB of rounds); the listing stays in RUN/imgs-*.txt
+free_images() {
+    [ "$MATRIX" = 1 ] || return 0
+    local n
+    for n in src dst; do
+        timeout 120 "${SSH[@]}" "$n" "HAUL_CRIU_BIN=$E2E_CRIU $G cleanup $1" </dev/null 2>/dev/null | sed -n "s/^result /$n: /p" >&2
+    done
+}
+
+# criu_migration NAME ROUNDS SPEC: plain CRIU, ROUNDS pre-dumps then the final dump
 criu_migration() {
-    local name=$1 rounds=$2 run=$HAUL_SHARED/e2e/$1 i figs=
-    g src "$name: launch on src" 60 launch "$run" "$HAUL_SHARED/e2e/bin/memtoucher" "$SIZE" || { record "$name" FAIL launch; return; }
+    local name=$1 rounds=$2 spec=$3 run=$HAUL_SHARED/e2e/$1 i figs='' mib lim
+    mib=$(size_mib "${spec%%:*}")
+    lim=$(scaled 300 400 "$mib")
+    g src "$name: launch on src" 180 launch "$run" "$HAUL_SHARED/e2e/bin/memtoucher" "$spec" || { record "$name" FAIL launch; free_images "$run"; return; }
     sleep 2
     for ((i = 1; i <= rounds; i++)); do
-        g src "$name: criu pre-dump $i" 300 predump "$run" "$i" || { record "$name" FAIL "pre-dump $i"; cleanup_run "$run"; return; }
+        g src "$name: criu pre-dump $i" "$lim" predump "$run" "$i" || { record "$name" FAIL "pre-dump $i"; cleanup_run "$run"; free_images "$run"; return; }
         figs="$figs predump${i}[$R]"
         sleep 1
     done
-    g src "$name: criu dump" 300 dump "$run" $((rounds + 1)) || { record "$name" FAIL dump; cleanup_run "$run"; return; }
+    g src "$name: criu dump" "$lim" dump "$run" $((rounds + 1)) || { record "$name" FAIL dump; cleanup_run "$run"; free_images "$run"; return; }
     figs="$figs dump[$R]"
-    g dst "$name: criu restore on dst" 300 restore "$run" $((rounds + 1)) || { record "$name" FAIL restore; cleanup_run "$run"; return; }
+    g dst "$name: criu restore on dst" "$lim" restore "$run" $((rounds + 1)) || { record "$name" FAIL restore; cleanup_run "$run"; free_images "$run"; return; }
     figs="$figs restore[$R]"
-    g src "$name: gone from src" 60 gone "$run" >/dev/null || { record "$name" FAIL "still on src"; cleanup_run "$run"; return; }
-    g dst "$name: runs on dst, memory intact" 120 verify "$run" || { record "$name" FAIL verify; cleanup_run "$run"; return; }
+    g src "$name: gone from src" 60 gone "$run" >/dev/null || { record "$name" FAIL "still on src"; cleanup_run "$run"; free_images "$run"; return; }
+    g dst "$name: runs on dst, memory intact" "$(scaled 120 120 "$mib")" verify "$run" || { record "$name" FAIL verify; cleanup_run "$run"; free_images "$run"; return; }
     figs="$figs verify[$R]"
     record "$name" ok "$figs"
+    free_images "$run"
 }
 
-# haul_migration STRATEGY: `haul pid` from src to dst's haul serve
+# haul_migration STRATEGY NAME SPEC: `haul pid` from src to dst's haul serve
 haul_migration() {
-    local s=$1 name="haul-$1" run=$HAUL_SHARED/e2e/haul-$1 figs=
-    g src "$name: launch ${HAUL_TOUCHER##*/} on src" 60 launch "$run" "$HAUL_TOUCHER" "$SIZE" || { record "$name" FAIL launch; return; }
+    local s=$1 name=$2 spec=$3 run=$HAUL_SHARED/e2e/$2 figs='' mib
+    mib=$(size_mib "${spec%%:*}")
+    g src "$name: launch ${HAUL_TOUCHER##*/} on src" 180 launch "$run" "$HAUL_TOUCHER" "$spec" || { record "$name" FAIL launch; free_images "$run"; return; }
     sleep 2
-    g src "$name: haul pid --strategy $s" "${HAUL_E2E_HAUL_LIMIT:-300}" haul "$run" "$s" "${HAUL_LISTEN:-$HAUL_DST_IP:27500}" || { record "$name" FAIL "haul pid"; cleanup_run "$run"; return; }
+    g src "$name: haul pid --strategy $s" "${HAUL_E2E_HAUL_LIMIT:-$(scaled 300 1000 "$mib")}" haul "$run" "$s" "${HAUL_LISTEN:-$HAUL_DST_IP:27500}" $HAUL_ARGS || { record "$name" FAIL "haul pid"; cleanup_run "$run"; free_images "$run"; return; }
     figs="haul[$R]"
-    g src "$name: gone from src" 60 gone "$run" >/dev/null || { record "$name" FAIL "still on src"; cleanup_run "$run"; return; }
-    g dst "$name: runs on dst, memory intact" 120 verify "$run" || { record "$name" FAIL verify; cleanup_run "$run"; return; }
+    g src "$name: gone from src" 60 gone "$run" >/dev/null || { record "$name" FAIL "still on src"; cleanup_run "$run"; free_images "$run"; return; }
+    g dst "$name: runs on dst, memory intact" "$(scaled 120 120 "$mib")" verify "$run" || { record "$name" FAIL verify; cleanup_run "$run"; free_images "$run"; return; }
     record "$name" ok "$figs verify[$R]"
+    free_images "$run"
 }
 
-# the hook: every migration the end-to-end test makes
+# the hook: every migration the end-to-end test makes; for each repeat, each workload (in
+# WORKLOADS' order), the plain-CRIU references and each of haul's strategies (in
+# HAUL_E2E_STRATEGIES' order)
 run_migrations() {
-    criu_migration criu-precopy 1
-    criu_migration criu-stopcopy 0
-    if [ "$WITH_HAUL" = 1 ]; then
-        if ! timeout 30 "${SSH[@]}" dst 'systemctl is-active --quiet haul-serve' 2>/dev/null; then
-            record haul-serve FAIL "haul serve does not run on dst (journalctl -u haul-serve)"
-            return
-        fi
-        for s in $STRATEGIES; do haul_migration "$s"; done
+    local r label spec sfx s
+    if [ "$WITH_HAUL" = 1 ] && ! timeout 30 "${SSH[@]}" dst 'systemctl is-active --quiet haul-serve' 2>/dev/null; then
+        record haul-serve FAIL "haul serve does not run on dst (journalctl -u haul-serve)"
+        WITH_HAUL=0
     fi
+    for ((r = 1; r <= REPEAT; r++)); do
+        # fd 3: the loop's body runs ssh, which would read its standard input
+        while read -r -u 3 label spec; do
+            [ -n "$label" ] || continue
+            sfx=
+            [ "$label" != . ] && sfx=".$label.r$r"
+            [ "$label" = . ] && [ "$REPEAT" -gt 1 ] && sfx=".r$r"
+            log "workload ${label/#./default} ($spec), repeat $r of $REPEAT"
+            [ "$MATRIX" = 1 ] && printf '%s\t%s\t%s\n' "$(date -u +%H:%M:%S)" "before $label.r$r" "$(clock_offsets)" >>"$OUT/clock.tsv"
+            # the CI run: the plain-CRIU self-test first; the size matrix: haul's strategies first
+            if [ "$CRIU_REFS" = 1 ] && [ "$MATRIX" = 0 ]; then
+                criu_migration "criu-precopy$sfx" 1 "$spec"
+                criu_migration "criu-stopcopy$sfx" 0 "$spec"
+            fi
+            if [ "$WITH_HAUL" = 1 ]; then
+                for s in $STRATEGIES; do haul_migration "$s" "haul-$s$sfx" "$spec"; done
+            fi
+            if [ "$CRIU_REFS" = 1 ] && [ "$MATRIX" = 1 ]; then
+                criu_migration "criu-stopcopy$sfx" 0 "$spec"
+                criu_migration "criu-precopy$sfx" 1 "$spec"
+            fi
+        done 3<<<"$WORKLOADS"
+    done
 }
 
 T_IN=$(now_ms)

@@ -15,8 +15,11 @@
 #   vagrant/vm.sh down               quit both through the qemu monitor, remove the state dir
 #   vagrant/vm.sh -h|--help
 #
-# The guests: -accel tcg -cpu max -m 768 -smp 1 (HAUL_VM_MEM overrides the memory), direct
-# kernel boot of the cached image (build-image.sh) on a throw-away qcow2 overlay each. eth0 is
+# The guests: -accel tcg -cpu max -m 768 -smp 1 (HAUL_VM_MEM overrides the memory, in MiB;
+# HAUL_VM_ACCEL=kvm uses -accel kvm -cpu host instead of TCG: it hangs on this project's
+# machines, whose /dev/kvm cannot run a stock Debian kernel), direct kernel boot of the cached
+# image (build-image.sh) on a throw-away qcow2 overlay each (HAUL_VM_DISK, e.g. 16G, makes the
+# overlay that large and grows the guest's root file system to it at `up`). eth0 is
 # qemu user networking (restrict=on: no way out) with ssh forwarded from a free port on
 # 127.0.0.1; eth1 is a private link between the two guests only (-netdev dgram over unix
 # sockets in the state dir: no bridge, no tap, no IP traffic on the host), 192.168.77.1 (src)
@@ -30,6 +33,13 @@ PROG=vm.sh
 
 STATE=${HAUL_VM_STATE:-/var/tmp/haul-vm}
 MEM=${HAUL_VM_MEM:-768}
+ACCEL=${HAUL_VM_ACCEL:-tcg}
+DISK=${HAUL_VM_DISK:-}
+case $ACCEL in
+tcg) ACCEL_ARGS=(-accel tcg -cpu max) ;;
+kvm) ACCEL_ARGS=(-accel kvm -cpu host) ;;
+*) die "unknown HAUL_VM_ACCEL '$ACCEL' (tcg or kvm)" ;;
+esac
 NODES="dst src"
 BOOT_LIMIT=${HAUL_VM_BOOT_LIMIT:-300}
 SHARE_LIMIT=${HAUL_VM_SHARE_LIMIT:-300}
@@ -64,7 +74,7 @@ start_node() {
     rm -f "$STATE/$n.pid" "$STATE/$n.mon" "$STATE/$n.link"
     nice -n "$HAUL_VM_NICE" qemu-system-x86_64 \
         -name "haul-$n,process=haul-$n" \
-        -accel tcg -cpu max -m "$MEM" -smp 1 \
+        "${ACCEL_ARGS[@]}" -m "$MEM" -smp 1 \
         -nodefaults -no-user-config -display none \
         -kernel "$img/vmlinuz" -initrd "$img/initrd.img" -append "$cmdline" \
         -drive "file=$STATE/$n.qcow2,if=virtio,format=qcow2,cache=unsafe,discard=unmap" \
@@ -147,9 +157,13 @@ cmd_up() {
     {
         echo "IMAGE=$img"
         echo "STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "ACCEL=$ACCEL"
+        echo "MEM_MIB=$MEM"
+        echo "DISK=${DISK:-as the image}"
     } >"$STATE/env"
     for n in $NODES; do
-        qemu-img create -q -f qcow2 -F qcow2 -b "$img/rootfs.qcow2" "$STATE/$n.qcow2" || die "qemu-img create $n overlay"
+        # shellcheck disable=SC2086 # DISK: empty (the image's size) or one size argument
+        qemu-img create -q -f qcow2 -F qcow2 -b "$img/rootfs.qcow2" "$STATE/$n.qcow2" $DISK || die "qemu-img create $n overlay"
         port=$(free_port "$port")
         echo "SSH_PORT_$n=$port" >>"$STATE/env"
         cat >>"$(ssh_cfg)" <<EOF
@@ -174,6 +188,11 @@ EOF
     for n in $NODES; do
         wait_until "boot $n: ssh" "$BOOT_LIMIT" ssh -F "$(ssh_cfg)" "$n" true || exit 1
     done
+    if [ -n "$DISK" ]; then
+        for n in $NODES; do
+            step "$n: grow / to the $DISK disk" 120 ssh -F "$(ssh_cfg)" "$n" 'resize2fs "$(findmnt -no SOURCE /)" >/dev/null 2>&1 && df -h / | tail -n 1' || exit 1
+        done
+    fi
     for n in $NODES; do
         wait_until "$n: $HAUL_SHARED mounted" "$SHARE_LIMIT" ssh -F "$(ssh_cfg)" "$n" \
             "mountpoint -q $HAUL_SHARED" || {

@@ -5,7 +5,8 @@
  *   memtoucher LOG SIZE:PRE:PAUSE      e.g. memtoucher touch.log 64m:64m:10000
  *
  * Maps SIZE bytes of anonymous memory (k/m/g suffixes), touches PRE/4096 random pages up
- * front, then one random page every PAUSE microseconds, keeping a one-byte-per-page shadow
+ * front (every page, in order, when PRE >= SIZE, as haul's mtouch does), then one random page
+ * every PAUSE microseconds, keeping a one-byte-per-page shadow
  * copy. Every second it appends "tick <unix-ms> <touches>" to LOG (so a reader can see it run
  * and measure gaps). When the file "mem-touch-stop" appears in its working directory it
  * checks every page against the shadow, logs "Mismatch <page>" for each bad one (at most
@@ -95,7 +96,7 @@ int main(int argc, char **argv)
 	logline("Start %lu pages, pre %lu, pause %lu us\n", npages, pre / PAGE, pause_us);
 	last_tick = now_ms();
 	for (i = 0;; i++) {
-		unsigned long pg = (unsigned long)random() % npages;
+		unsigned long pg = pre >= size && i < npages ? i : (unsigned long)random() % npages;
 		unsigned char v = (unsigned char)(random() % 255 + 1);
 
 		mem[pg * PAGE] = v;
