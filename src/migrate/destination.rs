@@ -366,6 +366,8 @@ struct Migration {
     dir: Option<MigrationDir>,
     receivers: HashMap<u32, ImageReceiver>,
     page_servers: HashMap<u32, PageServer>,
+    /// The last round a page server was started for: the next round's parent.
+    parent_round: Option<u32>,
     budget: u64,
     lazy_daemon: Option<tokio::process::Child>,
     lazy_relay: Option<tokio::task::JoinHandle<()>>,
@@ -386,6 +388,7 @@ impl Migration {
             dir: None,
             receivers: HashMap::new(),
             page_servers: HashMap::new(),
+            parent_round: None,
             budget: 0,
             lazy_daemon: None,
             lazy_relay: None,
@@ -609,6 +612,13 @@ impl Migration {
         // status-ready could come after the parent's answer and would then wait for an
         // acknowledgement forever (and the parent would read that acknowledgement as a request).
         opts.notify_scripts = None;
+        // The previous round is this one's parent: the page server tells the source's dump
+        // that it has one, and only then does the dump skip pages not dirtied since. Without
+        // it every pre-copy round (and the final dump) sends all of memory again.
+        if let Some(p) = self.parent_round {
+            opts.parent_img = Some(format!("../{}", images::round_name(p)));
+        }
+        self.parent_round = Some(round);
         options::page_server_fd(&mut opts, sock.as_raw_fd());
         let mut req = crate::criu::client::new_request(CriuReqType::PageServerChld, Some(opts));
         req.keep_open = Some(true);
