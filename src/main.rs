@@ -79,7 +79,9 @@ enum Cmd {
         /// The tree holds file locks.
         #[arg(long)]
         file_locks: bool,
-        /// Pre-copy: at most this many pre-dump rounds.
+        /// Pre-copy: at most this many pre-dump rounds. Rounds also stop when one writes 64
+        /// pages or fewer, when the dirty set grows by more than 10 %, and (without
+        /// --max-downtime) when it shrinks by less than 10 %.
         #[arg(long, default_value_t = 8)]
         max_rounds: u32,
         /// Pre-copy: stop the rounds as soon as the estimated downtime (dirty pages of the last

@@ -133,6 +133,10 @@ pub struct Convergence {
     pub small_pages: u64,
     /// Stop when a round wrote more than this many percent over the previous one.
     pub growth_percent: u64,
+    /// Without a downtime target: stop when a round shrank the dirty set by less than this
+    /// many percent (a plateau at the workload's own dirty rate: more rounds only freeze it
+    /// again for nothing).
+    pub min_shrink_percent: u64,
     /// Stop as soon as the estimated downtime is within this target (seconds).
     pub max_downtime_secs: Option<f64>,
     /// What to do at `max_rounds` when a target was set and not met.
@@ -145,6 +149,7 @@ impl Default for Convergence {
             max_rounds: 8,
             small_pages: 64,
             growth_percent: 10,
+            min_shrink_percent: 10,
             max_downtime_secs: None,
             on_timeout: OnTimeout::Proceed,
         }
@@ -193,6 +198,16 @@ pub fn decide(policy: &Convergence, rounds: &[RoundFigures]) -> Decision {
         if last.pages_written * 100 > prev * (100 + policy.growth_percent) {
             return Decision::FinalDump(format!(
                 "the dirty set grew from {prev} to {} pages: it no longer shrinks",
+                last.pages_written
+            ));
+        }
+        // With a target, a plateau above it is "not converged": rounds go on to the limit,
+        // where --on-timeout decides.
+        if policy.max_downtime_secs.is_none()
+            && last.pages_written * 100 > prev * (100 - policy.min_shrink_percent.min(100))
+        {
+            return Decision::FinalDump(format!(
+                "the dirty set went from {prev} to {} pages: it stopped shrinking",
                 last.pages_written
             ));
         }
@@ -285,6 +300,24 @@ mod tests {
         assert!(
             matches!(decide(&p, &[r(1000, 1.0); 8]), Decision::FinalDump(_)),
             "8 rounds at most"
+        );
+        // the VMs' 256 MiB toucher: 65596, 786, 92, 68, 65, ... pages
+        let plateau = [
+            r(65596, 9.6),
+            r(786, 0.9),
+            r(92, 0.6),
+            r(68, 0.6),
+            r(65, 0.6),
+        ];
+        assert_eq!(
+            decide(&p, &plateau[..4]),
+            Decision::Continue,
+            "still shrinking fast"
+        );
+        assert!(
+            matches!(decide(&p, &plateau), Decision::FinalDump(ref w) if w.contains("stopped shrinking")),
+            "a plateau stops: {:?}",
+            decide(&p, &plateau)
         );
     }
 
