@@ -25,6 +25,22 @@ pub struct Worker {
     pub(crate) log: Option<PathBuf>,
 }
 
+/// Clears `FD_CLOEXEC` on `fds`, so that they stay open under the same numbers across the
+/// coming exec. Only fcntl(2), which is async-signal-safe: for use in a `pre_exec` closure.
+pub fn keep_across_exec(fds: &[RawFd]) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: fcntl on an fd number has no memory effects; a bad fd is reported as an error.
+        let ok = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            flags >= 0 && libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) >= 0
+        };
+        if !ok {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 impl Worker {
     /// Starts `criu swrk` with the fds in `inherit` left open in the child.
     pub fn spawn(criu: &Path, inherit: &[RawFd]) -> Result<Worker, CriuError> {
@@ -52,15 +68,7 @@ impl Worker {
         // SAFETY: the closure runs in the forked child before exec and only calls fcntl(2),
         // which is async-signal-safe; it touches no memory shared with the parent.
         unsafe {
-            cmd.pre_exec(move || {
-                for &fd in &keep {
-                    let flags = libc::fcntl(fd, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || keep_across_exec(&keep));
         }
         let child = cmd.spawn().map_err(|source| CriuError::Spawn {
             path: criu.to_path_buf(),

@@ -998,12 +998,7 @@ fn spawn_relay_process(
     // async-signal-safe and touch no memory shared with the parent.
     unsafe {
         cmd.pre_exec(move || {
-            for fd in fds {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
+            crate::criu::worker::keep_across_exec(&fds)?;
             libc::setsid();
             Ok(())
         });

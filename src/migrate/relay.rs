@@ -56,7 +56,7 @@ fn kill_restored_tree(tree_pid_file: &Path, why: &std::io::Result<u64>) {
     match pid {
         Some(p) => {
             tracing::warn!(
-                "post-copy: {what} with pages still missing; killing the restored copy (pid {p})                  before its memory could be zero-filled"
+                "post-copy: {what} with pages still missing; killing the restored copy (pid {p}) before its memory could be zero-filled"
             );
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(p),
