@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use haul::criu::{pb as cpb, stats};
+use haul::migrate::control::Control;
 use haul::migrate::transfer::{send_images, ImageReceiver};
 use haul::wire::frame::Conn;
 use haul::wire::pb::{self, message::Body};
@@ -96,6 +97,7 @@ fn image_streaming(c: &mut Criterion) {
                     let (a, bb) = tcp_pair().await;
                     let (mut tx, mut rx) = (Conn::new(a), Conn::new(bb));
                     tx.enable_tags([1; 32], [2; 32]);
+                    let mut tx = Control::new(tx, "bench");
                     rx.enable_tags([2; 32], [1; 32]);
                     let recv = async {
                         let mut r = ImageReceiver::new(dst.path(), u64::MAX);
@@ -109,7 +111,7 @@ fn image_streaming(c: &mut Criterion) {
                             }
                         }
                     };
-                    let (sent, ()) = tokio::join!(send_images(&mut tx, "bench", &src, 0), recv);
+                    let (sent, ()) = tokio::join!(send_images(&mut tx, &src, 0), recv);
                     assert_eq!(sent.unwrap(), size as u64);
                     dst
                 }

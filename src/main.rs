@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use haul::criu::{Criu, MIN_CRIU_VERSION};
 use haul::migrate::destination::{self, ServeConfig};
@@ -91,7 +92,7 @@ enum Cmd {
         /// Pre-copy: when --max-downtime is never met within --max-rounds, `cancel` (nothing is
         /// frozen, the process stays on the source) or `proceed` (final dump anyway).
         #[arg(long, default_value = "proceed")]
-        on_timeout: haul::migrate::strategy::OnTimeout,
+        on_timeout: haul::migrate::convergence::OnTimeout,
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
@@ -137,19 +138,18 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli.cmd)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("haul: {msg}");
+        Err(e) => {
+            // The whole cause chain, each level once ("what: why: why").
+            eprintln!("haul: {}", haul::migrate::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(cmd: Cmd) -> Result<(), String> {
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
         Cmd::Keygen { file } => {
-            Key::generate()
-                .write_new(&file)
-                .map_err(|e| e.to_string())?;
+            Key::generate().write_new(&file)?;
             println!(
                 "wrote a new key to {} (mode 0600); copy it to the other node",
                 file.display()
@@ -162,9 +162,9 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             img_path,
             max_migrations,
         } => {
-            let key = Key::load(&key).map_err(|e| e.to_string())?;
-            let criu = Criu::locate_checked().await.map_err(|e| e.to_string())?.0;
-            let listener = destination::bind(listen).await.map_err(|e| e.to_string())?;
+            let key = Key::load(&key)?;
+            let criu = Criu::locate_checked().await?.0;
+            let listener = destination::bind(listen).await?;
             destination::serve(
                 listener,
                 ServeConfig {
@@ -175,8 +175,8 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                     max_migrations,
                 },
             )
-            .await
-            .map_err(|e| e.to_string())
+            .await?;
+            Ok(())
         }
         Cmd::Pid {
             pid,
@@ -193,7 +193,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             on_timeout,
             no_progress,
         } => {
-            let key = Key::load(&key).map_err(|e| e.to_string())?;
+            let key = Key::load(&key)?;
             let destination = if destination.contains(':') {
                 destination
             } else {
@@ -212,7 +212,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                     link_remap: false,
                     ext_unix_sk: false,
                 },
-                convergence: haul::migrate::strategy::Convergence {
+                convergence: haul::migrate::convergence::Convergence {
                     max_rounds,
                     max_downtime_secs: max_downtime.map(|ms| ms as f64 / 1000.0),
                     on_timeout,
@@ -220,15 +220,18 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 },
                 progress: !no_progress,
             };
-            let rep = source::migrate(cfg).await.map_err(|e| e.to_string())?;
+            // SourceFailure's message is the whole chain and where the process is.
+            let rep = source::migrate(cfg)
+                .await
+                .map_err(|f| anyhow::anyhow!("{f}"))?;
             print!("{}", rep.summary());
             for w in &rep.warnings {
                 eprintln!("haul: warning: {w}");
             }
             if let Some(path) = report {
-                let json = serde_json::to_vec_pretty(&rep).map_err(|e| e.to_string())?;
+                let json = serde_json::to_vec_pretty(&rep)?;
                 std::fs::write(&path, json)
-                    .map_err(|e| format!("cannot write the report to {}: {e}", path.display()))?;
+                    .with_context(|| format!("cannot write the report to {}", path.display()))?;
             }
             Ok(())
         }
@@ -242,7 +245,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             let remote = inherited_socket(remote_fd)?;
             let (up, down) = haul::migrate::relay::destination_relay(local, remote, &tree_pid_file)
                 .await
-                .map_err(|e| format!("lazy relay: {e}"))?;
+                .context("lazy relay")?;
             tracing::info!("lazy relay done: {up} bytes to the source, {down} from it");
             Ok(())
         }
@@ -250,7 +253,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
 }
 
 /// A TCP socket inherited from `haul serve` as fd `fd`.
-fn inherited_socket(fd: i32) -> Result<tokio::net::TcpStream, String> {
+fn inherited_socket(fd: i32) -> anyhow::Result<tokio::net::TcpStream> {
     use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: fstat(2) on any int is harmless; `st` is plain data it fills in.
     let is_socket = unsafe {
@@ -258,36 +261,37 @@ fn inherited_socket(fd: i32) -> Result<tokio::net::TcpStream, String> {
         libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
     };
     if fd < 3 || !is_socket {
-        return Err(format!("fd {fd} is not an inherited socket"));
+        anyhow::bail!("fd {fd} is not an inherited socket");
     }
     // SAFETY: fd is open, a socket, and not used by anything else in this process: it was
     // inherited for this command alone.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let std = std::net::TcpStream::from(owned);
     std.set_nonblocking(true)
-        .map_err(|e| format!("fd {fd}: {e}"))?;
-    tokio::net::TcpStream::from_std(std).map_err(|e| format!("fd {fd}: {e}"))
+        .with_context(|| format!("fd {fd}"))?;
+    tokio::net::TcpStream::from_std(std).with_context(|| format!("fd {fd}"))
 }
 
-async fn check() -> Result<(), String> {
-    let criu = Criu::locate().map_err(|e| e.to_string())?;
+async fn check() -> anyhow::Result<()> {
+    let criu = Criu::locate()?;
     let v = criu
         .version()
         .await
-        .map_err(|e| format!("{}: {e}", criu.path().display()))?;
+        .with_context(|| format!("{} does not answer", criu.path().display()))?;
     println!("CRIU version {v} at {}", criu.path().display());
     if (v.major, v.minor) < MIN_CRIU_VERSION {
-        return Err(format!(
+        anyhow::bail!(
             "CRIU {v} is too old: haul needs >= {}.{} (scripts/setup.sh builds one)",
-            MIN_CRIU_VERSION.0, MIN_CRIU_VERSION.1
-        ));
+            MIN_CRIU_VERSION.0,
+            MIN_CRIU_VERSION.1
+        );
     }
     let check = criu.check().await;
     match &check {
         Ok(()) => println!("criu check: looks good"),
         Err(e) => println!("criu check: FAILED: {e}"),
     }
-    let f = criu.features().await.map_err(|e| e.to_string())?;
+    let f = criu.features().await?;
     let yn = |b: bool| if b { "yes" } else { "no" };
     println!(
         "memory tracking (mem_track, soft-dirty): {}",
@@ -314,5 +318,5 @@ async fn check() -> Result<(), String> {
     }
     let (auto, why) = Strategy::Auto.resolve(f, f);
     println!("  auto       -> {auto}: {why}");
-    check.map_err(|e| e.to_string())
+    Ok(check?)
 }

@@ -184,7 +184,7 @@ async fn probes() {
             .await
             .unwrap();
         let msg = expect_error(c.recv().await, "Restore before Begin");
-        assert!(msg.contains("not valid now"), "{msg}");
+        assert!(msg.contains("is not valid in state Connected"), "{msg}");
     }
     {
         let mut c = authed(&s, &key).await;

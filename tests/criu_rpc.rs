@@ -110,11 +110,11 @@ async fn dump_and_restore_a_running_process_through_rpc() {
     loop {
         match op.next().await.unwrap() {
             Event::Notify(n) => {
-                if n.script == "post-dump" {
+                if n.hook == haul::criu::Hook::PostDump {
                     // frozen, not killed: the process still exists, stopped
                     assert!(haul::migrate::tree::alive(pid));
                 }
-                seen.push(n.script);
+                seen.push(n.hook.name().to_string());
                 op.ack(true).await.unwrap();
             }
             Event::Done(r) => {

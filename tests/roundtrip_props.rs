@@ -16,9 +16,11 @@ use std::path::Path;
 
 use haul::criu::options::{self, TreeOptions};
 use haul::criu::{stats, CriuVersion, DumpStats, Features, RestoreStats};
+use haul::migrate::control::Control;
+use haul::migrate::convergence::OnTimeout;
 use haul::migrate::images::{new_migration_id, valid_migration_id};
 use haul::migrate::report::{MigrationReport, RoundReport};
-use haul::migrate::strategy::{OnTimeout, Strategy as Migration};
+use haul::migrate::strategy::Strategy as Migration;
 use haul::migrate::transfer::{is_image, send_images, ImageReceiver, CHUNK};
 use haul::wire::auth::{self, Purpose};
 use haul::wire::frame::{Conn, Header, HEADER_LEN};
@@ -447,8 +449,8 @@ proptest! {
         std::fs::write(src.path().join("stats-dump"), b"stays").unwrap();
         let (sent, received) = rt().block_on(async {
             let (a, b) = tokio::io::duplex(1 << 16);
-            let (mut tx, mut rx) = (Conn::new(a), Conn::new(b));
-            let send = send_images(&mut tx, "test", src.path(), round);
+            let (mut tx, mut rx) = (Control::new(Conn::new(a), "test"), Conn::new(b));
+            let send = send_images(&mut tx, src.path(), round);
             let recv = async {
                 let mut r = ImageReceiver::new(dst.path(), u64::MAX);
                 let mut done = 0;

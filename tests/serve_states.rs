@@ -26,10 +26,7 @@ async fn play(criu: &ScriptedCriu, msgs: Vec<Body>) -> (Vec<Body>, String, tempf
     };
     let (a, b) = tokio::io::duplex(8 << 20);
     let service = Arc::new(criu.clone());
-    let dst = tokio::spawn(async move {
-        let mut conn = Conn::new(b);
-        control_session(&mut conn, cfg, service).await
-    });
+    let dst = tokio::spawn(async move { control_session(Conn::new(b), cfg, service).await });
     let mut src = Conn::new(a);
     for m in msgs {
         src.send(&pb::Message::of(m)).await.unwrap();
@@ -40,7 +37,7 @@ async fn play(criu: &ScriptedCriu, msgs: Vec<Body>) -> (Vec<Body>, String, tempf
     }
     let outcome = match dst.await.unwrap() {
         Ok(()) => "ok".to_string(),
-        Err(e) => e.to_string(),
+        Err(e) => haul::migrate::error::chain(&e),
     };
     (answers, outcome, tmp)
 }
@@ -126,7 +123,7 @@ async fn commands_before_begin_reach_no_criu() {
         let criu = ScriptedCriu::new(Script::default());
         let (answers, outcome, _tmp) = play(&criu, vec![early.clone()]).await;
         assert!(
-            outcome.contains("not valid now"),
+            outcome.contains("is not valid in state Connected"),
             "{early:?} before Begin: {outcome}"
         );
         assert_eq!(kinds(&answers), ["Error"], "the source is told why");
@@ -176,7 +173,7 @@ async fn restore_waits_for_complete_images_and_a_cpu_that_fits() {
         ..Script::default()
     });
     let (answers, outcome, tmp) = play(&criu, vec![begin("m4")]).await;
-    assert!(outcome.contains("this CPU cannot run"), "{outcome}");
+    assert!(outcome.contains("this node's CPU cannot run"), "{outcome}");
     assert_eq!(kinds(&answers), ["Error"]);
     let kept: Vec<_> = std::fs::read_dir(tmp.path().join("img/m4"))
         .unwrap()
@@ -201,7 +198,10 @@ async fn a_page_server_without_its_memory_channel_times_out_and_is_never_started
         ],
     )
     .await;
-    assert!(outcome.contains("opening the memory channel"), "{outcome}");
+    assert!(
+        outcome.contains("the memory channel for round 0 did not arrive"),
+        "{outcome}"
+    );
     assert_eq!(kinds(&answers), ["Ready", "Error"]);
     assert_eq!(criu.requests(), ["CPUINFO_CHECK"]);
 }

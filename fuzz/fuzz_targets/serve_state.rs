@@ -104,6 +104,7 @@ fuzz_target!(|input: Input| {
         cpu_mismatch: input.cpu_mismatch,
         restore_fails: input.restore_fails,
         restored_pid: 0,
+        ..Script::default()
     });
     let cfg = ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -116,8 +117,7 @@ fuzz_target!(|input: Input| {
         let (a, b) = tokio::io::duplex(1 << 20);
         let service = Arc::new(criu.clone());
         let dst = tokio::spawn(async move {
-            let mut conn = Conn::new(b);
-            let _ = control_session(&mut conn, cfg, service).await;
+            let _ = control_session(Conn::new(b), cfg, service).await;
         });
         let mut src = Conn::new(a);
         let cmds: Vec<Body> = input.cmds.iter().take(32).filter_map(body).collect();

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::CriuError;
+use super::hook::Hook;
 use super::pb::{self, CriuReqType};
 use super::worker::Worker;
 use super::MIN_CRIU_VERSION;
@@ -41,8 +42,8 @@ pub struct Features {
 /// A notification CRIU sent during an operation (a "script" hook in CRIU's terms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
-    /// The hook's name: `pre-dump`, `post-dump`, `pre-resume`, `status-ready`, ...
-    pub script: String,
+    /// The hook: `post-dump`, `post-restore`, `status-ready`, ...
+    pub hook: Hook,
     /// The pid CRIU attached, for restore hooks (the restored root task).
     pub pid: Option<i32>,
 }
@@ -283,7 +284,7 @@ impl Operation {
             let n = resp.notify.unwrap_or_default();
             self.awaiting_ack = true;
             return Ok(Event::Notify(Notification {
-                script: n.script.unwrap_or_default(),
+                hook: Hook::from_name(n.script.as_deref().unwrap_or_default()),
                 pid: n.pid,
             }));
         }
@@ -317,7 +318,7 @@ impl Operation {
             Event::Done(r) => Ok(r),
             Event::Notify(n) => Err(CriuError::UnexpectedResponse {
                 request: type_name(self.kind),
-                got: format!("notification {}", n.script),
+                got: format!("notification {}", n.hook),
             }),
         }
     }

@@ -28,7 +28,7 @@ pub enum CriuError {
         need: String,
     },
     /// `criu swrk` could not be started.
-    #[error("cannot start `{path} swrk`: {source}")]
+    #[error("cannot start `{path} swrk`")]
     Spawn {
         /// The binary.
         path: PathBuf,
@@ -36,7 +36,7 @@ pub enum CriuError {
         source: std::io::Error,
     },
     /// A system call on the RPC socket failed.
-    #[error("CRIU RPC socket: {op} failed: {source}")]
+    #[error("CRIU RPC socket: {op} failed")]
     Socket {
         /// The call that failed.
         op: &'static str,
@@ -54,7 +54,7 @@ pub enum CriuError {
         log: Option<PathBuf>,
     },
     /// A message from CRIU could not be decoded.
-    #[error("cannot decode CRIU's RPC response: {0}")]
+    #[error("cannot decode CRIU's RPC response")]
     Decode(#[from] prost::DecodeError),
     /// CRIU answered with a response of another type than the request.
     #[error("CRIU answered a {request} request with a {got} response")]

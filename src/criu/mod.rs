@@ -4,12 +4,16 @@
 //! - [`client`]: the requests haul makes (version, check, features, cpuinfo, dump, restore,
 //!   page server) and [`client::Operation`], which hands every notification to the caller, who
 //!   decides when to acknowledge it (the migration holds `post-dump` while it restores);
+//! - [`hook`]: CRIU's notification hooks by name;
+//! - [`service`]: the [`service::CriuService`] trait both sides drive CRIU through, and
+//!   [`scripted`], a stand-in for tests;
 //! - [`options`]: building `criu_opts` for each request;
 //! - [`stats`]: the `stats-dump` / `stats-restore` images;
 //! - [`error`]: what can go wrong, with CRIU's errno, message and log path.
 
 pub mod client;
 pub mod error;
+pub mod hook;
 pub mod options;
 pub mod scripted;
 pub mod service;
@@ -24,6 +28,7 @@ pub mod pb {
 
 pub use client::{Criu, CriuVersion, Event, Features, Notification, Operation};
 pub use error::CriuError;
+pub use hook::Hook;
 pub use stats::{DumpStats, RestoreStats};
 
 /// The oldest CRIU haul works with (3.17 fails on recent kernels; 4.1 has what haul uses).

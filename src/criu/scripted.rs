@@ -1,8 +1,14 @@
 //! A stand-in for CRIU that answers from a script: every request succeeds (or fails, where
-//! the script says so) without touching a process. It lets the destination's state machine
-//! run without root or CRIU, under the fuzz target and the protocol-state tests, and it
-//! counts operations that were started but never finished (a leaked `criu swrk` worker in
-//! real life).
+//! the script says so) without touching a process. It lets both sides' state machines run
+//! without root or CRIU, under the fuzz target and the protocol-state tests, and it counts
+//! operations that were started but never finished (a leaked `criu swrk` worker in real
+//! life).
+//!
+//! What it does per request: CPUINFO_DUMP writes a `cpuinfo.img`; PRE_DUMP writes nothing
+//! and succeeds; DUMP (not lazy) writes two small image files, notifies `post-dump`, and
+//! succeeds when that is answered with success or fails as CRIU does (the tasks resume) when
+//! it is answered with failure; PAGE_SERVER_CHLD answers at once and WAIT_PID says status 0;
+//! RESTORE notifies `post-restore` and succeeds. A lazy DUMP is not scripted (it fails).
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -12,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use super::client::{type_name, CriuVersion, Event, Features, Notification};
 use super::error::CriuError;
+use super::hook::Hook;
 use super::pb::{self, CriuReqType};
 use super::service::{BoxFuture, CriuOperation, CriuService};
 
@@ -24,7 +31,12 @@ pub struct Script {
     pub restore_fails: bool,
     /// The pid a RESTORE reports (0 by default: no real process).
     pub restored_pid: i32,
+    /// DUMP fails before `post-dump` (as when CRIU cannot dump a resource of the tree).
+    pub dump_fails: bool,
 }
+
+/// The image files a scripted DUMP writes (name, contents).
+pub const DUMP_IMAGES: [(&str, &[u8]); 2] = [("core-1.img", b"core"), ("pstree.img", b"pstree")];
 
 /// The scripted CRIU; clones share their record.
 #[derive(Debug, Clone)]
@@ -92,6 +104,16 @@ impl CriuService for ScriptedCriu {
         })
     }
 
+    fn cpuinfo_dump(
+        &self,
+        opts: pb::CriuOpts,
+        _log: Option<PathBuf>,
+    ) -> BoxFuture<'_, Result<(), CriuError>> {
+        self.note("CPUINFO_DUMP".into());
+        let r = write_image(opts.images_dir_fd, "cpuinfo.img", b"scripted cpuinfo");
+        Box::pin(async move { r })
+    }
+
     fn cpuinfo_check(
         &self,
         _opts: pb::CriuOpts,
@@ -135,12 +157,38 @@ impl CriuService for ScriptedCriu {
                 });
                 events.push_back(Ok(Event::Done(r)));
             }
+            Some(CriuReqType::PreDump) => {
+                events.push_back(Ok(Event::Done(ok(CriuReqType::PreDump))));
+            }
+            Some(CriuReqType::Dump)
+                if req.opts.as_ref().and_then(|o| o.lazy_pages) == Some(true) =>
+            {
+                events.push_back(Err(("DUMP", "a lazy dump is not scripted")));
+            }
+            Some(CriuReqType::Dump) if self.script.dump_fails => {
+                events.push_back(Err(("DUMP", "dump failed (scripted)")));
+            }
+            Some(CriuReqType::Dump) => {
+                let dir = req.opts.as_ref().map(|o| o.images_dir_fd).unwrap_or(-1);
+                let written = DUMP_IMAGES
+                    .iter()
+                    .try_for_each(|(name, data)| write_image(dir, name, data));
+                if written.is_err() {
+                    events.push_back(Err(("DUMP", "cannot write the images (scripted)")));
+                } else {
+                    events.push_back(Ok(Event::Notify(Notification {
+                        hook: Hook::PostDump,
+                        pid: None,
+                    })));
+                    events.push_back(Ok(Event::Done(ok(CriuReqType::Dump))));
+                }
+            }
             Some(CriuReqType::Restore) if self.script.restore_fails => {
                 events.push_back(Err(("RESTORE", "restore failed (scripted)")));
             }
             Some(CriuReqType::Restore) => {
                 events.push_back(Ok(Event::Notify(Notification {
-                    script: "post-restore".into(),
+                    hook: Hook::PostRestore,
                     pid: Some(self.script.restored_pid),
                 })));
                 let mut r = ok(CriuReqType::Restore);
@@ -154,6 +202,7 @@ impl CriuService for ScriptedCriu {
         self.open.fetch_add(1, Ordering::SeqCst);
         let op = ScriptedOperation {
             criu: self.clone(),
+            request: name,
             events,
             refused: false,
         };
@@ -161,9 +210,20 @@ impl CriuService for ScriptedCriu {
     }
 }
 
+/// Writes `name` into the images directory open as `dir_fd` in this process, as CRIU writes
+/// into the directory it was handed.
+fn write_image(dir_fd: RawFd, name: &str, data: &[u8]) -> Result<(), CriuError> {
+    let path = PathBuf::from(format!("/proc/self/fd/{dir_fd}")).join(name);
+    std::fs::write(&path, data).map_err(|e| {
+        ScriptedCriu::refused("image", &format!("cannot write {}: {e}", path.display()))
+    })
+}
+
 /// One scripted operation.
 struct ScriptedOperation {
     criu: ScriptedCriu,
+    /// The request's type name.
+    request: String,
     events: VecDeque<Result<Event, (&'static str, &'static str)>>,
     /// A notification was answered `false`: CRIU fails the operation.
     refused: bool,
@@ -173,8 +233,8 @@ impl CriuOperation for ScriptedOperation {
     fn next(&mut self) -> BoxFuture<'_, Result<Event, CriuError>> {
         let e = if self.refused {
             Err(ScriptedCriu::refused(
-                "RESTORE",
-                "a notification was refused",
+                &self.request,
+                "a notification was answered with failure",
             ))
         } else {
             match self.events.pop_front() {

@@ -2,19 +2,25 @@
 //!
 //! - [`source`]: `haul pid`: pre-flight, the dump, holding `post-dump` until the destination
 //!   runs the process, resuming it at home on any failure;
-//! - [`destination`]: `haul serve`: the accept loop and one state machine per migration;
+//! - [`destination`]: `haul serve`: the accept loop and one typed state machine per migration;
+//! - [`control`]: the control channel both sides speak (typed sends, named waits);
+//! - [`limits`]: every time and size bound, in one place;
 //! - [`strategy`]: which way memory moves, and how `auto` chooses;
+//! - [`convergence`]: when pre-copy's rounds stop;
 //! - [`images`]: the per-migration image directories on both nodes;
 //! - [`transfer`]: image files over the control channel;
 //! - [`relay`]: post-copy page traffic between CRIU's local endpoints, over an authenticated channel;
 //! - [`sockopt`]: bounded failure detection on every connection;
 //! - [`tree`]: the process tree being migrated, as /proc shows it;
 //! - [`report`]: the JSON report and the P.Haul-style summary;
-//! - [`error`]: what can fail, and where the process is afterwards.
+//! - [`error`]: error pieces both sides share.
 
+pub mod control;
+pub mod convergence;
 pub mod destination;
 pub mod error;
 pub mod images;
+pub mod limits;
 pub mod relay;
 pub mod report;
 pub mod sockopt;
@@ -23,32 +29,8 @@ pub mod strategy;
 pub mod transfer;
 pub mod tree;
 
-pub use error::MigrateError;
 pub use report::MigrationReport;
 pub use strategy::Strategy;
-
-use crate::criu::CriuVersion;
-use crate::wire::pb;
-
-impl From<CriuVersion> for pb::CriuVersion {
-    fn from(v: CriuVersion) -> Self {
-        pb::CriuVersion {
-            major: v.major,
-            minor: v.minor,
-            sublevel: v.sublevel,
-        }
-    }
-}
-
-impl From<pb::CriuVersion> for CriuVersion {
-    fn from(v: pb::CriuVersion) -> Self {
-        CriuVersion {
-            major: v.major,
-            minor: v.minor,
-            sublevel: v.sublevel,
-        }
-    }
-}
 
 /// The default image directory on both nodes.
 pub const DEFAULT_IMG_PATH: &str = "/var/local/haul";

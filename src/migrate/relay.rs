@@ -3,7 +3,6 @@
 //! lazy-pages daemon connects to 127.0.0.1 of the destination node, and haul carries the bytes
 //! between them over an authenticated memory channel.
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use tokio::io::AsyncWriteExt;
@@ -164,22 +163,4 @@ pub async fn abort_lazy_server(port: u16) -> std::io::Result<()> {
     )
     .await;
     Ok(())
-}
-
-/// Bytes the kernel has seen acknowledged on a TCP socket (progress of a memory channel that
-/// CRIU writes to directly).
-pub fn tcp_bytes_acked(sock: &impl AsRawFd) -> Option<u64> {
-    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
-    unsafe {
-        let mut info: libc::tcp_info = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        let r = libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        );
-        (r == 0).then_some(info.tcpi_bytes_acked)
-    }
 }

@@ -1,9 +1,10 @@
-//! Socket settings for haul's connections: a peer that vanishes without a word (its node died,
+//! Socket settings for haul's connections, and what the kernel says of them
+//! ([`tcp_bytes_acked`]): a peer that vanishes without a word (its node died,
 //! the link was cut) is noticed within [`PEER_TIMEOUT`], not after the kernel's default of
 //! many minutes. The memory channels that CRIU writes to directly carry the same settings, so a
 //! dump streaming pages into a dead link fails in bounded time and the tasks are resumed.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
@@ -25,6 +26,24 @@ pub fn harden(sock: &impl AsFd) {
         sockopt::TcpUserTimeout,
         &(PEER_TIMEOUT.as_millis() as u32),
     );
+}
+
+/// Bytes the kernel has seen acknowledged on a TCP socket (progress of a memory channel that
+/// CRIU writes to directly).
+pub fn tcp_bytes_acked(sock: &impl AsRawFd) -> Option<u64> {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let r = libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (r == 0).then_some(info.tcpi_bytes_acked)
+    }
 }
 
 #[cfg(test)]

@@ -7,13 +7,11 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
-use crate::wire::frame::Conn;
 use crate::wire::names;
-use crate::wire::pb::{self, message::Body};
+use crate::wire::pb;
 
-use super::MigrateError;
+use super::control::{ChannelError, Control, Stream};
+use super::error::PathError;
 
 /// Image data per chunk.
 pub const CHUNK: usize = 1 << 20;
@@ -24,21 +22,30 @@ pub fn is_image(name: &str) -> bool {
     !(name.ends_with(".log") || name.starts_with("stats-") || name == "report.json")
 }
 
+/// Why the images could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// An image could not be read.
+    #[error(transparent)]
+    Read(#[from] PathError),
+    /// The control channel failed.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+}
+
 /// Sends every image file of `dir` as round `round`; returns the bytes sent.
-pub async fn send_images<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    peer: &str,
+pub async fn send_images<S: Stream>(
+    ctl: &mut Control<S>,
     dir: &Path,
     round: u32,
-) -> Result<u64, MigrateError> {
+) -> Result<u64, SendError> {
     let mut names: Vec<String> = Vec::new();
-    let rd =
-        std::fs::read_dir(dir).map_err(|e| MigrateError::io("cannot list images in", dir, e))?;
+    let rd = std::fs::read_dir(dir).map_err(|e| PathError::new("cannot list images in", dir, e))?;
     for entry in rd {
-        let entry = entry.map_err(|e| MigrateError::io("cannot list images in", dir, e))?;
+        let entry = entry.map_err(|e| PathError::new("cannot list images in", dir, e))?;
         let ft = entry
             .file_type()
-            .map_err(|e| MigrateError::io("cannot stat", entry.path(), e))?;
+            .map_err(|e| PathError::new("cannot stat", entry.path(), e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if ft.is_file() && is_image(&name) {
             names.push(name);
@@ -49,26 +56,20 @@ pub async fn send_images<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; CHUNK];
     for name in names {
         let path = dir.join(&name);
-        let mut f =
-            File::open(&path).map_err(|e| MigrateError::io("cannot open image", &path, e))?;
+        let mut f = File::open(&path).map_err(|e| PathError::new("cannot open image", &path, e))?;
         let mut offset = 0u64;
         loop {
             let n = read_full(&mut f, &mut buf)
-                .map_err(|e| MigrateError::io("cannot read image", &path, e))?;
+                .map_err(|e| PathError::new("cannot read image", &path, e))?;
             let last = n < CHUNK;
-            let msg = pb::Message::of(Body::ImageChunk(pb::ImageChunk {
+            ctl.send(pb::ImageChunk {
                 round,
                 name: name.clone(),
                 offset,
                 data: buf[..n].to_vec(),
                 last,
-            }));
-            conn.send(&msg)
-                .await
-                .map_err(|source| MigrateError::Channel {
-                    peer: peer.to_string(),
-                    source,
-                })?;
+            })
+            .await?;
             offset += n as u64;
             if last {
                 break;
@@ -91,13 +92,11 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// Why a chunk was refused.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum ChunkError {
-    /// A bad name.
-    #[error(transparent)]
+    /// {0}
     Name(#[from] names::NameError),
-    /// Out of order, or a file sent twice.
-    #[error("chunk of {name} at offset {got}, expected {want}")]
+    /// chunk of {name} at offset {got}, expected {want} (out of order, or a file sent twice)
     Order {
         /// The file.
         name: String,
@@ -106,20 +105,17 @@ pub enum ChunkError {
         /// The file's length so far.
         want: u64,
     },
-    /// Over the byte budget.
-    #[error(
-        "images exceed the {limit}-byte budget for this migration (free space on the destination)"
-    )]
+    /// images exceed the {limit}-byte budget for this migration (the destination's free space)
     Budget {
         /// The budget.
         limit: u64,
     },
-    /// Writing failed.
-    #[error("cannot write {path}: {source}")]
+    /// cannot write {path}
     Io {
         /// The file.
         path: PathBuf,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -215,6 +211,8 @@ impl ImageReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::frame::Conn;
+    use crate::wire::pb::message::Body;
 
     fn chunk(name: &str, offset: u64, data: &[u8], last: bool) -> pb::ImageChunk {
         pb::ImageChunk {
@@ -270,8 +268,8 @@ mod tests {
         std::fs::write(src.path().join("empty.img"), b"").unwrap();
         std::fs::write(src.path().join("dump.log"), b"not sent").unwrap();
         let (a, b) = tokio::io::duplex(1 << 16);
-        let (mut tx, mut rx) = (Conn::new(a), Conn::new(b));
-        let send = send_images(&mut tx, "test", src.path(), 0);
+        let (mut tx, mut rx) = (Control::new(Conn::new(a), "test"), Conn::new(b));
+        let send = send_images(&mut tx, src.path(), 0);
         let recv = async {
             let mut r = ImageReceiver::new(dst.path(), u64::MAX);
             let mut files = 0;

@@ -39,7 +39,7 @@ impl std::fmt::Debug for Key {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The file could not be read or written.
-    #[error("key file {path}: {source}")]
+    #[error("key file {path}")]
     Io {
         /// The key file.
         path: PathBuf,
@@ -160,7 +160,7 @@ pub enum AuthError {
     #[error("the peer refused the handshake: {0}")]
     Refused(String),
     /// The frames themselves failed.
-    #[error("handshake: {0}")]
+    #[error("handshake")]
     Frame(#[from] FrameError),
 }
 

@@ -50,7 +50,7 @@ pub enum FrameError {
     #[error("connection closed by the peer")]
     Closed,
     /// A read or write failed.
-    #[error("i/o: {0}")]
+    #[error("reading or writing the connection failed")]
     Io(#[from] std::io::Error),
     /// Not a haul frame.
     #[error("not a haul frame (magic {0:02x?}): is the peer a haul?")]
@@ -68,7 +68,7 @@ pub enum FrameError {
     #[error("frame authentication failed: {0}")]
     BadTag(&'static str),
     /// The payload does not decode.
-    #[error("undecodable message: {0}")]
+    #[error("undecodable message")]
     Decode(#[from] prost::DecodeError),
     /// A message with no body.
     #[error("empty message")]

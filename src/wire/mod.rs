@@ -22,9 +22,15 @@
 //!
 //! - [`frame`]: the frame layout, bounded lengths, per-frame tags;
 //! - [`auth`]: the shared key and the challenge-response handshake;
-//! - [`names`]: validation of image file names a peer sends.
+//! - [`names`]: validation of image file names a peer sends;
+//! - [`convert`]: CRIU figures to and from their wire forms.
+//!
+//! Every message type converts into a [`pb::message::Body`] (`Body::from(pb::Ready { .. })`),
+//! and [`Variant::from_body`] takes one back out, so that a side sends and expects messages by
+//! type.
 
 pub mod auth;
+pub mod convert;
 pub mod frame;
 pub mod names;
 
@@ -41,6 +47,52 @@ pub use frame::{Conn, FrameError, Header};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The oldest protocol version this build accepts from a peer.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// A message type that is one variant of [`pb::message::Body`].
+pub trait Variant: Sized {
+    /// The variant's name, as [`pb::Message::kind_name`] gives it.
+    const NAME: &'static str;
+    /// The message, when `body` is this variant; `body` back otherwise.
+    fn from_body(body: pb::message::Body) -> Result<Self, pb::message::Body>;
+}
+
+macro_rules! variants {
+    ($($ty:ident),* $(,)?) => {$(
+        impl From<pb::$ty> for pb::message::Body {
+            fn from(m: pb::$ty) -> Self {
+                pb::message::Body::$ty(m)
+            }
+        }
+        impl Variant for pb::$ty {
+            const NAME: &'static str = stringify!($ty);
+            fn from_body(body: pb::message::Body) -> Result<Self, pb::message::Body> {
+                match body {
+                    pb::message::Body::$ty(m) => Ok(m),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+
+variants!(
+    Begin,
+    Ready,
+    StartPageServer,
+    PageServerStarted,
+    EndPageServer,
+    PageServerEnded,
+    ImageChunk,
+    Restore,
+    RestoreHeld,
+    Resume,
+    Restored,
+    LazyDone,
+    LazyFinished,
+    Finish,
+    Finished,
+    Error,
+);
 
 impl pb::Message {
     /// Wraps a body into a message.

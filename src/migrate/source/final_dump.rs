@@ -1,0 +1,169 @@
+//! The final dump. CRIU dumps the tree and stops at `post-dump`: the tasks are frozen and
+//! not yet killed. While frozen, the images go to the destination and (stop-copy, pre-copy)
+//! it restores; only once it says the process runs there is `post-dump` acknowledged and
+//! CRIU kills the tasks here. Any failure before that answers `post-dump` with failure, and
+//! CRIU resumes the tasks.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Instant;
+
+use tracing::warn;
+
+use crate::criu::pb::CriuReqType;
+use crate::criu::service::{CriuOperation, Until};
+use crate::criu::{client, options, stats, Hook};
+use crate::fault::{self, Phase};
+use crate::wire::pb;
+
+use super::super::images::RoundDir;
+use super::super::limits;
+use super::super::{relay, transfer};
+use super::progress;
+use super::session::{Session, Stage};
+use super::SourceError;
+
+/// How memory leaves in the final dump.
+enum Memory {
+    /// Through the round's page server on an authenticated memory channel (`ps.fd`).
+    PageServer(OwnedFd),
+    /// Served by CRIU on this node's 127.0.0.1:port after the freeze (post-copy).
+    Lazy(u16),
+}
+
+/// What the destination said while the tasks were frozen.
+enum HandOver {
+    /// The process runs there.
+    Restored(pb::Restored),
+    /// Post-copy: the images are there; the restore waits for CRIU to serve pages on this
+    /// node's 127.0.0.1 at the port given.
+    LazyReady(u16),
+}
+
+impl Session {
+    /// Dumps the tree (its memory lazily when `lazy`) with `parent` as the last pre-copy
+    /// round, hands it over while frozen, and answers `post-dump`.
+    pub async fn final_dump(
+        &mut self,
+        lazy: bool,
+        parent: Option<String>,
+    ) -> Result<(), SourceError> {
+        let rd = self.dir.round(0)?;
+        let mut opts = options::base(rd.fd(), "dump.log");
+        opts.pid = Some(self.cfg.pid);
+        self.cfg.tree.apply(&mut opts);
+        if let Some(p) = &parent {
+            opts.parent_img = Some(format!("../{p}"));
+            opts.track_mem = Some(true);
+        }
+        let memory = if lazy {
+            let port = relay::free_local_port()
+                .map_err(|source| SourceError::LazyServer { port: 0, source })?;
+            opts.lazy_pages = Some(true);
+            options::page_server_addr(&mut opts, "127.0.0.1", port);
+            Memory::Lazy(port)
+        } else {
+            let fd = self.start_round(0).await?;
+            options::page_server_fd(&mut opts, fd.as_raw_fd());
+            Memory::PageServer(fd)
+        };
+        let inherit: Vec<_> = match &memory {
+            Memory::PageServer(fd) => vec![fd.as_raw_fd()],
+            Memory::Lazy(_) => Vec::new(),
+        };
+        let bar = match &memory {
+            Memory::PageServer(fd) if self.cfg.progress => {
+                Some(progress::dump_bar(self.memory_bytes, fd.as_raw_fd()))
+            }
+            _ => None,
+        };
+        let log = rd.path().join("dump.log");
+        let req = client::new_request(CriuReqType::Dump, Some(opts));
+        let t_freeze = Instant::now();
+        self.stage = Stage::Frozen;
+        let mut op = self.criu.start_request(req, &inherit, Some(log)).await?;
+        // Wait for post-dump: everything dumped, tasks frozen.
+        let reached = op.run_until(&Hook::PostDump).await;
+        if !matches!(reached, Ok(Until::Reached(_))) {
+            // CRIU resumes the tasks when a dump fails.
+            op.finish().await;
+            self.stage = Stage::Resumed;
+            if let Some(b) = bar {
+                b.abandon();
+            }
+            return Err(match reached {
+                Err(e) => e.into(),
+                _ => SourceError::NoPostDump,
+            });
+        }
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        fault::point(Phase::Frozen).await;
+        let handed = self.while_frozen(&rd, &memory).await;
+        drop(memory);
+        match handed {
+            Err(e) => {
+                warn!(
+                    "migration failed while frozen: {}; resuming the process on the source",
+                    super::super::error::chain(&e)
+                );
+                nack(op).await;
+                self.stage = Stage::Resumed;
+                Err(e)
+            }
+            Ok(HandOver::Restored(restored)) => {
+                self.record_restore(&restored, t_freeze);
+                self.stage = Stage::Moved(restored.pid);
+                op.ack(true).await?;
+                let r = op.run_to_end().await;
+                self.record_dump(&rd);
+                if let Err(e) = r {
+                    warn!("CRIU reported after the process moved: {e}");
+                }
+                Ok(())
+            }
+            Ok(HandOver::LazyReady(port)) => self.post_copy(op, port, t_freeze).await,
+        }
+    }
+
+    /// The part of the final dump that happens while the tasks are frozen.
+    async fn while_frozen(
+        &mut self,
+        rd: &RoundDir,
+        memory: &Memory,
+    ) -> Result<HandOver, SourceError> {
+        if let Memory::PageServer(_) = memory {
+            let bytes = self.end_round(0).await?;
+            self.report.memory_bytes_sent += bytes;
+        }
+        let sent = transfer::send_images(&mut self.ctl, rd.path(), 0).await?;
+        self.report.image_bytes_sent += sent;
+        match memory {
+            // Post-copy restores only once CRIU serves the pages (the restore faults on them).
+            Memory::Lazy(port) => Ok(HandOver::LazyReady(*port)),
+            Memory::PageServer(_) => Ok(HandOver::Restored(self.restore(false).await?)),
+        }
+    }
+
+    /// Records the final (not lazy) dump's figures from CRIU's `stats-dump`.
+    fn record_dump(&mut self, rd: &RoundDir) {
+        match stats::read_dump(rd.path()) {
+            Ok(st) => {
+                self.report.dump = st;
+                self.report.pages_sent += st.pages_written;
+                self.report.frozen_secs += f64::from(st.frozen_time_us) / 1e6;
+            }
+            Err(e) => {
+                warn!("{e}");
+                self.report.frozen_secs += self.report.downtime_secs;
+            }
+        }
+    }
+}
+
+/// Answers `post-dump` with failure: CRIU resumes the tasks; waits (bounded) for it to end.
+pub async fn nack(mut op: Box<dyn CriuOperation>) {
+    let _ = op.ack(false).await;
+    let _ = tokio::time::timeout(limits::CRIU_SETTLE, op.next()).await;
+    op.finish().await;
+}

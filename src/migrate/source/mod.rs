@@ -1,0 +1,102 @@
+//! `haul pid`: the source.
+//!
+//! The process is never lost: the final dump's `post-dump` notification (tasks frozen, not
+//! yet killed) is held until the destination says the process runs there; only then is it
+//! acknowledged and CRIU kills the source tasks. Every failure before that answers
+//! `post-dump` with a failure, and CRIU resumes the tasks where they were.
+//!
+//! - [`preflight`]: what is checked on this node before anything else (pid, CRIU, CPU);
+//! - [`session`]: one migration with the destination, from `Begin` to `Finish`, and the
+//!   [`Stage`] that says where the process is at each point;
+//! - [`precopy`]: pre-dump rounds while the process runs;
+//! - [`final_dump`]: the freeze, the hand-over while frozen, and the answer to `post-dump`;
+//! - [`postcopy`]: serving the pages after the process runs on the destination;
+//! - [`progress`]: the progress bar of the final dump;
+//! - [`error`]: what can fail, and [`Whereabouts`].
+//!
+//! ```text
+//! Preflight ──Begin/Ready──▶ Session ──rounds──▶ final dump: Frozen ──Restored──▶ Moved
+//!                                                      │          └─post-copy─▶ Serving ─▶ Moved
+//!                                                      └─ any failure: post-dump nacked ─▶ Resumed
+//! ```
+
+pub mod error;
+pub mod final_dump;
+pub mod postcopy;
+pub mod precopy;
+pub mod preflight;
+pub mod progress;
+pub mod session;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::criu::options::TreeOptions;
+use crate::criu::service::CriuService;
+use crate::criu::Criu;
+use crate::wire::Key;
+
+use super::convergence::Convergence;
+use super::report::MigrationReport;
+use super::strategy::Strategy;
+
+pub use error::{SourceError, SourceFailure, Whereabouts};
+pub use session::Stage;
+
+/// The source's settings.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// The root of the tree to migrate.
+    pub pid: i32,
+    /// The destination's `haul serve` address (`HOST:PORT`).
+    pub destination: String,
+    /// The shared key.
+    pub key: Key,
+    /// Where this node keeps the images and logs.
+    pub img_path: PathBuf,
+    /// The strategy asked for.
+    pub strategy: Strategy,
+    /// What the tree needs from CRIU.
+    pub tree: TreeOptions,
+    /// Pre-copy: when the rounds stop (rounds, dirty-set rules, downtime target, on-timeout).
+    pub convergence: Convergence,
+    /// Show a progress bar on stderr (only drawn on a terminal).
+    pub progress: bool,
+}
+
+/// Migrates `cfg.pid` to `cfg.destination` with this node's CRIU. On failure, says where the
+/// process is.
+pub async fn migrate(cfg: SourceConfig) -> Result<MigrationReport, SourceFailure> {
+    let pid = cfg.pid;
+    match Criu::locate() {
+        Ok(criu) => migrate_with(cfg, Arc::new(criu)).await,
+        Err(e) => Err(SourceFailure {
+            error: e.into(),
+            whereabouts: Whereabouts::Untouched(pid),
+        }),
+    }
+}
+
+/// [`migrate`] with `criu` standing in for CRIU (the scripted one in root-free tests).
+pub async fn migrate_with(
+    cfg: SourceConfig,
+    criu: Arc<dyn CriuService>,
+) -> Result<MigrationReport, SourceFailure> {
+    let t0 = Instant::now();
+    let pid = cfg.pid;
+    let untouched = |error| SourceFailure {
+        error,
+        whereabouts: Whereabouts::Untouched(pid),
+    };
+    let checked = preflight::check(&cfg, criu.as_ref())
+        .await
+        .map_err(untouched)?;
+    let mut session = session::Session::begin(cfg, criu, checked, t0)
+        .await
+        .map_err(untouched)?;
+    match session.run().await {
+        Ok(()) => Ok(session.into_report()),
+        Err(error) => Err(session.fail(error).await),
+    }
+}

@@ -1,0 +1,284 @@
+//! One migration with the destination, from `Begin` to `Finish`, and where the process is
+//! at each point ([`Stage`]).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+use tracing::info;
+
+use crate::criu::service::CriuService;
+use crate::criu::{CriuVersion, Features};
+use crate::wire::auth::Purpose;
+use crate::wire::pb;
+
+use super::super::control::{self, ChannelError, Control};
+use super::super::error::{chain, PathError};
+use super::super::images::MigrationDir;
+use super::super::limits::{self, Wait};
+use super::super::report::MigrationReport;
+use super::super::strategy::Strategy;
+use super::super::tree;
+use super::preflight::Checked;
+use super::{SourceConfig, SourceError, SourceFailure, Whereabouts};
+
+/// Where the process is, as far as the source knows (decides the [`Whereabouts`] of a
+/// failure).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stage {
+    /// Nothing frozen yet.
+    Running,
+    /// The final dump started; CRIU resumes the tasks if it fails or is nacked.
+    Frozen,
+    /// The final dump's failure was answered; the tasks were resumed.
+    Resumed,
+    /// Post-copy: the destination runs the process (pid there) while its memory still comes
+    /// from here, since the instant given.
+    Serving(i32, Instant),
+    /// The destination runs the process (pid there).
+    Moved(i32),
+}
+
+/// A migration in progress: connected to the destination, which accepted `Begin`.
+pub struct Session {
+    /// The settings.
+    pub cfg: SourceConfig,
+    /// CRIU on this node.
+    pub criu: Arc<dyn CriuService>,
+    /// The control channel.
+    pub ctl: Control<TcpStream>,
+    /// The migration's directory on this node.
+    pub dir: MigrationDir,
+    /// What is measured, as it is measured.
+    pub report: MigrationReport,
+    /// Where the process is.
+    pub stage: Stage,
+    /// The strategy in use.
+    pub strategy: Strategy,
+    /// The tree's resident memory when the migration began (bytes).
+    pub memory_bytes: u64,
+    t0: Instant,
+}
+
+impl Session {
+    /// Connects to the destination, sends `Begin`, and resolves the strategy from both
+    /// nodes' features once the destination is `Ready`.
+    pub async fn begin(
+        cfg: SourceConfig,
+        criu: Arc<dyn CriuService>,
+        checked: Checked,
+        t0: Instant,
+    ) -> Result<Session, SourceError> {
+        let conn = control::connect(&cfg.destination, &cfg.key, Purpose::Control).await?;
+        let mut ctl = Control::new(conn, cfg.destination.clone());
+        let mut report = new_report(&cfg, &checked.migration_id);
+        report.source_criu = Some(checked.version);
+        report.source_img_dir = checked.dir.root().display().to_string();
+        report.warnings = checked.warnings;
+        let begin = pb::Begin {
+            migration_id: checked.migration_id.clone(),
+            criu_version: Some(checked.version.into()),
+            strategy: cfg.strategy.name().into(),
+            memory_bytes: checked.memory_bytes,
+            cpuinfo: checked.cpuinfo,
+        };
+        let wait = limits::REPLY.named("the destination's pre-flight checks");
+        let ready: pb::Ready = ctl.request(begin, wait).await?;
+        let dst_version: CriuVersion = ready.criu_version.unwrap_or_default().into();
+        report.destination_criu = Some(dst_version);
+        report.destination_img_dir = ready.img_dir;
+        let dst_features: Features = ready.features.unwrap_or_default().into();
+        let (strategy, why) = cfg.strategy.resolve(checked.features, dst_features);
+        if let Some(missing) = strategy.missing(checked.features, dst_features) {
+            return Err(SourceError::StrategyUnavailable {
+                strategy: strategy.name(),
+                why: missing,
+            });
+        }
+        report.strategy = strategy.name().into();
+        report.strategy_reason = why;
+        info!(
+            "migrating pid {} ({} MiB resident) to {} with {strategy}; images in {}",
+            cfg.pid,
+            checked.memory_bytes >> 20,
+            cfg.destination,
+            checked.dir.root().display()
+        );
+        Ok(Session {
+            cfg,
+            criu,
+            ctl,
+            dir: checked.dir,
+            report,
+            stage: Stage::Running,
+            strategy,
+            memory_bytes: checked.memory_bytes,
+            t0,
+        })
+    }
+
+    /// Pre-copy rounds (where the strategy has them), the final dump, `Finish`; the report
+    /// is written into the migration's directory.
+    pub async fn run(&mut self) -> Result<(), SourceError> {
+        let parent = match self.strategy {
+            Strategy::PreCopy | Strategy::Hybrid => self.pre_copy().await?,
+            _ => None,
+        };
+        let lazy = matches!(self.strategy, Strategy::PostCopy | Strategy::Hybrid);
+        self.final_dump(lazy, parent).await?;
+        let finish = pb::Finish {
+            ok: true,
+            reason: String::new(),
+        };
+        let _: pb::Finished = self
+            .ctl
+            .request(finish, limits::REPLY.named("the destination's goodbye"))
+            .await?;
+        self.report.total_secs = self.t0.elapsed().as_secs_f64();
+        let path = self.dir.root().join("report.json");
+        if let Ok(json) = serde_json::to_vec_pretty(&self.report) {
+            let _ = std::fs::write(&path, json);
+        }
+        Ok(())
+    }
+
+    /// The report of a finished migration.
+    pub fn into_report(self) -> MigrationReport {
+        self.report
+    }
+
+    /// Ends a failed migration: says where the process is, and tells the destination.
+    pub async fn fail(mut self, error: SourceError) -> SourceFailure {
+        let whereabouts = self.whereabouts();
+        let finish = pb::Finish {
+            ok: false,
+            reason: chain(&error),
+        };
+        let _ = self.ctl.send(finish).await;
+        SourceFailure { error, whereabouts }
+    }
+
+    /// Where the process is now.
+    pub fn whereabouts(&self) -> Whereabouts {
+        let pid = self.cfg.pid;
+        match self.stage {
+            Stage::Running => Whereabouts::Untouched(pid),
+            Stage::Frozen | Stage::Resumed if tree::alive(pid) && tree::state(pid) != Some('T') => {
+                Whereabouts::ResumedOnSource(pid)
+            }
+            Stage::Moved(p) => Whereabouts::OnDestination(p),
+            Stage::Serving(p, since) => Whereabouts::LostInPostCopy {
+                pid: p,
+                window_secs: since.elapsed().as_secs_f64(),
+            },
+            Stage::Frozen | Stage::Resumed => Whereabouts::Unknown(pid),
+        }
+    }
+
+    /// A memory channel for `round`, authenticated and bound to this migration.
+    pub async fn memory_channel(&self, round: u32, lazy: bool) -> Result<TcpStream, ChannelError> {
+        let purpose = Purpose::Memory(pb::MemoryPurpose {
+            migration_id: self.report.migration_id.clone(),
+            round,
+            lazy,
+        });
+        let conn = control::connect(&self.cfg.destination, &self.cfg.key, purpose).await?;
+        Ok(conn.into_inner())
+    }
+
+    /// Asks the destination for a page server for `round` and opens its memory channel;
+    /// returns the channel as a blocking fd for CRIU's `ps.fd`.
+    pub async fn start_round(&mut self, round: u32) -> Result<OwnedFd, SourceError> {
+        self.ctl.send(pb::StartPageServer { round }).await?;
+        let mem = self.memory_channel(round, false).await?;
+        let _: pb::PageServerStarted = self
+            .ctl
+            .expect(limits::REPLY.named("the destination's page server"))
+            .await?;
+        // Out of tokio, blocking: CRIU reads and writes it directly; haul only reads TCP_INFO.
+        let fd: OwnedFd = mem
+            .into_std()
+            .map_err(|e| {
+                PathError::new(
+                    "cannot take over the memory channel of round",
+                    round.to_string(),
+                    e,
+                )
+            })?
+            .into();
+        crate::criu::worker::set_blocking(fd.as_raw_fd())?;
+        Ok(fd)
+    }
+
+    /// Ends `round` on the destination; returns the bytes its page server wrote.
+    pub async fn end_round(&mut self, round: u32) -> Result<u64, SourceError> {
+        let wait = limits::REPLY.named("the destination's page server to finish");
+        let ended: pb::PageServerEnded =
+            self.ctl.request(pb::EndPageServer { round }, wait).await?;
+        Ok(ended.bytes)
+    }
+
+    /// The destination's two-phase restore: `RestoreHeld` (restored, not running), then haul
+    /// says `Resume`, then `Restored` (running there). Only after `Restored` does the source
+    /// acknowledge post-dump: a lost `Resume` leaves one copy (here, resumed), a lost
+    /// `Restored` is the one window where both could run.
+    pub async fn restore(&mut self, lazy: bool) -> Result<pb::Restored, SourceError> {
+        self.send_restore(lazy).await?;
+        self.recv_restored().await
+    }
+
+    /// Sends `Restore` with what the tree needs.
+    pub async fn send_restore(&mut self, lazy: bool) -> Result<(), SourceError> {
+        let t = &self.cfg.tree;
+        let restore = pb::Restore {
+            lazy,
+            tcp_established: t.tcp_established,
+            shell_job: t.shell_job,
+            file_locks: t.file_locks,
+        };
+        Ok(self.ctl.send(restore).await?)
+    }
+
+    /// Waits for `RestoreHeld`, says `Resume`, waits for `Restored`.
+    pub async fn recv_restored(&mut self) -> Result<pb::Restored, SourceError> {
+        let held = Wait {
+            what: "the destination's restore",
+            limit: limits::REPLY.limit,
+        };
+        let _: pb::RestoreHeld = self.ctl.expect(held).await?;
+        let wait = limits::REPLY.named("the destination to resume the process");
+        Ok(self.ctl.request(pb::Resume {}, wait).await?)
+    }
+
+    /// Records the restore: downtime on this node's clock from `t_freeze`, the
+    /// destination's pid and CRIU's restore figures.
+    pub fn record_restore(&mut self, r: &pb::Restored, t_freeze: Instant) {
+        self.report.downtime_secs = t_freeze.elapsed().as_secs_f64();
+        self.report.destination_pid = r.pid;
+        self.report.restore_wall_secs = r.restore_wall_secs;
+        if let Some(s) = r.stats {
+            self.report.restore = s.into();
+            self.report.restore_secs = f64::from(s.restore_time_us) / 1e6;
+        }
+        info!(
+            "process runs on the destination as pid {} after {:.3}s frozen",
+            r.pid, self.report.downtime_secs
+        );
+    }
+}
+
+/// The report of a migration that begins now.
+fn new_report(cfg: &SourceConfig, migration_id: &str) -> MigrationReport {
+    MigrationReport {
+        migration_id: migration_id.to_string(),
+        pid: cfg.pid,
+        destination: cfg.destination.clone(),
+        strategy_requested: cfg.strategy.name().into(),
+        started_at_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        ..Default::default()
+    }
+}
