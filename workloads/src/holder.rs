@@ -102,7 +102,11 @@ impl<'a> Holder<'a> {
             "beats={} failures={}{}{extra}",
             o.beats,
             o.failures,
-            if extra.to_string().is_empty() { "" } else { " " }
+            if extra.to_string().is_empty() {
+                ""
+            } else {
+                " "
+            }
         ))?;
         self.log.finish()?;
         Ok(self.outcome.failures == 0)

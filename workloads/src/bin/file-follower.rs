@@ -84,7 +84,13 @@ fn write(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<bo
         .open(&args.file)
     {
         Ok(f) => f,
-        Err(e) => return setup_failed(log, reporter, format_args!("cannot open {}: {e}", args.file.display())),
+        Err(e) => {
+            return setup_failed(
+                log,
+                reporter,
+                format_args!("cannot open {}: {e}", args.file.display()),
+            )
+        }
     };
     reporter.report(StartCode::Ok)?;
     let stop = StopFile::new(stop);
@@ -112,7 +118,10 @@ impl Follower {
     fn read_new(&mut self) -> Result<(), String> {
         let mut buf = [0u8; 8192];
         loop {
-            let n = self.file.read(&mut buf).map_err(|e| format!("read at {}: {e}", self.offset))?;
+            let n = self
+                .file
+                .read(&mut buf)
+                .map_err(|e| format!("read at {}: {e}", self.offset))?;
             if n == 0 {
                 return Ok(());
             }
@@ -139,13 +148,27 @@ fn follow(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<b
     let (_, stop) = names(args);
     let file = match File::open(&args.file) {
         Ok(f) => f,
-        Err(e) => return setup_failed(log, reporter, format_args!("cannot open {}: {e}", args.file.display())),
+        Err(e) => {
+            return setup_failed(
+                log,
+                reporter,
+                format_args!("cannot open {}: {e}", args.file.display()),
+            )
+        }
     };
     let path = std::env::current_dir()?.join(&args.file);
     let mut h = Holder::new(log, stop, Duration::from_millis(args.interval_ms));
-    h.holds("followed-file", format_args!("fd={} path={}", file.as_raw_fd(), path.display()))?;
+    h.holds(
+        "followed-file",
+        format_args!("fd={} path={}", file.as_raw_fd(), path.display()),
+    )?;
     reporter.report(StartCode::Ok)?;
-    let mut f = Follower { file, partial: Vec::new(), lines: 0, offset: 0 };
+    let mut f = Follower {
+        file,
+        partial: Vec::new(),
+        lines: 0,
+        offset: 0,
+    };
     h.run(|_| f.read_new())?;
     let check = f.read_new();
     h.finish(check, format_args!("lines={} offset={}", f.lines, f.offset))

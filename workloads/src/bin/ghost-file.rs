@@ -85,14 +85,19 @@ fn check_block(f: &File, size: u64, block: u64) -> Result<(), String> {
         .map_err(|e| format!("read of {len} bytes at {off}: {e}"))?;
     match pattern_mismatch(SEED, off, &buf) {
         None => Ok(()),
-        Some(at) => Err(format!("byte {at} of the deleted file differs from its pattern")),
+        Some(at) => Err(format!(
+            "byte {at} of the deleted file differs from its pattern"
+        )),
     }
 }
 
 fn last_check(f: &File, size: u64) -> Result<(), String> {
     let st = f.metadata().map_err(|e| format!("fstat: {e}"))?;
     if st.nlink() != 0 {
-        return Err(format!("the file has {} links: it is no longer deleted", st.nlink()));
+        return Err(format!(
+            "the file has {} links: it is no longer deleted",
+            st.nlink()
+        ));
     }
     if st.len() != size {
         return Err(format!("the file holds {} bytes, {size} written", st.len()));
@@ -104,14 +109,27 @@ fn run(args: &Args, log: &LogWriter, reporter: StartReporter) -> std::io::Result
     let f = match create(args) {
         Ok(f) => f,
         Err(e) => {
-            return setup_failed(log, reporter, format_args!("cannot create {}: {e}", args.name.display()))
+            return setup_failed(
+                log,
+                reporter,
+                format_args!("cannot create {}: {e}", args.name.display()),
+            )
         }
     };
     let path = std::env::current_dir()?.join(&args.name);
-    let mut h = Holder::new(log, &args.stop_file, Duration::from_millis(args.interval_ms));
+    let mut h = Holder::new(
+        log,
+        &args.stop_file,
+        Duration::from_millis(args.interval_ms),
+    );
     h.holds(
         "ghost-file",
-        format_args!("fd={} path={} size={}", f.as_raw_fd(), path.display(), args.size),
+        format_args!(
+            "fd={} path={} size={}",
+            f.as_raw_fd(),
+            path.display(),
+            args.size
+        ),
     )?;
     reporter.report(StartCode::Ok)?;
     let blocks = args.size.div_ceil(BLOCK).max(1);

@@ -44,7 +44,12 @@ struct Args {
 }
 
 fn open(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
 }
 
 fn whole_file_lock(kind: i32) -> libc::flock {
@@ -59,11 +64,17 @@ fn lock(flock_file: &File, fcntl_file: &File) -> Result<(), String> {
     // SAFETY: flock and fcntl(F_SETLK) on fds this process owns, with a valid struct flock.
     unsafe {
         if libc::flock(flock_file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 {
-            return Err(format!("flock {FLOCK_FILE}: {}", io::Error::last_os_error()));
+            return Err(format!(
+                "flock {FLOCK_FILE}: {}",
+                io::Error::last_os_error()
+            ));
         }
         let l = whole_file_lock(libc::F_WRLCK);
         if libc::fcntl(fcntl_file.as_raw_fd(), libc::F_SETLK, &l) != 0 {
-            return Err(format!("fcntl F_SETLK {FCNTL_FILE}: {}", io::Error::last_os_error()));
+            return Err(format!(
+                "fcntl F_SETLK {FCNTL_FILE}: {}",
+                io::Error::last_os_error()
+            ));
         }
     }
     Ok(())
@@ -106,8 +117,12 @@ fn check_locks() -> Result<(), String> {
     unsafe { libc::waitpid(pid, &mut status, 0) };
     match libc::WEXITSTATUS(status) {
         0 if libc::WIFEXITED(status) => Ok(()),
-        1 => Err(format!("another process could flock {FLOCK_FILE}: the lock is gone")),
-        2 => Err(format!("F_GETLK finds no write lock of this process on {FCNTL_FILE}")),
+        1 => Err(format!(
+            "another process could flock {FLOCK_FILE}: the lock is gone"
+        )),
+        2 => Err(format!(
+            "F_GETLK finds no write lock of this process on {FCNTL_FILE}"
+        )),
         _ => Err(format!("the checking child failed (status {status:#x})")),
     }
 }
@@ -123,13 +138,23 @@ fn run(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<bool
     let files = open(Path::new(FLOCK_FILE)).and_then(|a| Ok((a, open(Path::new(FCNTL_FILE))?)));
     let (a, b) = match files {
         Ok(f) => f,
-        Err(e) => return setup_failed(log, reporter, format_args!("cannot open the lock files: {e}")),
+        Err(e) => {
+            return setup_failed(
+                log,
+                reporter,
+                format_args!("cannot open the lock files: {e}"),
+            )
+        }
     };
     if let Err(e) = lock(&a, &b) {
         return setup_failed(log, reporter, e);
     }
     let cwd = std::env::current_dir()?;
-    let mut h = Holder::new(log, &args.stop_file, Duration::from_millis(args.interval_ms));
+    let mut h = Holder::new(
+        log,
+        &args.stop_file,
+        Duration::from_millis(args.interval_ms),
+    );
     h.holds(
         "file-locks",
         format_args!(

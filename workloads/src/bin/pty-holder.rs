@@ -50,7 +50,8 @@ fn open_pty() -> Result<(File, File, u32), String> {
     // path is built from the index the kernel returned; tcgetattr/tcsetattr on the slave fd
     // with a termios it fills in.
     unsafe {
-        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+        let m =
+            libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC);
         if m < 0 {
             return Err(os("posix_openpt"));
         }
@@ -63,7 +64,10 @@ fn open_pty() -> Result<(File, File, u32), String> {
             return Err(os("TIOCGPTN"));
         }
         let path = std::ffi::CString::new(format!("/dev/pts/{index}")).expect("no NUL");
-        let s = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC);
+        let s = libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        );
         if s < 0 {
             return Err(os("open /dev/pts/N"));
         }
@@ -92,7 +96,11 @@ fn pass(mut from: &File, mut to: &File, msg: &[u8]) -> Result<(), String> {
             Ok(n) => got.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if Instant::now() > deadline {
-                    return Err(format!("{} of {} bytes arrived within 5 s", got.len(), msg.len()));
+                    return Err(format!(
+                        "{} of {} bytes arrived within 5 s",
+                        got.len(),
+                        msg.len()
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -110,8 +118,10 @@ fn pass(mut from: &File, mut to: &File, msg: &[u8]) -> Result<(), String> {
 }
 
 fn exchange(master: &File, slave: &File, beat: u64) -> Result<(), String> {
-    pass(master, slave, format!("ping {beat}\n").as_bytes()).map_err(|e| format!("master to slave: {e}"))?;
-    pass(slave, master, format!("pong {beat}\n").as_bytes()).map_err(|e| format!("slave to master: {e}"))
+    pass(master, slave, format!("ping {beat}\n").as_bytes())
+        .map_err(|e| format!("master to slave: {e}"))?;
+    pass(slave, master, format!("pong {beat}\n").as_bytes())
+        .map_err(|e| format!("slave to master: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -126,10 +136,18 @@ fn run(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<bool
         Ok(p) => p,
         Err(e) => return setup_failed(log, reporter, e),
     };
-    let mut h = Holder::new(log, &args.stop_file, Duration::from_millis(args.interval_ms));
+    let mut h = Holder::new(
+        log,
+        &args.stop_file,
+        Duration::from_millis(args.interval_ms),
+    );
     h.holds(
         "pty",
-        format_args!("master_fd={} slave_fd={} index={index}", master.as_raw_fd(), slave.as_raw_fd()),
+        format_args!(
+            "master_fd={} slave_fd={} index={index}",
+            master.as_raw_fd(),
+            slave.as_raw_fd()
+        ),
     )?;
     reporter.report(StartCode::Ok)?;
     h.run(|beat| exchange(&master, &slave, beat))?;

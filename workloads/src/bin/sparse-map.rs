@@ -107,7 +107,10 @@ impl Sparse {
         // SAFETY: page < mapped_pages: inside the mapping; reading maps the zero page.
         let found = unsafe { self.base.add((page * PAGE / 8) as usize).read_volatile() };
         if found != 0 {
-            return Err(format!("never-written page at offset {:#x} holds {found:#x}", page * PAGE));
+            return Err(format!(
+                "never-written page at offset {:#x} holds {found:#x}",
+                page * PAGE
+            ));
         }
         Ok(())
     }
@@ -145,17 +148,31 @@ fn run(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<bool
     // SAFETY: madvise on the mapping just made.
     unsafe { libc::madvise(base, args.map as usize, libc::MADV_NOHUGEPAGE) };
     let stride = if args.spread { mapped_pages / pages } else { 1 };
-    let mut s = Sparse { base: base as *mut u64, pages, stride, shadow: vec![0; pages as usize] };
+    let mut s = Sparse {
+        base: base as *mut u64,
+        pages,
+        stride,
+        shadow: vec![0; pages as usize],
+    };
     for n in 0..pages {
         s.write(n);
     }
     if pages == 0 {
         return setup_failed(log, reporter, "nothing to write");
     }
-    let mut h = Holder::new(log, &args.stop_file, Duration::from_millis(args.interval_ms));
+    let mut h = Holder::new(
+        log,
+        &args.stop_file,
+        Duration::from_millis(args.interval_ms),
+    );
     h.holds(
         "sparse-map",
-        format_args!("addr={:#x} mapped={} resident={} stride={stride}", base as u64, args.map, pages * PAGE),
+        format_args!(
+            "addr={:#x} mapped={} resident={} stride={stride}",
+            base as u64,
+            args.map,
+            pages * PAGE
+        ),
     )?;
     reporter.report(StartCode::Ok)?;
     h.run(|beat| {

@@ -86,16 +86,33 @@ impl Objects {
             let mem = mem as *mut u8;
             fill_pattern(SEED, 0, std::slice::from_raw_parts_mut(mem, len));
             let sem = check(libc::semget(libc::IPC_PRIVATE, 1, perm), "semget")?;
-            check(libc::semctl(sem, 0, libc::SETVAL, SEM_VALUE), "semctl SETVAL")?;
+            check(
+                libc::semctl(sem, 0, libc::SETVAL, SEM_VALUE),
+                "semctl SETVAL",
+            )?;
             let msg = check(libc::msgget(libc::IPC_PRIVATE, perm), "msgget")?;
             for (i, text) in MESSAGES.iter().enumerate() {
-                let m = Msg { mtype: i as libc::c_long + 1, mtext: **text };
+                let m = Msg {
+                    mtype: i as libc::c_long + 1,
+                    mtext: **text,
+                };
                 check(
-                    libc::msgsnd(msg, &m as *const Msg as *const libc::c_void, 8, libc::IPC_NOWAIT),
+                    libc::msgsnd(
+                        msg,
+                        &m as *const Msg as *const libc::c_void,
+                        8,
+                        libc::IPC_NOWAIT,
+                    ),
                     "msgsnd",
                 )?;
             }
-            Ok(Objects { shm, sem, msg, mem, len })
+            Ok(Objects {
+                shm,
+                sem,
+                msg,
+                mem,
+                len,
+            })
         }
     }
 
@@ -114,14 +131,21 @@ impl Objects {
         let (val, qnum) = unsafe {
             let val = check(libc::semctl(self.sem, 0, libc::GETVAL), "semctl GETVAL")?;
             let mut ds: libc::msqid_ds = std::mem::zeroed();
-            check(libc::msgctl(self.msg, libc::IPC_STAT, &mut ds), &format!("msgctl IPC_STAT of queue {}", self.msg))?;
+            check(
+                libc::msgctl(self.msg, libc::IPC_STAT, &mut ds),
+                &format!("msgctl IPC_STAT of queue {}", self.msg),
+            )?;
             (val, ds.msg_qnum)
         };
         if val != SEM_VALUE {
             return Err(format!("semaphore {} is {val}, not {SEM_VALUE}", self.sem));
         }
         if qnum != MESSAGES.len() as libc::msgqnum_t {
-            return Err(format!("queue {} holds {qnum} messages, not {}", self.msg, MESSAGES.len()));
+            return Err(format!(
+                "queue {} holds {qnum} messages, not {}",
+                self.msg,
+                MESSAGES.len()
+            ));
         }
         Ok(())
     }
@@ -132,13 +156,26 @@ impl Objects {
         }
         self.probe(0)?;
         for (i, text) in MESSAGES.iter().enumerate() {
-            let mut m = Msg { mtype: 0, mtext: [0; 8] };
+            let mut m = Msg {
+                mtype: 0,
+                mtext: [0; 8],
+            };
             // SAFETY: msgrcv into a buffer with room for 8 bytes of text.
             let n = unsafe {
-                libc::msgrcv(self.msg, &mut m as *mut Msg as *mut libc::c_void, 8, 0, libc::IPC_NOWAIT)
+                libc::msgrcv(
+                    self.msg,
+                    &mut m as *mut Msg as *mut libc::c_void,
+                    8,
+                    0,
+                    libc::IPC_NOWAIT,
+                )
             };
             if n != 8 || m.mtype != i as libc::c_long + 1 || &m.mtext != *text {
-                return Err(format!("message {} of queue {} is wrong or missing ({n} bytes)", i + 1, self.msg));
+                return Err(format!(
+                    "message {} of queue {} is wrong or missing ({n} bytes)",
+                    i + 1,
+                    self.msg
+                ));
             }
         }
         Ok(())
@@ -168,7 +205,11 @@ fn run(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<bool
         Err(e) => return setup_failed(log, reporter, e),
     };
     let ipcns = std::fs::metadata("/proc/self/ns/ipc")?.ino();
-    let mut h = Holder::new(log, &args.stop_file, Duration::from_millis(args.interval_ms));
+    let mut h = Holder::new(
+        log,
+        &args.stop_file,
+        Duration::from_millis(args.interval_ms),
+    );
     h.holds(
         "sysv-ipc",
         format_args!(

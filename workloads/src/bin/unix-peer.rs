@@ -53,7 +53,11 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let log = args.log.clone().unwrap_or_else(|| {
-        PathBuf::from(if args.serve { "unix-peer-server.log" } else { UNIX_PEER_LOG })
+        PathBuf::from(if args.serve {
+            "unix-peer-server.log"
+        } else {
+            UNIX_PEER_LOG
+        })
     });
     haul_workloads::worklog::workload_main("unix-peer", &log, |log, reporter| {
         if args.serve {
@@ -68,7 +72,13 @@ fn serve(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<bo
     let _ = std::fs::remove_file(&args.path);
     let listener = match UnixListener::bind(&args.path) {
         Ok(l) => l,
-        Err(e) => return setup_failed(log, reporter, format_args!("cannot listen on {}: {e}", args.path.display())),
+        Err(e) => {
+            return setup_failed(
+                log,
+                reporter,
+                format_args!("cannot listen on {}: {e}", args.path.display()),
+            )
+        }
     };
     listener.set_nonblocking(true)?;
     log.line(format_args!("Listening on {}", args.path.display()))?;
@@ -85,7 +95,11 @@ fn serve(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<bo
                     while let Ok(Some(req)) = Request::read_from(&mut s) {
                         served += 1;
                         sum = sum.wrapping_add(req.value);
-                        let reply = Reply { seq: req.seq, sum, served };
+                        let reply = Reply {
+                            seq: req.seq,
+                            sum,
+                            served,
+                        };
                         if reply.write_to(&mut s).is_err() {
                             break;
                         }
@@ -106,27 +120,54 @@ fn serve(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<bo
 fn client(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<bool> {
     let mut s = match UnixStream::connect(&args.path) {
         Ok(s) => s,
-        Err(e) => return setup_failed(log, reporter, format_args!("cannot connect to {}: {e}", args.path.display())),
+        Err(e) => {
+            return setup_failed(
+                log,
+                reporter,
+                format_args!("cannot connect to {}: {e}", args.path.display()),
+            )
+        }
     };
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let ino = std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd()))?.ino();
-    let mut h = Holder::new(log, &args.stop_file, Duration::from_millis(args.interval_ms));
+    let mut h = Holder::new(
+        log,
+        &args.stop_file,
+        Duration::from_millis(args.interval_ms),
+    );
     h.holds(
         "unix-socket",
-        format_args!("fd={} peer={} ino={ino}", s.as_raw_fd(), args.path.display()),
+        format_args!(
+            "fd={} peer={} ino={ino}",
+            s.as_raw_fd(),
+            args.path.display()
+        ),
     )?;
     reporter.report(StartCode::Ok)?;
     let (mut seq, mut sum) = (0u64, 0u64);
     let mut exchange = |s: &mut UnixStream| -> Result<(), String> {
         let value = seq.wrapping_mul(31).wrapping_add(7);
-        let req = Request { seq: seq + 1, value };
-        req.write_to(s).map_err(|e| format!("send request {}: {e}", req.seq))?;
+        let req = Request {
+            seq: seq + 1,
+            value,
+        };
+        req.write_to(s)
+            .map_err(|e| format!("send request {}: {e}", req.seq))?;
         let reply = Reply::read_from(s)
             .map_err(|e| format!("reply to {}: {e}", req.seq))?
-            .ok_or_else(|| format!("the peer closed the socket before answering {}", req.seq))?;
+            .ok_or_else(|| {
+                format!(
+                    "the peer closed the socket before answering request {}",
+                    req.seq
+                )
+            })?;
         seq += 1;
         sum = sum.wrapping_add(value);
-        let want = Reply { seq, sum, served: seq };
+        let want = Reply {
+            seq,
+            sum,
+            served: seq,
+        };
         if reply != want {
             return Err(format!("reply {reply:?}, expected {want:?}"));
         }

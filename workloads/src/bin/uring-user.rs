@@ -65,7 +65,10 @@ impl Ring {
             .next()
             .ok_or("no completion after io_uring_enter")?;
         if cqe.user_data() != user_data {
-            return Err(format!("completion for {}, expected {user_data}", cqe.user_data()));
+            return Err(format!(
+                "completion for {}, expected {user_data}",
+                cqe.user_data()
+            ));
         }
         self.ops += 1;
         Ok(cqe.result())
@@ -81,9 +84,13 @@ impl Ring {
     fn read_block(&mut self, block: usize, tag: u64) -> Result<(), String> {
         let mut buf = vec![0u8; BLOCK];
         let off = (block * BLOCK % FILE_LEN) as u64;
-        let e = opcode::Read::new(types::Fd(self.file.as_raw_fd()), buf.as_mut_ptr(), BLOCK as u32)
-            .offset(off)
-            .build();
+        let e = opcode::Read::new(
+            types::Fd(self.file.as_raw_fd()),
+            buf.as_mut_ptr(),
+            BLOCK as u32,
+        )
+        .offset(off)
+        .build();
         let r = self.one(e, tag)?;
         if r != BLOCK as i32 {
             return Err(format!("read at {off} through the ring returned {r}"));
@@ -107,14 +114,26 @@ fn run(args: &Args, log: &LogWriter, reporter: StartReporter) -> io::Result<bool
     let mut data = vec![0u8; FILE_LEN];
     fill_pattern(SEED, 0, &mut data);
     if let Err(e) = std::fs::write(&path, &data) {
-        return setup_failed(log, reporter, format_args!("cannot write {}: {e}", path.display()));
+        return setup_failed(
+            log,
+            reporter,
+            format_args!("cannot write {}: {e}", path.display()),
+        );
     }
     let ring = match IoUring::new(8) {
         Ok(r) => r,
         Err(e) => return setup_failed(log, reporter, format_args!("io_uring_setup: {e}")),
     };
-    let mut r = Ring { ring, file: File::open(&path)?, ops: 0 };
-    let mut h = Holder::new(log, &args.stop_file, Duration::from_millis(args.interval_ms));
+    let mut r = Ring {
+        ring,
+        file: File::open(&path)?,
+        ops: 0,
+    };
+    let mut h = Holder::new(
+        log,
+        &args.stop_file,
+        Duration::from_millis(args.interval_ms),
+    );
     h.holds(
         "io-uring",
         format_args!("fd={} file={}", r.ring.as_raw_fd(), path.display()),
