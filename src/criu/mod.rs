@@ -6,9 +6,11 @@
 //!   decides when to acknowledge it (the migration holds `post-dump` while it restores);
 //! - [`options`]: building `criu_opts` for each request;
 //! - [`stats`]: the `stats-dump` / `stats-restore` images;
-//! - [`error`]: what can go wrong, with CRIU's errno, message and log path.
+//! - [`error`]: what can go wrong, with CRIU's errno, message and log path;
+//! - [`diagnosis`]: why a dump or restore failed, read from CRIU's log (cause, resource, remedy).
 
 pub mod client;
+pub mod diagnosis;
 pub mod error;
 pub mod options;
 pub mod scripted;
