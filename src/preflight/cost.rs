@@ -84,7 +84,7 @@ impl CostModel {
         dump_rate: 1.16 * GIB,
         restore_secs_per_byte: 0.74 / GIB,
         pc_fixed_secs: 0.205,
-        lazy_setup_secs_per_mapped_byte: 0.0186 / GIB,
+        lazy_setup_secs_per_mapped_byte: 0.020 / GIB,
         lazy_secs_per_resident_byte: 0.047 / GIB,
         lazy_rate: 0.3 * GIB,
         default_dirty_fraction: 0.05,

@@ -37,8 +37,11 @@ pub struct PortUse {
 pub struct FileRequirement {
     /// Absolute path.
     pub path: String,
-    /// Size (bytes): CRIU refuses to restore a file of another size.
+    /// Size (bytes): CRIU refuses to restore a file of another size (unless `size_checked`
+    /// is false: a log open `O_WRONLY | O_APPEND`).
     pub size: u64,
+    /// Whether the size must match.
+    pub size_checked: bool,
     /// `st_mode`.
     pub mode: u32,
     /// Whether it is held by an fd (`false`: only mapped, e.g. a library).
@@ -77,6 +80,7 @@ impl DestinationRequirements {
             .map(|f| FileRequirement {
                 path: f.path.clone(),
                 size: f.size,
+                size_checked: f.size_checked,
                 mode: f.mode,
                 open: f.fd.is_some(),
             })
@@ -242,14 +246,16 @@ pub fn check(req: &DestinationRequirements, node: &NodeState) -> Vec<Finding> {
                     if f.open { "open" } else { "mapped" }
                 ),
             )),
-            Some(st) if st.size != f.size || st.mode != f.mode => out.push(dest(
-                ObstacleKind::FileDiffers,
-                file(Some(st.size), Some(st.mode)),
-                format!(
+            Some(st) if (f.size_checked && st.size != f.size) || st.mode != f.mode => {
+                out.push(dest(
+                    ObstacleKind::FileDiffers,
+                    file(Some(st.size), Some(st.mode)),
+                    format!(
                     "{} differs on the destination: size {} (source {}), mode {:o} (source {:o})",
                     f.path, st.size, f.size, st.mode, f.mode
                 ),
-            )),
+                ))
+            }
             Some(_) => {}
         }
     }
@@ -292,6 +298,7 @@ mod tests {
             files: vec![FileRequirement {
                 path: "/srv/a".into(),
                 size: 10,
+                size_checked: true,
                 mode: 0o100644,
                 open: true,
             }],
@@ -354,6 +361,21 @@ mod tests {
             "{}",
             f[2].detail
         );
+        let mut log = req();
+        log.files[0].size_checked = false;
+        let mut grown = fine();
+        grown.files.insert(
+            "/srv/a".into(),
+            Some(FileState {
+                size: 99,
+                mode: 0o100644,
+            }),
+        );
+        assert_eq!(
+            check(&log, &grown),
+            vec![],
+            "a log's size is not checked (CRIU does not)"
+        );
         n.files.insert("/srv/a".into(), None);
         assert!(check(&req(), &n)
             .iter()
@@ -393,6 +415,7 @@ mod tests {
             files: vec![FileRequirement {
                 path: "/proc/self/exe-does-not-exist".into(),
                 size: 0,
+                size_checked: true,
                 mode: 0,
                 open: true,
             }],

@@ -47,6 +47,9 @@ pub struct FileUse {
     pub pid: i32,
     /// The fd, or `None` for a mapped file (libraries, the executable).
     pub fd: Option<i32>,
+    /// Whether CRIU checks its size on restore: always, except for a file open
+    /// `O_WRONLY | O_APPEND` (a log; criu/files-reg.c `should_check_size`).
+    pub size_checked: bool,
 }
 
 /// A deleted-but-open file (CRIU's ghost file).
@@ -244,8 +247,10 @@ pub fn inspect_tree(root: i32) -> Result<TreeInspection, InspectError> {
     };
     let pids = tree::descendants(root);
     let rs = root.to_string();
-    t.own_pid_namespace = ns_inode(&rs, "pid") != ns_inode("1", "pid");
-    t.own_ipc_namespace = ns_inode(&rs, "ipc") != ns_inode("1", "ipc");
+    // haul runs in the node's namespaces (init's are not always readable, e.g. in a
+    // container): "its own" means other than haul's.
+    t.own_pid_namespace = ns_inode(&rs, "pid") != ns_inode("self", "pid");
+    t.own_ipc_namespace = ns_inode(&rs, "ipc") != ns_inode("self", "ipc");
     t.own_net_namespace = ns_inode(&rs, "net") != ns_inode("self", "net");
 
     let mut socket_owner: HashMap<u64, (i32, i32)> = HashMap::new();
@@ -349,14 +354,23 @@ fn inspect_process(
                                 pid,
                                 fd: Some(n),
                             });
-                        } else if seen_files.insert(s.clone()) {
-                            t.files.push(FileUse {
-                                path: s,
-                                size: st.len(),
-                                mode: st.mode(),
-                                pid,
-                                fd: Some(n),
-                            });
+                        } else {
+                            let size_checked = size_checked(pid, n);
+                            if seen_files.insert(s.clone()) {
+                                t.files.push(FileUse {
+                                    path: s,
+                                    size: st.len(),
+                                    mode: st.mode(),
+                                    pid,
+                                    fd: Some(n),
+                                    size_checked,
+                                });
+                            } else if size_checked {
+                                // Held twice: one fd whose size CRIU checks is enough.
+                                if let Some(f) = t.files.iter_mut().find(|f| f.path == s) {
+                                    f.size_checked = true;
+                                }
+                            }
                         }
                     }
                     _ => {}
@@ -396,6 +410,7 @@ fn inspect_process(
                                     mode: st.mode(),
                                     pid,
                                     fd: None,
+                                    size_checked: true,
                                 });
                             }
                         }
@@ -416,6 +431,22 @@ fn inspect_process(
             });
         }
         Err(e) => note(t, "statm", &e),
+    }
+}
+
+/// Whether CRIU records (and on restore checks) the size of `pid`'s fd `fd`: not for a file
+/// open write-only with `O_APPEND` (the `flags:` of `/proc/PID/fdinfo/FD`, octal).
+fn size_checked(pid: i32, fd: i32) -> bool {
+    let flags = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
+        });
+    match flags {
+        Some(f) => !((f & libc::O_ACCMODE) == libc::O_WRONLY && f & libc::O_APPEND != 0),
+        None => true,
     }
 }
 

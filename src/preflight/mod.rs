@@ -19,6 +19,7 @@
 pub mod cost;
 pub mod destination;
 pub mod inspect;
+pub mod report;
 pub mod unix_diag;
 
 use std::fmt;
@@ -31,6 +32,7 @@ use crate::obstacle::{ObstacleKind, Remedy, Resource};
 pub use cost::{choose_strategy, Choice, CostInputs, CostModel, Estimate};
 pub use destination::DestinationRequirements;
 pub use inspect::{inspect_tree, TreeInspection};
+pub use report::{PreflightReport, SourcePreflight};
 
 /// CRIU's default ghost limit (`--ghost-limit`, bytes): deleted files up to this size travel
 /// in the images (criu/include/cr_options.h, `DEFAULT_GHOST_LIMIT`).
