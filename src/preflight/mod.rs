@@ -137,7 +137,7 @@ impl Assessment {
     /// Adds the destination's findings (they come back in its refusal or in Ready).
     pub fn extend(&mut self, more: impl IntoIterator<Item = Finding>) {
         self.findings.extend(more);
-        self.findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+        self.findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     }
 }
 
@@ -400,7 +400,7 @@ pub fn assess(t: &TreeInspection, asked: &Asked) -> Assessment {
         }
     }
 
-    a.findings.sort_by(|x, y| y.severity.cmp(&x.severity));
+    a.findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     a
 }
 

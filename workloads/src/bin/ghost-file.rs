@@ -26,7 +26,7 @@ use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::worklog::LogWriter;
 
 /// Seed of the file's pattern.
-const SEED: u64 = 0x6768_6f73_74;
+const SEED: u64 = 0x0067_686f_7374;
 const BLOCK: u64 = 4096;
 
 /// Hold a deleted file bigger than CRIU's ghost limit, and check it.

@@ -66,7 +66,8 @@ fn word(page: u64, generation: u8, i: usize) -> u64 {
 
 impl Sparse {
     fn page_ptr(&self, n: u64) -> *mut u64 {
-        // SAFETY (of the arithmetic): n < pages, and page n * stride lies inside the mapping.
+        // SAFETY: n < pages, and page n * stride lies inside the mapping (stride * pages is
+        // at most the mapped pages), so the offset stays within one allocation.
         unsafe { self.base.add((n * self.stride * PAGE / 8) as usize) }
     }
 

@@ -25,7 +25,7 @@ use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::worklog::LogWriter;
 use io_uring::{opcode, types, IoUring};
 
-const SEED: u64 = 0x7572_696e_67;
+const SEED: u64 = 0x0075_7269_6e67;
 const FILE_LEN: usize = 64 << 10;
 const BLOCK: usize = 4096;
 
