@@ -553,3 +553,28 @@ fn holds_or_tick(dir: &Path) {
             .unwrap_or(false)
     });
 }
+
+#[test]
+fn node_check_for_haul_check_json() {
+    if skip("node_check_for_haul_check_json") {
+        return;
+    }
+    let Ok(criu) = haul::criu::Criu::locate() else {
+        eprintln!("skipped node_check_for_haul_check_json: no criu on this machine");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let n = rt.block_on(haul::preflight::node::check_node(&criu));
+    assert!(n.criu_version.is_some() && n.criu_new_enough, "{n:?}");
+    assert_eq!(n.strategies.len(), 4);
+    assert!(n
+        .strategies
+        .iter()
+        .any(|s| s.strategy == Strategy::StopCopy && s.missing.is_none()));
+    let j = serde_json::to_value(&n).unwrap();
+    assert!(j["cost_model"]["sc_fixed_secs"].is_number(), "{j}");
+    assert!(j["features"]["lazy_pages"].is_boolean(), "{j}");
+}

@@ -553,6 +553,18 @@ pub fn diagnose(log: &str) -> Option<Diagnosis> {
     })
 }
 
+/// The diagnosis of a failed CRIU request, from the log its error names (`None` when the
+/// error names no log, the log cannot be read, or it shows no failure).
+pub fn diagnose_error(e: &super::CriuError) -> Option<Diagnosis> {
+    let log = match e {
+        super::CriuError::Refused { log, .. } | super::CriuError::WorkerExited { log, .. } => {
+            log.as_ref()?
+        }
+        _ => return None,
+    };
+    diagnose_file(log).ok().flatten()
+}
+
 /// [`diagnose`] of a log file (its path goes into the diagnosis).
 pub fn diagnose_file(path: &Path) -> std::io::Result<Option<Diagnosis>> {
     let bytes = std::fs::read(path)?;

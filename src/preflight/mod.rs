@@ -19,6 +19,7 @@
 pub mod cost;
 pub mod destination;
 pub mod inspect;
+pub mod node;
 pub mod report;
 pub mod unix_diag;
 

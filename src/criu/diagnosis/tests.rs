@@ -287,3 +287,23 @@ fn diagnosis_serialises_for_the_report() {
     assert_eq!(j["operation"], "restore");
     assert_eq!(serde_json::from_value::<Diagnosis>(j).unwrap(), d);
 }
+
+#[test]
+fn a_refused_request_is_diagnosed_from_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("restore.log");
+    std::fs::write(&path, fixture!("pid-taken.restore.log")).unwrap();
+    let e = crate::criu::CriuError::Refused {
+        request: "RESTORE".into(),
+        errno: None,
+        message: "restore failed".into(),
+        log: Some(path.clone()),
+    };
+    let d = diagnose_error(&e).unwrap();
+    assert_eq!((d.kind, d.log), (ObstacleKind::PidTaken, Some(path)));
+    let no_log = crate::criu::CriuError::Stats {
+        path: "x".into(),
+        why: "y".into(),
+    };
+    assert_eq!(diagnose_error(&no_log), None);
+}
