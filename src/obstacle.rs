@@ -19,6 +19,9 @@ pub enum ObstacleKind {
     /// A deleted-but-open file bigger than CRIU's ghost limit (CRIU copies deleted files into
     /// its images only up to that size; 1 MiB by default).
     GhostFileTooBig,
+    /// A deleted file that still has links elsewhere, or an NFS "silly rename" (`.nfsXXXX`,
+    /// what NFS makes of an open file deleted on shared storage): CRIU needs `--link-remap`.
+    LinkRemap,
     /// A unix socket connected to a peer outside the tree.
     ExternalUnixSocket,
     /// An established TCP connection (needs TCP repair: `--tcp-established`).
@@ -60,8 +63,9 @@ pub enum ObstacleKind {
 
 impl ObstacleKind {
     /// Every kind, for tables and tests.
-    pub const ALL: [ObstacleKind; 18] = [
+    pub const ALL: [ObstacleKind; 19] = [
         ObstacleKind::GhostFileTooBig,
+        ObstacleKind::LinkRemap,
         ObstacleKind::ExternalUnixSocket,
         ObstacleKind::EstablishedTcp,
         ObstacleKind::PortTaken,
@@ -86,6 +90,9 @@ impl ObstacleKind {
         match self {
             ObstacleKind::GhostFileTooBig => {
                 "a deleted-but-open file bigger than CRIU's ghost limit"
+            }
+            ObstacleKind::LinkRemap => {
+                "a deleted file still linked elsewhere (or an NFS silly-rename)"
             }
             ObstacleKind::ExternalUnixSocket => "a unix socket whose peer is outside the tree",
             ObstacleKind::EstablishedTcp => "an established TCP connection",
@@ -114,6 +121,11 @@ impl ObstacleKind {
             ObstacleKind::GhostFileTooBig => Option {
                 flag: "--ghost-limit".into(),
                 what: "raise CRIU's ghost limit above the deleted file's size (the file's content then travels in the images); or keep the file linked while migrating".into(),
+                changes_behaviour: false,
+            },
+            ObstacleKind::LinkRemap => Option {
+                flag: "--link-remap".into(),
+                what: "CRIU links the file back under a temporary name where it was, until the restore (nothing is copied; the directory must be writable and shared with the destination)".into(),
                 changes_behaviour: false,
             },
             ObstacleKind::ExternalUnixSocket => Option {

@@ -253,6 +253,12 @@ pub const RULES: &[Rule] = &[
     },
     // The rules below come from CRIU 4.2's source (the file:line in each comment) and
     // ENVIRONMENT.md's observations; no workload here produces them yet.
+    // criu/files-reg.c:1122
+    Rule {
+        contains: &["Can't create link remap for"],
+        kind: ObstacleKind::LinkRemap,
+        resource: link_remap_file,
+    },
     // criu/files-reg.c:1790
     Rule {
         contains: &["Can't lookup mount="],
@@ -287,6 +293,16 @@ pub const RULES: &[Rule] = &[
         resource: nothing,
     },
 ];
+
+fn link_remap_file(cause: &str, before: &[LogLine<'_>]) -> Option<Resource> {
+    // "Can't create link remap for PATH. Use --link-remap option."
+    let path = between(cause, "Can't create link remap for ", ". Use")?;
+    Some(Resource::Fd {
+        pid: dumping_pid(before),
+        fd: dumped_fd(before, path),
+        path: format!("/{}", path.trim_start_matches('/')),
+    })
+}
 
 fn session_pid(cause: &str, _: &[LogLine<'_>]) -> Option<Resource> {
     let pid = between(cause, "A session leader of ", "(")?

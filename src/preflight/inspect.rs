@@ -61,6 +61,10 @@ pub struct DeletedFile {
     pub size: u64,
     /// Bytes allocated (`st_blocks * 512`): what CRIU compares with its ghost limit.
     pub allocated: u64,
+    /// Its remaining hard links (`st_nlink`): 0 for a file gone from the file system (CRIU
+    /// copies it: a ghost file); more when it lives on under another name (CRIU links it
+    /// back: link-remap).
+    pub links: u64,
     /// Host pid holding it.
     pub pid: i32,
     /// The fd, or `None` when it is only mapped.
@@ -351,6 +355,7 @@ fn inspect_process(
                                 path: orig.to_string(),
                                 size: st.len(),
                                 allocated: st.blocks() * 512,
+                                links: st.nlink(),
                                 pid,
                                 fd: Some(n),
                             });
@@ -392,11 +397,13 @@ fn inspect_process(
                     }
                     if let Some(orig) = s.strip_suffix(" (deleted)") {
                         if !t.deleted.iter().any(|d| d.path == orig && d.pid == pid) {
-                            let (size, allocated) = map_file_size(pid, m.address).unwrap_or((0, 0));
+                            let (size, allocated, links) =
+                                map_file_size(pid, m.address).unwrap_or((0, 0, 0));
                             t.deleted.push(DeletedFile {
                                 path: orig.to_string(),
                                 size,
                                 allocated,
+                                links,
                                 pid,
                                 fd: None,
                             });
@@ -451,9 +458,9 @@ fn size_checked(pid: i32, fd: i32) -> bool {
 }
 
 /// Size and allocation of a mapped file, through `/proc/PID/map_files/START-END`.
-fn map_file_size(pid: i32, (start, end): (u64, u64)) -> Option<(u64, u64)> {
+fn map_file_size(pid: i32, (start, end): (u64, u64)) -> Option<(u64, u64, u64)> {
     let st = std::fs::metadata(format!("/proc/{pid}/map_files/{start:x}-{end:x}")).ok()?;
-    Some((st.len(), st.blocks() * 512))
+    Some((st.len(), st.blocks() * 512, st.nlink()))
 }
 
 fn inspect_inet(root: &Process, owners: &HashMap<u64, (i32, i32)>, t: &mut TreeInspection) {

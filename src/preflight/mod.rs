@@ -170,12 +170,36 @@ pub fn assess(t: &TreeInspection, asked: &Asked) -> Assessment {
         options: asked.tree.clone(),
         ..Default::default()
     };
-    let mut push = |f: Finding| a.findings.push(f);
 
     // Deleted files: a ghost limit that fits them is safe (their content travels in the images).
-    let biggest = t.deleted.iter().map(|d| d.allocated).max().unwrap_or(0);
+    // A deleted file still linked elsewhere, or NFS's silly rename of one (`.nfsXXXX`): CRIU
+    // links it back (--link-remap) instead of copying it; safe, nothing else changes.
+    let relinked = |d: &inspect::DeletedFile| {
+        d.links > 0
+            || std::path::Path::new(&d.path)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".nfs"))
+    };
+    for d in t.deleted.iter().filter(|d| relinked(d)) {
+        let res = fd_resource(d.pid, d.fd, format!("{} (deleted)", d.path));
+        let detail = format!(
+            "deleted file with {} other link(s){}: --link-remap turned on",
+            d.links,
+            if d.links == 0 {
+                " (an NFS silly rename)"
+            } else {
+                ""
+            }
+        );
+        a.options.link_remap = true;
+        a.findings
+            .push(finding(K::LinkRemap, S::OptionOn, res, detail));
+    }
+    let mut push = |f: Finding| a.findings.push(f);
+    let ghosts: Vec<&inspect::DeletedFile> = t.deleted.iter().filter(|d| !relinked(d)).collect();
+    let biggest = ghosts.iter().map(|d| d.allocated).max().unwrap_or(0);
     let mut ghost_limit = None;
-    for d in &t.deleted {
+    for d in ghosts {
         let limit = asked.ghost_limit.unwrap_or(CRIU_DEFAULT_GHOST_LIMIT);
         let res = fd_resource(d.pid, d.fd, format!("{} (deleted)", d.path));
         if d.allocated <= limit {

@@ -41,6 +41,7 @@ fn a_ghost_file_over_the_default_limit_turns_a_fitting_limit_on() {
         path: "/srv/x".into(),
         size: 4 << 20,
         allocated: (4 << 20) + 4096,
+        links: 0,
         pid: 100,
         fd: Some(3),
     });
@@ -249,4 +250,31 @@ fn assessment_serialises_for_the_report() {
     assert_eq!(j["findings"][0]["severity"], "refuse");
     assert_eq!(j["findings"][0]["resource"]["fd"], 4);
     assert_eq!(serde_json::from_value::<Assessment>(j).unwrap(), a);
+}
+
+#[test]
+fn a_deleted_file_with_other_links_turns_link_remap_on() {
+    let mut t = tree();
+    for (path, links) in [
+        ("/srv/moved", 1),
+        ("/shared/.nfs0000000001b2c3d400000001", 0),
+    ] {
+        t.deleted.push(DeletedFile {
+            path: path.into(),
+            size: 1 << 30,
+            allocated: 1 << 30,
+            links,
+            pid: 100,
+            fd: Some(3),
+        });
+    }
+    let a = assess(&t, &Asked::default());
+    assert_eq!(
+        kinds(&a),
+        [
+            (ObstacleKind::LinkRemap, Severity::OptionOn),
+            (ObstacleKind::LinkRemap, Severity::OptionOn)
+        ]
+    );
+    assert!(a.options.link_remap && a.ghost_limit.is_none(), "{a:?}");
 }

@@ -267,6 +267,7 @@ fn an_unrecognised_failure_shows_criu_s_own_errors_and_the_log() {
 fn rules_from_criu_s_source_match_its_messages() {
     let cases = [
         ("(00.1) Error (criu/files-reg.c:1790): Can't lookup mount=23 for fd=3 path=/x", ObstacleKind::UnreachableMount),
+        ("(00.1) Error (criu/files-reg.c:1122): Can't create link remap for shared/.nfs0000000001. Use --link-remap option.", ObstacleKind::LinkRemap),
         ("(00.1) Error (criu/arch/x86/cpu.c:274): CPU xsave size mismatch (1088/832)", ObstacleKind::CpuMismatch),
         ("(00.1) Error (criu/page-pipe.c:12): page-pipe: splice: -1: Bad file descriptor", ObstacleKind::PipeSizeLimit),
         ("(00.1)      1: Error (criu/files-reg.c:2353): Can't open file srv/x on restore: No such file or directory", ObstacleKind::FileMissing),
