@@ -135,6 +135,15 @@ impl Assessment {
         self.refusals().next().is_some()
     }
 
+    /// Writes the options into a dump's (or pre-dump's) `criu_opts`: the tree's options and
+    /// the ghost limit (CRIU's field is 32 bits; `assess` refuses a larger one).
+    pub fn apply(&self, opts: &mut crate::criu::pb::CriuOpts) {
+        self.options.apply(opts);
+        if let Some(limit) = self.ghost_limit {
+            opts.ghost_limit = Some(u32::try_from(limit).unwrap_or(u32::MAX));
+        }
+    }
+
     /// Adds the destination's findings (they come back in its refusal or in Ready).
     pub fn extend(&mut self, more: impl IntoIterator<Item = Finding>) {
         self.findings.extend(more);
@@ -235,6 +244,19 @@ pub fn assess(t: &TreeInspection, asked: &Asked) -> Assessment {
         }
     }
     a.ghost_limit = asked.ghost_limit.or(ghost_limit);
+    if let Some(limit) = asked.ghost_limit.filter(|l| *l > u64::from(u32::MAX)) {
+        push(finding(
+            K::GhostFileTooBig,
+            S::Refuse,
+            Resource::Other {
+                text: format!("--ghost-limit {limit}"),
+            },
+            format!(
+                "CRIU's ghost limit is a 32-bit byte count: at most {} bytes",
+                u32::MAX
+            ),
+        ));
+    }
 
     for u in t
         .unix

@@ -278,3 +278,32 @@ fn a_deleted_file_with_other_links_turns_link_remap_on() {
     );
     assert!(a.options.link_remap && a.ghost_limit.is_none(), "{a:?}");
 }
+
+#[test]
+fn the_assessment_writes_criu_s_options() {
+    let mut t = tree();
+    t.deleted.push(DeletedFile {
+        path: "/srv/x".into(),
+        size: 3 << 20,
+        allocated: 3 << 20,
+        links: 0,
+        pid: 100,
+        fd: Some(3),
+    });
+    t.locks.push(LockUse {
+        class: "FLOCK".into(),
+        pid: 100,
+        inode: 5,
+        path: None,
+    });
+    let a = assess(&t, &Asked::default());
+    let mut opts = crate::criu::pb::CriuOpts::default();
+    a.apply(&mut opts);
+    assert_eq!(opts.ghost_limit, Some(3 << 20));
+    assert_eq!(opts.file_locks, Some(true));
+    let big = Asked {
+        ghost_limit: Some(8 << 30),
+        ..Default::default()
+    };
+    assert!(assess(&t, &big).refused(), "over 32 bits");
+}
