@@ -578,3 +578,73 @@ fn node_check_for_haul_check_json() {
     assert!(j["cost_model"]["sc_fixed_secs"].is_number(), "{j}");
     assert!(j["features"]["lazy_pages"].is_boolean(), "{j}");
 }
+
+/// A network namespace named after this test process, deleted (with what runs in it) on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("haulpf-{}-{tag}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip netns add {name}");
+        let ns = Netns(name);
+        std::process::Command::new("ip")
+            .args(["-n", &ns.0, "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn inspects_a_tree_in_another_network_namespace() {
+    if skip("inspects_a_tree_in_another_network_namespace") {
+        return;
+    }
+    let ns = Netns::new("a");
+    let dir = workdir();
+    let sock = dir.path().join("peer.sock");
+    let sock = sock.to_str().unwrap();
+    let in_ns = |name: &str, args: &[&str]| {
+        start_with(
+            LaunchSpec::new(program(name))
+                .args(args)
+                .cwd(dir.path())
+                .netns(ns.0.clone()),
+        )
+    };
+    let _peer = in_ns(
+        "unix-peer",
+        &[sock, "--serve", "--stop-file", "server-stop"],
+    );
+    let client = in_ns("unix-peer", &[sock]);
+    holds(dir.path(), "unix-peer.log", "unix-socket");
+    let listener = in_ns("port-listener", &[]);
+    let kv = holds(dir.path(), "port-listener.log", "tcp-listen");
+    let p = preflight(client.pid());
+    assert!(p.inspection.own_net_namespace);
+    assert_eq!(
+        finding(&p, ObstacleKind::ExternalUnixSocket).severity,
+        Severity::Refuse
+    );
+    let p = preflight(listener.pid());
+    let addr: std::net::SocketAddr = value(&kv, "addr").parse().unwrap();
+    assert!(
+        p.requirements.ports.iter().any(|u| u.port == addr.port()),
+        "{:?}",
+        p.requirements.ports
+    );
+    drop((client, listener, _peer));
+}
