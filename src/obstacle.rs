@@ -96,10 +96,10 @@ impl ObstacleKind {
             }
             ObstacleKind::ExternalUnixSocket => "a unix socket whose peer is outside the tree",
             ObstacleKind::EstablishedTcp => "an established TCP connection",
-            ObstacleKind::PortTaken => "a port the tree uses is taken on the destination",
-            ObstacleKind::PidTaken => "a pid of the tree is taken on the destination",
-            ObstacleKind::FileDiffers => "an open file differs on the destination",
-            ObstacleKind::FileMissing => "an open file is missing on the destination",
+            ObstacleKind::PortTaken => "a port taken on the destination",
+            ObstacleKind::PidTaken => "a pid taken on the destination",
+            ObstacleKind::FileDiffers => "an open file that differs on the destination",
+            ObstacleKind::FileMissing => "an open file missing on the destination",
             ObstacleKind::FileLocks => "file locks",
             ObstacleKind::IoUring => "an io_uring instance",
             ObstacleKind::SysvIpcHostNamespace => "SysV IPC objects of the node's IPC namespace",
@@ -107,7 +107,7 @@ impl ObstacleKind {
             ObstacleKind::SessionOutside => "a session leader outside the tree",
             ObstacleKind::UnreachableMount => "an fd on a mount CRIU cannot reach",
             ObstacleKind::CpuMismatch => "CPU features missing on the destination",
-            ObstacleKind::NoSpace => "not enough space on the destination",
+            ObstacleKind::NoSpace => "too little space on the destination",
             ObstacleKind::PipeSizeLimit => "pipes too small for lazy pages",
             ObstacleKind::SparseMapping => "a big sparse mapping",
             ObstacleKind::Unrecognised => "a failure haul does not recognise",
@@ -158,10 +158,8 @@ impl ObstacleKind {
             ObstacleKind::SysvIpcHostNamespace => RunDifferently {
                 how: "run the workload in an IPC namespace of its own (`unshare --ipc`): CRIU then moves its SysV objects with it; objects of the node's namespace stay on the node".into(),
             },
-            ObstacleKind::Pty => Option {
-                flag: "--shell-job".into(),
-                what: "a terminal of the tree is restored under the same index, which must be free on the destination; run the workload detached from terminals (stdio on files) to avoid it".into(),
-                changes_behaviour: true,
+            ObstacleKind::Pty => RunDifferently {
+                how: "CRIU restores a pty under the same index, which must be free on the destination (two nodes on one kernel always collide): run the workload without terminals (stdio on files), or migrate between separate machines".into(),
             },
             ObstacleKind::SessionOutside => Option {
                 flag: "--shell-job".into(),

@@ -308,3 +308,32 @@ fn a_refused_request_is_diagnosed_from_its_log() {
     };
     assert_eq!(diagnose_error(&no_log), None);
 }
+
+#[test]
+fn every_recognised_diagnosis_reads_as_cause_resource_remedy() {
+    for (name, log) in [
+        ("ghost-file", fixture!("ghost-file.dump.log")),
+        ("unix-peer", fixture!("unix-peer.dump.log")),
+        ("tcp", fixture!("tcp-established.dump.log")),
+        ("port", fixture!("port-taken.restore.log")),
+        ("pid", fixture!("pid-taken.restore.log")),
+        ("sysv", fixture!("sysv-ipc.dump.log")),
+        ("uring", fixture!("io-uring.dump.log")),
+        ("file", fixture!("file-changed.restore.log")),
+        ("pty", fixture!("pty.restore.log")),
+        ("locks", fixture!("file-locks.dump.log")),
+        ("session", fixture!("session-outside.dump.log")),
+    ] {
+        let d = diag(log);
+        let text = d.to_string();
+        eprintln!("{name}: {text}");
+        assert!(text.starts_with("CRIU's "), "{text}");
+        assert!(
+            text.contains("; remedy: ") && text.contains(". CRIU said: "),
+            "{text}"
+        );
+        if let Some(r) = &d.resource {
+            assert!(text.contains(&r.to_string()), "{text}");
+        }
+    }
+}
