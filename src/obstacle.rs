@@ -22,8 +22,12 @@ pub enum ObstacleKind {
     /// A deleted file that still has links elsewhere, or an NFS "silly rename" (`.nfsXXXX`,
     /// what NFS makes of an open file deleted on shared storage): CRIU needs `--link-remap`.
     LinkRemap,
-    /// A unix socket connected to a peer outside the tree.
+    /// A unix datagram socket connected to a peer outside the tree (CRIU reconnects it by
+    /// the peer's name with `--ext-unix-sk`).
     ExternalUnixSocket,
+    /// One end of a unix stream (or seqpacket) connection whose other end is outside the tree:
+    /// CRIU cannot dump it, not even with `--ext-unix-sk`.
+    ExternalUnixStream,
     /// An established TCP connection (needs TCP repair: `--tcp-established`).
     EstablishedTcp,
     /// A listening (or bound) port that is taken on the destination.
@@ -63,10 +67,11 @@ pub enum ObstacleKind {
 
 impl ObstacleKind {
     /// Every kind, for tables and tests.
-    pub const ALL: [ObstacleKind; 19] = [
+    pub const ALL: [ObstacleKind; 20] = [
         ObstacleKind::GhostFileTooBig,
         ObstacleKind::LinkRemap,
         ObstacleKind::ExternalUnixSocket,
+        ObstacleKind::ExternalUnixStream,
         ObstacleKind::EstablishedTcp,
         ObstacleKind::PortTaken,
         ObstacleKind::PidTaken,
@@ -94,7 +99,12 @@ impl ObstacleKind {
             ObstacleKind::LinkRemap => {
                 "a deleted file still linked elsewhere (or an NFS silly-rename)"
             }
-            ObstacleKind::ExternalUnixSocket => "a unix socket whose peer is outside the tree",
+            ObstacleKind::ExternalUnixSocket => {
+                "a unix datagram socket whose peer is outside the tree"
+            }
+            ObstacleKind::ExternalUnixStream => {
+                "a unix stream connection whose other end is outside the tree"
+            }
             ObstacleKind::EstablishedTcp => "an established TCP connection",
             ObstacleKind::PortTaken => "a port taken on the destination",
             ObstacleKind::PidTaken => "a pid taken on the destination",
@@ -130,8 +140,11 @@ impl ObstacleKind {
             },
             ObstacleKind::ExternalUnixSocket => Option {
                 flag: "--ext-unix-sk".into(),
-                what: "let CRIU dump the socket as external; its peer must be reachable at the same path on the destination. Better: move the peer with the tree (one tree), or let the program reconnect".into(),
+                what: "CRIU reconnects the socket by its peer's name on the destination, where a socket of that name must exist (e.g. /dev/log)".into(),
                 changes_behaviour: true,
+            },
+            ObstacleKind::ExternalUnixStream => RunDifferently {
+                how: "CRIU cannot dump one end of a stream connection (not even with --ext-unix-sk): start the peer inside the tree so that both ends move, or let the program close the connection before and reconnect after the migration".into(),
             },
             ObstacleKind::EstablishedTcp => Option {
                 flag: "--tcp-established".into(),

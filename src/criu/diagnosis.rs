@@ -183,8 +183,8 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         contains: &["Can't dump half of stream unix connection"],
-        kind: ObstacleKind::ExternalUnixSocket,
-        resource: nothing,
+        kind: ObstacleKind::ExternalUnixStream,
+        resource: external_socket,
     },
     Rule {
         contains: &["Connected TCP socket"],
@@ -362,22 +362,45 @@ fn ghost_file(cause: &str, before: &[LogLine<'_>]) -> Option<Resource> {
     })
 }
 
+/// The line CRIU prints about the PEER of an external unix socket ("Runaway socket" without
+/// --ext-unix-sk, "Ext stream not supported" with it): `ino` is the peer's, `peer_ino` ours.
+fn external_peer_line<'a>(before: &'a [LogLine<'a>]) -> Option<&'a LogLine<'a>> {
+    before.iter().rev().find(|l| {
+        l.text.contains("Runaway socket:") || l.text.contains("Ext stream not supported:")
+    })
+}
+
 fn external_socket(_: &str, before: &[LogLine<'_>]) -> Option<Resource> {
-    // "unix: 	Runaway socket: ino 91613 peer_ino 90019 family 1 type 1 state 1 name /x/peer.sock"
-    let l = before
-        .iter()
-        .rev()
-        .find(|l| l.text.contains("Runaway socket:") || l.text.contains("Dumping extern:"))?;
+    // "unix: \tRunaway socket: ino 91613 peer_ino 90019 family    1 type    1 state  1 name /x/peer.sock"
+    let l = external_peer_line(before)?;
     let word = |k: &str| between(l.text, k, " ").and_then(|v| v.trim().parse::<u64>().ok());
-    let name = between(l.text, " name ", "\n")
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty());
+    let name = l
+        .text
+        .split_once(" name ")
+        .map(|(_, n)| n.trim().to_string())
+        .filter(|n| !n.is_empty() && n != "(null)");
     Some(Resource::Socket {
-        ino: word("ino "),
+        ino: word("peer_ino "),
         local: None,
-        peer_ino: word("peer_ino "),
+        peer_ino: word(": ino "),
         peer: name,
     })
+}
+
+/// An external unix socket is a stream one (no option helps) unless CRIU's line about its
+/// peer says `type 2` (datagram).
+fn external_kind(msg: &str, before: &[LogLine<'_>]) -> ObstacleKind {
+    if msg.contains("half of stream") {
+        return ObstacleKind::ExternalUnixStream;
+    }
+    let dgram = external_peer_line(before)
+        .and_then(|l| between(l.text, " type ", " state"))
+        .is_some_and(|t| t.trim() == "2");
+    if dgram {
+        ObstacleKind::ExternalUnixSocket
+    } else {
+        ObstacleKind::ExternalUnixStream
+    }
 }
 
 fn tcp_socket(_: &str, before: &[LogLine<'_>]) -> Option<Resource> {
@@ -544,13 +567,19 @@ pub fn diagnose(log: &str) -> Option<Diagnosis> {
             .find(|r| r.contains.iter().all(|c| msg.contains(c)))
         {
             let before = &lines[..e.no - 1];
+            let kind = match rule.kind {
+                ObstacleKind::ExternalUnixSocket if msg.contains("External socket is used") => {
+                    external_kind(msg, before)
+                }
+                k => k,
+            };
             return Some(Diagnosis {
-                kind: rule.kind,
+                kind,
                 operation,
                 resource: (rule.resource)(msg, before),
                 cause_line: msg.to_string(),
                 cause_line_no: e.no,
-                remedy: rule.kind.remedy(),
+                remedy: kind.remedy(),
                 last_errors,
                 log: None,
             });

@@ -95,6 +95,10 @@ pub struct InetSocket {
 pub struct UnixUse {
     /// Socket inode.
     pub ino: u64,
+    /// `SOCK_STREAM` (1), `SOCK_DGRAM` (2) or `SOCK_SEQPACKET` (5).
+    pub sock_type: u8,
+    /// Connected (a stream socket whose peer may not have accepted it yet has no peer inode).
+    pub connected: bool,
     /// Its bound name, if any.
     pub name: Option<String>,
     /// The peer's inode, for a connected socket.
@@ -537,6 +541,8 @@ fn inspect_unix(root: i32, owners: &HashMap<u64, (i32, i32)>, t: &mut TreeInspec
         let s = &all[ino];
         t.unix.push(UnixUse {
             ino: *ino,
+            sock_type: s.sock_type,
+            connected: s.state == 1,
             name: s.name.clone(),
             peer_ino: s.peer,
             peer_name: s

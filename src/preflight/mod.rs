@@ -258,10 +258,12 @@ pub fn assess(t: &TreeInspection, asked: &Asked) -> Assessment {
         ));
     }
 
+    // A connected stream socket with no peer inode has a peer that has not accepted it yet:
+    // outside the tree as far as CRIU can tell.
     for u in t
         .unix
         .iter()
-        .filter(|u| u.peer_ino.is_some() && !u.peer_in_tree)
+        .filter(|u| (u.peer_ino.is_some() || u.connected) && !u.peer_in_tree)
     {
         let res = Resource::Socket {
             ino: Some(u.ino),
@@ -269,24 +271,36 @@ pub fn assess(t: &TreeInspection, asked: &Asked) -> Assessment {
             peer_ino: u.peer_ino,
             peer: u.peer_name.clone(),
         };
+        let peer = u
+            .peer_name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
         let at = format!("fd {} of pid {}", u.fd, u.pid);
-        if asked.tree.ext_unix_sk {
-            push(finding(K::ExternalUnixSocket, S::Warning, res, format!(
-                "{at} is connected to a peer outside the tree; dumped as external (--ext-unix-sk): the peer must be reachable on the destination")));
-        } else {
-            push(finding(
+        let dgram = u.sock_type == libc::SOCK_DGRAM as u8;
+        let (kind, severity, detail) = match (dgram, u.peer_name.is_some(), asked.tree.ext_unix_sk) {
+            (false, _, _) => (
+                K::ExternalUnixStream,
+                S::Refuse,
+                format!("{at} is one end of a unix stream connection whose other end{peer} is outside the tree"),
+            ),
+            (true, false, _) => (
+                K::ExternalUnixStream,
+                S::Refuse,
+                format!("{at} is a datagram socket connected to a nameless socket outside the tree: CRIU cannot reconnect it"),
+            ),
+            (true, true, true) => (
+                K::ExternalUnixSocket,
+                S::Warning,
+                format!("{at} is connected to{peer} outside the tree; CRIU reconnects it by name (--ext-unix-sk): the name must exist on the destination"),
+            ),
+            (true, true, false) => (
                 K::ExternalUnixSocket,
                 S::Refuse,
-                res,
-                format!(
-                    "{at} is connected to a unix socket outside the tree{}",
-                    u.peer_name
-                        .as_deref()
-                        .map(|n| format!(" ({n})"))
-                        .unwrap_or_default()
-                ),
-            ));
-        }
+                format!("{at} is a datagram socket connected to{peer} outside the tree"),
+            ),
+        };
+        push(finding(kind, severity, res, detail));
     }
 
     for s in &t.inet {

@@ -94,8 +94,11 @@ fn options_that_change_the_process_are_only_turned_on_when_asked() {
         pid: 100,
         fd: 5,
     });
+    // A datagram socket connected to a named socket outside (e.g. /dev/log).
     t.unix.push(UnixUse {
         ino: 88,
+        sock_type: libc::SOCK_DGRAM as u8,
+        connected: true,
         name: None,
         peer_ino: Some(99),
         peer_name: Some("/run/peer.sock".into()),
@@ -306,4 +309,44 @@ fn the_assessment_writes_criu_s_options() {
         ..Default::default()
     };
     assert!(assess(&t, &big).refused(), "over 32 bits");
+}
+
+#[test]
+fn an_outside_stream_peer_is_refused_even_with_ext_unix_sk() {
+    let mut t = tree();
+    let stream = |ino, peer_ino| UnixUse {
+        ino,
+        sock_type: libc::SOCK_STREAM as u8,
+        connected: true,
+        name: None,
+        peer_ino,
+        peer_name: None,
+        peer_in_tree: false,
+        pid: 100,
+        fd: 7,
+    };
+    t.unix.push(stream(1, Some(2)));
+    t.unix.push(stream(3, None)); // not accepted yet by its peer
+    let mut pair = stream(4, Some(5));
+    pair.peer_in_tree = true;
+    t.unix.push(pair);
+    let asked = Asked {
+        tree: TreeOptions {
+            ext_unix_sk: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let a = assess(&t, &asked);
+    assert_eq!(
+        kinds(&a),
+        [
+            (ObstacleKind::ExternalUnixStream, Severity::Refuse),
+            (ObstacleKind::ExternalUnixStream, Severity::Refuse)
+        ]
+    );
+    assert!(matches!(
+        a.findings[0].remedy,
+        crate::obstacle::Remedy::RunDifferently { .. }
+    ));
 }

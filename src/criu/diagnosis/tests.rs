@@ -44,6 +44,7 @@ fn the_harmless_first_error_is_never_blamed() {
     let all = [
         fixture!("ghost-file.dump.log"),
         fixture!("unix-peer.dump.log"),
+        fixture!("unix-peer-ext.dump.log"),
         fixture!("tcp-established.dump.log"),
         fixture!("port-taken.restore.log"),
         fixture!("pid-taken.restore.log"),
@@ -96,19 +97,49 @@ fn ghost_file_names_fd_path_and_size() {
 }
 
 #[test]
-fn external_unix_socket_names_socket_and_peer() {
+fn external_unix_stream_names_socket_and_peer() {
+    for log in [
+        fixture!("unix-peer.dump.log"),
+        fixture!("unix-peer-ext.dump.log"),
+    ] {
+        let d = diag(log);
+        assert_eq!(d.kind, ObstacleKind::ExternalUnixStream, "{d}");
+        let Some(Resource::Socket {
+            ino: Some(ours),
+            peer_ino: Some(theirs),
+            peer: Some(peer),
+            ..
+        }) = &d.resource
+        else {
+            panic!("{:?}", d.resource)
+        };
+        assert_ne!(ours, theirs);
+        assert!(peer.ends_with("/peer.sock"), "{peer}");
+        assert!(
+            matches!(d.remedy, Remedy::RunDifferently { .. }),
+            "no option helps: {}",
+            d.remedy
+        );
+    }
     let d = diag(fixture!("unix-peer.dump.log"));
+    assert_eq!(
+        d.resource,
+        Some(Resource::Socket {
+            ino: Some(90019),
+            local: None,
+            peer_ino: Some(91613),
+            peer: Some("/var/tmp/haul-criu-logs.vIksfn/unix/peer.sock".into())
+        })
+    );
+}
+
+#[test]
+fn an_external_datagram_peer_can_use_ext_unix_sk() {
+    // unix-peer.dump.log with its peer made a datagram socket (type 2): the line CRIU prints.
+    let log = fixture!("unix-peer.dump.log")
+        .replace("type    1 state  1 name", "type    2 state  1 name");
+    let d = diag(&log);
     assert_eq!(d.kind, ObstacleKind::ExternalUnixSocket);
-    let Some(Resource::Socket {
-        ino: Some(91613),
-        peer_ino: Some(90019),
-        peer: Some(peer),
-        ..
-    }) = &d.resource
-    else {
-        panic!("{:?}", d.resource)
-    };
-    assert!(peer.ends_with("/unix/peer.sock"), "{peer}");
     assert_eq!(option_flag(&d), "--ext-unix-sk");
 }
 
