@@ -5,4 +5,6 @@
 pub mod criu;
 pub mod fault;
 pub mod migrate;
+pub mod obstacle;
+pub mod preflight;
 pub mod wire;

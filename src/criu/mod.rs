@@ -9,9 +9,11 @@
 //!   [`scripted`], a stand-in for tests;
 //! - [`options`]: building `criu_opts` for each request;
 //! - [`stats`]: the `stats-dump` / `stats-restore` images;
-//! - [`error`]: what can go wrong, with CRIU's errno, message and log path.
+//! - [`error`]: what can go wrong, with CRIU's errno, message and log path;
+//! - [`diagnosis`]: why a dump or restore failed, read from CRIU's log (cause, resource, remedy).
 
 pub mod client;
+pub mod diagnosis;
 pub mod error;
 pub mod hook;
 pub mod options;

@@ -35,3 +35,42 @@ pub const REC_WRITER_LOG: &str = "rec-writer.log";
 pub const REC_WRITER_STOP: &str = "rec-writer-stop";
 /// Record file `rec-writer` appends to.
 pub const REC_WRITER_DATA: &str = "records.dat";
+
+/// Log of `ghost-file`.
+pub const GHOST_FILE_LOG: &str = "ghost-file.log";
+/// Stop file of `ghost-file`.
+pub const GHOST_FILE_STOP: &str = "ghost-file-stop";
+/// Log of `unix-peer` (the client inside the migrated tree).
+pub const UNIX_PEER_LOG: &str = "unix-peer.log";
+/// Stop file of `unix-peer`.
+pub const UNIX_PEER_STOP: &str = "unix-peer-stop";
+/// Log of `port-listener`.
+pub const PORT_LISTENER_LOG: &str = "port-listener.log";
+/// Stop file of `port-listener`.
+pub const PORT_LISTENER_STOP: &str = "port-listener-stop";
+/// Log of `sysv-ipc`.
+pub const SYSV_IPC_LOG: &str = "sysv-ipc.log";
+/// Stop file of `sysv-ipc`.
+pub const SYSV_IPC_STOP: &str = "sysv-ipc-stop";
+/// Log of `uring-user`.
+pub const URING_USER_LOG: &str = "uring-user.log";
+/// Stop file of `uring-user`.
+pub const URING_USER_STOP: &str = "uring-user-stop";
+/// Log of `file-follower`.
+pub const FILE_FOLLOWER_LOG: &str = "file-follower.log";
+/// Stop file of `file-follower`.
+pub const FILE_FOLLOWER_STOP: &str = "file-follower-stop";
+/// The file `file-follower` follows (and `file-follower --write` appends to).
+pub const FOLLOWED_FILE: &str = "followed.txt";
+/// Log of `pty-holder`.
+pub const PTY_HOLDER_LOG: &str = "pty-holder.log";
+/// Stop file of `pty-holder`.
+pub const PTY_HOLDER_STOP: &str = "pty-holder-stop";
+/// Log of `lock-holder`.
+pub const LOCK_HOLDER_LOG: &str = "lock-holder.log";
+/// Stop file of `lock-holder`.
+pub const LOCK_HOLDER_STOP: &str = "lock-holder-stop";
+/// Log of `sparse-map`.
+pub const SPARSE_MAP_LOG: &str = "sparse-map.log";
+/// Stop file of `sparse-map`.
+pub const SPARSE_MAP_STOP: &str = "sparse-map-stop";

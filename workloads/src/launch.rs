@@ -84,6 +84,10 @@ pub struct LaunchSpec {
     pub protocol: StartProtocol,
     /// How long to wait for the start code before giving up (and killing the workload).
     pub start_timeout: Duration,
+    /// Start it as pid 1 of a new pid namespace (the default). `false` leaves it in the
+    /// caller's pid namespace, with a host pid that a restore elsewhere needs free (a
+    /// workload for haul's pre-flight "pid taken" check).
+    pub own_pid_namespace: bool,
 }
 
 impl LaunchSpec {
@@ -99,6 +103,7 @@ impl LaunchSpec {
             env: Vec::new(),
             protocol: StartProtocol::StartFd,
             start_timeout: Duration::from_secs(60),
+            own_pid_namespace: true,
         }
     }
 
@@ -145,6 +150,13 @@ impl LaunchSpec {
     /// Choose the start protocol.
     pub fn protocol(mut self, protocol: StartProtocol) -> Self {
         self.protocol = protocol;
+        self
+    }
+
+    /// Run it in the caller's pid namespace instead of a new one (see
+    /// [`own_pid_namespace`](Self::own_pid_namespace)).
+    pub fn in_callers_pid_namespace(mut self) -> Self {
+        self.own_pid_namespace = false;
         self
     }
 
@@ -762,6 +774,7 @@ struct ChildPlan {
     null: RawFd,
     output: RawFd,
     netns: RawFd,
+    new_pidns: bool,
     status_w: RawFd,
     start_w: RawFd,
 }
@@ -825,6 +838,7 @@ impl ChildPlan {
                 .as_ref()
                 .map_or(io.null.as_raw_fd(), |f| f.as_raw_fd()),
             netns: raw(&io.netns),
+            new_pidns: spec.own_pid_namespace,
             status_w: io.status_w.as_raw_fd(),
             start_w: raw(&io.start_w),
         })
@@ -919,7 +933,7 @@ fn reaper_main(plan: &ChildPlan) -> ! {
         child_fail(plan.status_w, Stage::Setns, errno());
     }
     // SAFETY: unshare(CLONE_NEWPID) affects only the children this process forks later.
-    if unsafe { libc::unshare(libc::CLONE_NEWPID) } < 0 {
+    if plan.new_pidns && unsafe { libc::unshare(libc::CLONE_NEWPID) } < 0 {
         child_fail(plan.status_w, Stage::Unshare, errno());
     }
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.

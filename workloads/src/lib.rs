@@ -16,6 +16,7 @@
 //! | [`records`] | the checksummed record file that `rec-writer` appends to, and its verifier |
 //! | [`tcp_proto`] | the request/reply frames between `tcp-client` and `tcp-echo` |
 //! | [`stop`] | stop files: how a harness tells a workload to check itself and exit |
+//! | [`holder`] | the probe-until-stop loop of the programs that hold a resource CRIU has trouble with (issue #13) |
 //! | [`files`] | default file names the workloads use in their working directory |
 //! | [`procfs`] | reading and damaging a running workload through `/proc` (tests) |
 //!
@@ -27,6 +28,7 @@
 //! every key).
 
 pub mod files;
+pub mod holder;
 pub mod launch;
 pub mod mtouch_log;
 pub mod mtouch_spec;

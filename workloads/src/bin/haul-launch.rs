@@ -1,7 +1,7 @@
 //! haul-launch: start a workload the way CRIU can migrate it, print its host pid, and exit.
 //!
 //! ```text
-//! haul-launch [--netns NAME] [--cwd DIR] [--pidfile F] [--output F] [--no-start-fd] -- CMD ARGS...
+//! haul-launch [--netns NAME] [--cwd DIR] [--pidfile F] [--output F] [--no-start-fd] [--no-pidns] -- CMD ARGS...
 //! ```
 //!
 //! CMD becomes pid 1 of a new pid namespace and the leader of its own session, inside the
@@ -40,6 +40,10 @@ struct Args {
     /// CMD does not write a start code on fd 3: count a successful exec as `O`.
     #[arg(long)]
     no_start_fd: bool,
+    /// Leave it in this pid namespace (its pid must then be free wherever it is restored:
+    /// what haul's pre-flight checks; for tests of that check only).
+    #[arg(long)]
+    no_pidns: bool,
     /// Seconds to wait for the start code (the workload is killed after that).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     timeout: u64,
@@ -76,6 +80,9 @@ fn main() -> ExitCode {
     }
     if args.no_start_fd {
         spec = spec.protocol(StartProtocol::Exec);
+    }
+    if args.no_pidns {
+        spec = spec.in_callers_pid_namespace();
     }
     let launched = match launch(&spec) {
         Ok(l) => l,

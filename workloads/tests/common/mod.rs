@@ -36,6 +36,15 @@ pub fn bin(name: &str) -> PathBuf {
         "tcp-echo" => env!("CARGO_BIN_EXE_tcp-echo"),
         "tcp-client" => env!("CARGO_BIN_EXE_tcp-client"),
         "rec-writer" => env!("CARGO_BIN_EXE_rec-writer"),
+        "ghost-file" => env!("CARGO_BIN_EXE_ghost-file"),
+        "unix-peer" => env!("CARGO_BIN_EXE_unix-peer"),
+        "port-listener" => env!("CARGO_BIN_EXE_port-listener"),
+        "sysv-ipc" => env!("CARGO_BIN_EXE_sysv-ipc"),
+        "uring-user" => env!("CARGO_BIN_EXE_uring-user"),
+        "file-follower" => env!("CARGO_BIN_EXE_file-follower"),
+        "pty-holder" => env!("CARGO_BIN_EXE_pty-holder"),
+        "lock-holder" => env!("CARGO_BIN_EXE_lock-holder"),
+        "sparse-map" => env!("CARGO_BIN_EXE_sparse-map"),
         other => panic!("no program {other}"),
     };
     PathBuf::from(p)
