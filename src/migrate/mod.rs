@@ -4,6 +4,7 @@
 //!   runs the process, resuming it at home on any failure;
 //! - [`destination`]: `haul serve`: the accept loop and one state machine per migration;
 //! - [`strategy`]: which way memory moves, and how `auto` chooses;
+//! - [`converge`]: pre-copy forced to converge: throttle levels, dirty rate, estimated downtime, the stop rule and its fallback;
 //! - [`images`]: the per-migration image directories on both nodes;
 //! - [`transfer`]: image files over the control channel;
 //! - [`relay`]: post-copy page traffic between CRIU's local endpoints, over an authenticated channel;
@@ -12,6 +13,7 @@
 //! - [`report`]: the JSON report and the P.Haul-style summary;
 //! - [`error`]: what can fail, and where the process is afterwards.
 
+pub mod converge;
 pub mod destination;
 pub mod error;
 pub mod images;
