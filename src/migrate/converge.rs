@@ -463,7 +463,7 @@ pub fn decide_round(policy: &PreCopyPolicy, rounds: &[PreCopyRound]) -> Verdict 
     // A level raised after the previous round only has a predicted rate: the target counts as
     // met once a round measured the rate at the level in force (a saturated dirty set, e.g. all
     // memory dirty, hides how much faster the tree dirties, so predictions can be far off).
-    let measured = e.dirty_rate_throttle.is_none_or(|l| l == last.throttle);
+    let measured = e.dirty_rate_throttle.map_or(true, |l| l == last.throttle);
     if e.est_downtime_secs <= target && measured {
         return Verdict::FinalDump {
             why: format!(
