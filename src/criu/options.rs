@@ -175,14 +175,20 @@ mod tests {
     #[test]
     fn pre_dump_mode_sets_field_61() {
         let mut o = base(3, "pre-dump.log");
-        assert_eq!(o.pre_dump_mode, None, "CRIU's default (splice) unless asked");
+        assert_eq!(
+            o.pre_dump_mode, None,
+            "CRIU's default (splice) unless asked"
+        );
         pre_dump_mode(&mut o, PreDumpMode::Read);
         assert_eq!(o.pre_dump_mode, Some(2), "VM_READ is 2 on the wire");
         pre_dump_mode(&mut o, PreDumpMode::Splice);
         assert_eq!(o.pre_dump_mode, Some(1));
         let bytes = prost::Message::encode_to_vec(&o);
         // field 61, varint: key = (61 << 3) | 0 = 488 = 0xe8 0x03
-        assert!(bytes.windows(3).any(|w| w == [0xe8, 0x03, 0x01]), "{bytes:02x?}");
+        assert!(
+            bytes.windows(3).any(|w| w == [0xe8, 0x03, 0x01]),
+            "{bytes:02x?}"
+        );
         for m in [PreDumpMode::Splice, PreDumpMode::Read] {
             assert_eq!(m.name().parse::<PreDumpMode>(), Ok(m));
         }
