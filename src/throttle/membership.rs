@@ -189,7 +189,7 @@ impl Membership {
         let mut seen_born = BTreeSet::new();
         for pass in 0..LEAVE_PASSES {
             if !self.cgroup.exists() {
-                return r;
+                break;
             }
             let procs = match self.cgroup.procs() {
                 Ok(p) => p,
@@ -203,8 +203,7 @@ impl Membership {
                 CgroupVersion::V2 => Vec::new(),
             };
             if procs.is_empty() && stray_threads.is_empty() {
-                r.remaining.clear();
-                return r;
+                break;
             }
             if pass > 0 {
                 std::thread::sleep(Duration::from_millis(2));

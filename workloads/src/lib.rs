@@ -17,6 +17,7 @@
 //! | [`tcp_proto`] | the request/reply frames between `tcp-client` and `tcp-echo` |
 //! | [`stop`] | stop files: how a harness tells a workload to check itself and exit |
 //! | [`files`] | default file names the workloads use in their working directory |
+//! | [`rate_log`] | the memory toucher's dirty-rate log, one line per second (`mtouch --rate-log`) |
 //! | [`procfs`] | reading and damaging a running workload through `/proc` (tests) |
 //!
 //! The programs: `haul-launch` (the launcher), `mtouch` (P.Haul's memory toucher, with dirty
@@ -31,6 +32,7 @@ pub mod launch;
 pub mod mtouch_log;
 pub mod mtouch_spec;
 pub mod procfs;
+pub mod rate_log;
 pub mod records;
 pub mod start_code;
 pub mod stop;
