@@ -611,3 +611,55 @@ fn a_vanished_original_cgroup_sends_tasks_to_its_parent() {
         assert!(in_root.contains(&p), "{p} went to the hierarchy's root");
     }
 }
+
+/// Seizes `root` as CRIU does for `hold`, then lets it go.
+fn seize_for(root: i32, hold: Duration) {
+    // SAFETY: ptrace on a process of the tree this test started; the calls carry no pointers
+    // (addr and data 0) except waitpid's status, which points to a local.
+    unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, root, 0, 0), 0);
+        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, root, 0, 0), 0);
+        let mut st = 0;
+        libc::waitpid(root, &mut st, libc::__WALL);
+    }
+    std::thread::sleep(hold);
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_DETACH, root, 0, 0), 0);
+    }
+}
+
+/// A pre-dump's freeze is not the tree's appetite: the baseline leaves seized time out.
+#[test]
+fn seized_time_is_left_out_of_the_baseline() {
+    let _s = serial();
+    let m = need!(cpu_quota);
+    let journal = tempfile::tempdir().unwrap();
+    let w = Workload::toucher("4m", "400");
+    std::thread::sleep(Duration::from_millis(500));
+    let root = w.pid();
+    // what the toucher uses when nobody stops it
+    let a = haul::throttle::meter::CpuSample::take(root);
+    std::thread::sleep(Duration::from_millis(1500));
+    let free = haul::throttle::meter::CpuSample::take(root).cpus_since(&a);
+    let t = Throttle::engage(config(&w, "baseline", &m, journal.path())).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // a "pre-dump" that holds the tree for 1 s of a 1.5 s window
+    rt.block_on(t.around_pre_dump(async {
+        tokio::task::spawn_blocking(move || seize_for(root, Duration::from_millis(1000)))
+            .await
+            .unwrap()
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    t.set_level(level(50)).unwrap();
+    let base = t.report().baseline_cpus.unwrap();
+    eprintln!("free-running {free:.3} CPUs; baseline with 1 s of 1.5 s seized {base:.3} CPUs");
+    assert!(
+        base > 0.7 * free,
+        "the seized second is not counted as idle: {base:.3} vs {free:.3}"
+    );
+    t.release().unwrap();
+}

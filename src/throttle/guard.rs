@@ -105,6 +105,9 @@ struct Inner {
     max_level: ThrottleLevel,
     lifted: bool,
     since: CpuSample,
+    /// Time CRIU held the tree seized since `since` (not counted in the baseline's window:
+    /// a frozen tree uses no CPU, which is not its appetite).
+    seized: Duration,
     baseline_cpus: Option<f64>,
     limit: Option<CpuLimit>,
     warnings: Vec<String>,
@@ -176,6 +179,7 @@ impl Throttle {
                 max_level: ThrottleLevel::NONE,
                 lifted: false,
                 since: CpuSample::take(cfg.root_pid),
+                seized: Duration::ZERO,
                 baseline_cpus: cfg.baseline_cpus,
                 limit: None,
                 warnings,
@@ -264,7 +268,9 @@ impl Throttle {
                             );
                             now = CpuSample::take(self.root_pid);
                         }
-                        let b = now.cpus_since(&g.since);
+                        let window = now.secs_since(&g.since);
+                        let running = (window - g.seized.as_secs_f64()).max(window * 0.1);
+                        let b = now.cpus_since(&g.since) * window / running;
                         g.baseline_cpus = Some(b);
                         b
                     }
@@ -325,34 +331,45 @@ impl Throttle {
     /// again (CRIU let the tasks run and copies on: in `read` mode that is most of the round)
     /// or when `pre_dump` ends, whichever comes first. Errors lifting or re-applying are kept
     /// as warnings in the report (the round then runs at a different level; the next
-    /// [`Throttle::set_level`] sets it again).
+    /// [`Throttle::set_level`] sets it again). Also unthrottled rounds go through here: the
+    /// time the tree spends seized is left out of the baseline CPU measurement.
     pub async fn around_pre_dump<F: Future>(&self, pre_dump: F) -> F::Output {
-        if self.level().is_none() {
-            return pre_dump.await;
-        }
-        if let Err(e) = self.lift() {
-            self.warn(format!("lifting the throttle for a pre-dump: {e}"));
+        let throttled = !self.level().is_none();
+        if throttled {
+            if let Err(e) = self.lift() {
+                self.warn(format!("lifting the throttle for a pre-dump: {e}"));
+            }
         }
         let mut pre_dump = std::pin::pin!(pre_dump);
-        let mut seen_traced = false;
-        let mut reapplied = false;
+        let mut traced_since: Option<Instant> = None;
+        let mut released = false;
         let mut tick = tokio::time::interval(TRACER_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 out = &mut pre_dump => {
-                    if !reapplied {
-                        self.reapply_or_warn();
+                    if !released {
+                        if let Some(t) = traced_since {
+                            self.lock().seized += t.elapsed();
+                        }
+                        if throttled {
+                            self.reapply_or_warn();
+                        }
                     }
                     return out;
                 }
-                _ = tick.tick(), if !reapplied => {
+                _ = tick.tick(), if !released => {
                     let traced = tracer_pid(self.root_pid).is_some_and(|t| t != 0);
-                    if traced {
-                        seen_traced = true;
-                    } else if seen_traced {
-                        self.reapply_or_warn();
-                        reapplied = true;
+                    match (traced, traced_since) {
+                        (true, None) => traced_since = Some(Instant::now()),
+                        (false, Some(t)) => {
+                            self.lock().seized += t.elapsed();
+                            if throttled {
+                                self.reapply_or_warn();
+                            }
+                            released = true;
+                        }
+                        _ => {}
                     }
                 }
             }
