@@ -663,3 +663,52 @@ fn seized_time_is_left_out_of_the_baseline() {
     );
     t.release().unwrap();
 }
+
+/// The dirty rate against the level, for the record (`cargo test --release --test
+/// throttle_cgroup -- --ignored --nocapture level_sweep`); asserts only that it falls.
+#[test]
+#[ignore = "a measurement: run by hand under the measurement lock"]
+fn level_sweep() {
+    let _s = serial();
+    let m = need!(cpu_quota);
+    let journal = tempfile::tempdir().unwrap();
+    let w = Workload::toucher("4m", "400");
+    std::thread::sleep(Duration::from_secs(1));
+    let t = Throttle::engage(config(&w, "sweep", &m, journal.path())).unwrap();
+    let mut marks = vec![(0u8, Timestamp::now())];
+    std::thread::sleep(Duration::from_millis(3200));
+    for l in [20u8, 40, 60, 80, 95] {
+        t.set_level(level(l)).unwrap();
+        marks.push((l, Timestamp::now()));
+        std::thread::sleep(Duration::from_millis(3200));
+    }
+    marks.push((0, Timestamp::now()));
+    let base_cpus = t.report().baseline_cpus;
+    t.release().unwrap();
+    let samples = w.rate_log();
+    let skip = |t: Timestamp| Timestamp {
+        sec: t.sec + 1,
+        nsec: t.nsec,
+    };
+    let mut rates = Vec::new();
+    for win in marks.windows(2) {
+        let r = rate_log::mean_rate(&samples, skip(win[0].1), win[1].1).unwrap();
+        rates.push((win[0].0, r));
+    }
+    eprintln!("{m}; baseline {base_cpus:?} CPUs");
+    eprintln!("| level | dirty rate MiB/s | share of unthrottled | expected |");
+    eprintln!("|---|---|---|---|");
+    let base = rates[0].1;
+    for (l, r) in &rates {
+        eprintln!(
+            "| {l}% | {:.2} | {:.0}% | {}% |",
+            r / 1048576.0,
+            100.0 * r / base,
+            100 - l
+        );
+    }
+    assert!(
+        rates.windows(2).all(|w| w[1].1 < w[0].1 * 1.05),
+        "{rates:?}"
+    );
+}
