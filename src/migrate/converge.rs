@@ -804,6 +804,10 @@ mod tests {
             overhead: 0.05,
         };
         let run = sim.run(&target(300));
+        for e in estimates(&run.rounds) {
+            eprintln!("{}", e.log_line());
+        }
+        eprintln!("{:?}", run.verdict);
         assert!(
             matches!(run.verdict, Verdict::FinalDump { ref why } if why.contains("within")),
             "{run:?}"

@@ -25,6 +25,30 @@
 //! the images and, by default, re-creates them on restore with their limits (its "soft"
 //! cgroup mode), so a tree dumped inside haul's cgroup would be restored throttled.
 //!
+//! ## Wiring into the pre-copy loop (`migrate::source`)
+//!
+//! ```text
+//! at start of `haul pid` / `haul serve`: sweep_stale(Path::new(journal::DEFAULT_DIR))
+//! before round 1:
+//!   mech   = throttle::mechanism()                        (Err: can_throttle = false)
+//!   policy = PreCopyPolicy { convergence, throttle: --throttle, can_throttle,
+//!            postcopy_fallback: converge::postcopy_fallback_allowed(requested, src, dst), .. }
+//!   guard  = policy.cap().and(mech.ok()).map(|m| Throttle::engage(ThrottleConfig::new(pid, id, m)))
+//!            (an engage error: warn, go on unthrottled, can_throttle = false)
+//! each round:
+//!   level = guard.level() (NONE without a guard); started = t0.elapsed()
+//!   options::pre_dump_mode(&mut opts, mode)
+//!   guard.around_pre_dump(op.run_to_end()).await            (or op.run_to_end() without a guard)
+//!   rounds.push(PreCopyRound { pages_written, bytes, secs, started_secs: started, throttle: level })
+//!   info!(converge::estimates(&rounds).last().log_line())
+//!   match converge::decide_round(&policy, &rounds):
+//!     Continue { throttle, .. } -> guard.set_level(throttle)
+//!     FinalDump    -> guard.release(), final dump (lazy only for --strategy hybrid)
+//!     PostCopyRest -> guard.release(), lazy final dump
+//!     Cancel       -> guard.release(), Err(NotConverged)
+//! every failure path: guard.release() first thing (Drop does it too, later)
+//! ```
+//!
 //! Modules: [`layout`] (which hierarchies, which mechanism), [`cgroup`] (one directory's
 //! files), [`membership`] (the tree in and out, origins per thread), [`meter`] (the tree's CPU
 //! use), [`duty`] (the freezer duty cycle), [`journal`] (undo after a killed haul), [`error`].
