@@ -7,4 +7,5 @@ pub mod fault;
 pub mod migrate;
 pub mod obstacle;
 pub mod preflight;
+pub mod throttle;
 pub mod wire;

@@ -7,6 +7,7 @@
 //! - [`limits`]: every time and size bound, in one place;
 //! - [`strategy`]: which way memory moves, and how `auto` chooses;
 //! - [`convergence`]: when pre-copy's rounds stop;
+//! - [`converge`]: pre-copy forced to converge: throttle levels, dirty rate, estimated downtime, the stop rule and its fallback;
 //! - [`images`]: the per-migration image directories on both nodes;
 //! - [`transfer`]: image files over the control channel;
 //! - [`relay`]: post-copy page traffic between CRIU's local endpoints, over an authenticated channel;
@@ -16,6 +17,7 @@
 //! - [`error`]: error pieces both sides share.
 
 pub mod control;
+pub mod converge;
 pub mod convergence;
 pub mod destination;
 pub mod error;

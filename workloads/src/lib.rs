@@ -18,6 +18,7 @@
 //! | [`stop`] | stop files: how a harness tells a workload to check itself and exit |
 //! | [`holder`] | the probe-until-stop loop of the programs that hold a resource CRIU has trouble with (issue #13) |
 //! | [`files`] | default file names the workloads use in their working directory |
+//! | [`rate_log`] | the memory toucher's dirty-rate log, one line per second (`mtouch --rate-log`) |
 //! | [`procfs`] | reading and damaging a running workload through `/proc` (tests) |
 //!
 //! The programs: `haul-launch` (the launcher), `mtouch` (P.Haul's memory toucher, with dirty
@@ -33,6 +34,7 @@ pub mod launch;
 pub mod mtouch_log;
 pub mod mtouch_spec;
 pub mod procfs;
+pub mod rate_log;
 pub mod records;
 pub mod start_code;
 pub mod stop;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! mtouch LOG SIZE:PRE:PAUSE [--rate BYTES/s|max] [--pattern random|sequential|hot:PERCENT]
+//!        [--rate-log FILE] [--cpu-per-page USEC] [--fill] [--no-hugepages]
 //! ```
 //!
 //! Maps SIZE bytes of anonymous memory, pre-touches PRE/4096 random pages (every page in order
@@ -23,6 +24,13 @@
 //! one `t` line per millisecond at most, with the batch's page count as a fourth field) or
 //! `max` for as fast as memory allows; `--pattern` chooses sequential pages or a hot set;
 //! `--fill` writes whole pages (real memory bandwidth) and checks every byte.
+//!
+//! For throttling (issue #15): `--rate-log FILE` writes what was really dirtied each second
+//! (`haul_workloads::rate_log`), so a test sees the rate drop under a throttle and return after
+//! it; `--cpu-per-page USEC` spends that much of the thread's own CPU time (not wall time) per
+//! touched page, like a program that computes what it writes: its dirty rate then scales with
+//! the CPU it gets, which is what a CPU quota acts on (a toucher that only stores one byte per
+//! page dirties 64 MiB/s on 0.2 % of a CPU and no quota could slow it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +42,7 @@ use haul_workloads::launch::{launch, LaunchSpec};
 use haul_workloads::mtouch_spec::{
     PageChooser, Pattern, PreTouch, Rate, TouchRng, TouchSpec, PAGE_SIZE,
 };
+use haul_workloads::rate_log::RateMeter;
 use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::stop::StopFile;
 use haul_workloads::worklog::{LogWriter, Timestamp};
@@ -57,6 +66,13 @@ struct Args {
     /// Write whole pages instead of their first byte, and check every byte.
     #[arg(long)]
     fill: bool,
+    /// Also log the dirty rate, once a second, to this file (see `haul_workloads::rate_log`).
+    #[arg(long, value_name = "FILE")]
+    rate_log: Option<PathBuf>,
+    /// CPU time (of this thread, in microseconds) spent per touched page, like a program that
+    /// computes what it writes; the dirty rate then follows the CPU share the toucher gets.
+    #[arg(long, value_name = "USEC", default_value_t = 0.0)]
+    cpu_per_page: f64,
     /// Ask for small pages (MADV_NOHUGEPAGE), so that dirty tracking works per 4 KiB page.
     #[arg(long)]
     no_hugepages: bool,
@@ -147,16 +163,48 @@ impl Arena {
     }
 }
 
-/// The toucher's state: memory, shadow, page choice.
+/// The toucher's state: memory, shadow, page choice, and what the loop reports.
 struct Toucher {
     arena: Arena,
     shadow: Vec<u8>,
     rng: TouchRng,
     chooser: PageChooser,
     fill: bool,
+    /// Thread CPU time to spend per page in the loop.
+    cpu_per_page: Duration,
+    rate: Option<RateMeter>,
+}
+
+/// This thread's CPU time (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec to the pointer, which points to ours.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 impl Toucher {
+    /// The loop's work for one page: the CPU it costs, then the touch, then the count.
+    fn touch_in_loop(&mut self) -> std::io::Result<u64> {
+        if !self.cpu_per_page.is_zero() {
+            let end = thread_cpu_time() + self.cpu_per_page;
+            let mut x = 0u64;
+            while thread_cpu_time() < end {
+                for _ in 0..64 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+        }
+        let pfn = self.touch_next();
+        if let Some(r) = self.rate.as_mut() {
+            r.add(1)?;
+        }
+        Ok(pfn)
+    }
+
     fn touch(&mut self, pfn: u64) {
         let value = self.rng.nonzero_byte();
         if self.fill {
@@ -254,6 +302,8 @@ fn run(args: &Args, reporter: StartReporter) -> std::io::Result<u64> {
         rng: TouchRng::new(seed),
         chooser: PageChooser::new(args.pattern, pages),
         fill: args.fill,
+        cpu_per_page: Duration::from_secs_f64(args.cpu_per_page.max(0.0) / 1e6),
+        rate: None,
     };
 
     log.line(format_args!(
@@ -273,6 +323,12 @@ fn run(args: &Args, reporter: StartReporter) -> std::io::Result<u64> {
     reporter.report(StartCode::Ok)?;
 
     log.line(format_args!("Pattern {}", args.pattern))?;
+    if let Some(path) = &args.rate_log {
+        t.rate = Some(RateMeter::create(path)?);
+    }
+    if !t.cpu_per_page.is_zero() {
+        log.line(format_args!("CPU per page {:.1} usec", args.cpu_per_page))?;
+    }
     let stop = StopFile::new(&args.stop_file);
     let rate = args.rate.unwrap_or(Rate::Pause {
         micros: spec.pause_us,
@@ -335,7 +391,7 @@ fn touch_with_pause(
         if micros > 0 {
             std::thread::sleep(Duration::from_micros(micros));
         }
-        let pfn = t.touch_next();
+        let pfn = t.touch_in_loop()?;
         touches += 1;
         log.tick(Timestamp::now(), pfn, 1)?;
     }
@@ -394,10 +450,13 @@ fn touch_paced(
                 last_log = now;
             }
             std::thread::sleep(idle.min(MAX_SLEEP));
+            if let Some(r) = t.rate.as_mut() {
+                r.flush_if_due(Instant::now())?;
+            }
             continue;
         }
         for _ in 0..due {
-            last_pfn = t.touch_next();
+            last_pfn = t.touch_in_loop()?;
         }
         done += due;
         touches += due;

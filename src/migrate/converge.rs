@@ -1,0 +1,1024 @@
+//! Pre-copy that converges by force: throttle levels, dirty rate, estimated downtime, and the
+//! stop rule with its fallback (issue #15).
+//!
+//! A pure function of the rounds so far, like [`strategy::decide`](super::strategy::decide),
+//! which it extends: without a downtime target it *is* `decide` (P.Haul's rules, never a
+//! throttle). With `--max-downtime T` it works as QEMU's auto-converge and cloud-hypervisor's
+//! downtime target together:
+//!
+//! ```text
+//! after round i (pages_i written, bytes_i sent in secs_i, at throttle level L_i):
+//!   bw_i        = bytes_i / secs_i                          the link as the round saw it
+//!   rate_i      = pages_i * 4096 / (start_i - start_{i-1})  dirtied while round i-1 ran (at L_{i-1})
+//!   rate0_i     = rate_i / (1 - L_{i-1})                    model: dirtying scales with CPU share
+//!   est_i       = rate0_i * (1 - L_i) * secs_i / bw_i       what a final dump now would move, in s
+//!
+//!   est_i <= T or pages_i <= small      -> FinalDump
+//!   i >= max_rounds                     -> fallback
+//!   shrink ratio rho = rate(L_i) / bw_i; the target is reachable at this level when
+//!     rho < trigger and est_i * rho^k <= T for some k <= rounds left  -> Continue (same level)
+//!   otherwise, below the cap            -> Continue at max(L_i + step, initial)
+//!                                          (or what the model says reaches T next round)
+//!   at the cap (or no throttle) and hopeless two rounds in a row      -> fallback
+//!
+//! fallback: post-copy for the rest when both nodes have lazy pages and the strategy allows it
+//!           (PostCopyRest), else --on-timeout: cancel (Cancel) or proceed (FinalDump).
+//! ```
+//!
+//! The throttle level is QEMU's `cpu-throttle-percentage`: the share of the tree's CPU time
+//! taken away (see `crate::throttle` for how a node enforces it). Levels only go up during a
+//! migration, as in QEMU; the lead releases the throttle before the final dump.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::strategy::{decide, Convergence, Decision, OnTimeout, RoundFigures};
+
+/// Bytes per page in CRIU's page counts.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// The highest throttle level (QEMU's `max-cpu-throttle` default): 1 % of the CPU time left.
+pub const MAX_PERCENT: u8 = 99;
+
+/// A throttle level: the percentage of the tree's CPU time taken away, 0 (none) to 99.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct ThrottleLevel(u8);
+
+impl ThrottleLevel {
+    /// Unthrottled.
+    pub const NONE: ThrottleLevel = ThrottleLevel(0);
+    /// The highest level, [`MAX_PERCENT`].
+    pub const MAX: ThrottleLevel = ThrottleLevel(MAX_PERCENT);
+
+    /// `percent` of the CPU time taken away; `None` above [`MAX_PERCENT`].
+    pub const fn new(percent: u8) -> Option<ThrottleLevel> {
+        if percent <= MAX_PERCENT {
+            Some(ThrottleLevel(percent))
+        } else {
+            None
+        }
+    }
+
+    /// `percent`, clamped to [`MAX_PERCENT`].
+    pub fn saturating(percent: u32) -> ThrottleLevel {
+        ThrottleLevel(percent.min(u32::from(MAX_PERCENT)) as u8)
+    }
+
+    /// The level in percent.
+    pub const fn percent(self) -> u8 {
+        self.0
+    }
+
+    /// Whether this is no throttle at all.
+    pub const fn is_none(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The share of CPU time the tree keeps, `1 - percent / 100` (0.01 to 1).
+    pub fn remaining(self) -> f64 {
+        1.0 - f64::from(self.0) / 100.0
+    }
+}
+
+impl TryFrom<u8> for ThrottleLevel {
+    type Error = String;
+    fn try_from(p: u8) -> Result<Self, String> {
+        ThrottleLevel::new(p).ok_or_else(|| format!("throttle level {p}% is above {MAX_PERCENT}%"))
+    }
+}
+
+impl From<ThrottleLevel> for u8 {
+    fn from(l: ThrottleLevel) -> u8 {
+        l.0
+    }
+}
+
+impl fmt::Display for ThrottleLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+/// `--throttle off|auto|MAX%`: whether pre-copy may slow the tree, and how far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThrottleSetting {
+    /// Never throttle.
+    Off,
+    /// Throttle when a downtime target needs it, up to [`ThrottleLevel::MAX`] (QEMU's default).
+    #[default]
+    Auto,
+    /// Throttle when a downtime target needs it, up to this level.
+    UpTo(ThrottleLevel),
+}
+
+impl ThrottleSetting {
+    /// The highest level allowed; `None` when throttling is off.
+    pub fn cap(self) -> Option<ThrottleLevel> {
+        match self {
+            ThrottleSetting::Off => None,
+            ThrottleSetting::Auto => Some(ThrottleLevel::MAX),
+            ThrottleSetting::UpTo(l) => Some(l),
+        }
+    }
+}
+
+impl fmt::Display for ThrottleSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ThrottleSetting::Off => f.write_str("off"),
+            ThrottleSetting::Auto => f.write_str("auto"),
+            ThrottleSetting::UpTo(l) => write!(f, "{l}"),
+        }
+    }
+}
+
+impl FromStr for ThrottleSetting {
+    type Err = String;
+    /// `off`, `auto`, or a cap in percent, `1%` to `99%` (the `%` is optional).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(ThrottleSetting::Off),
+            "auto" => Ok(ThrottleSetting::Auto),
+            _ => s
+                .strip_suffix('%')
+                .unwrap_or(s)
+                .parse::<u8>()
+                .ok()
+                .filter(|p| (1..=MAX_PERCENT).contains(p))
+                .and_then(ThrottleLevel::new)
+                .map(ThrottleSetting::UpTo)
+                .ok_or_else(|| {
+                    format!(
+                        "bad --throttle {s:?}: off, auto, or the highest level in percent (1% to {MAX_PERCENT}%)"
+                    )
+                }),
+        }
+    }
+}
+
+/// How the level climbs (QEMU's auto-converge: `cpu-throttle-initial` 20,
+/// `cpu-throttle-increment` 10, `throttle-trigger-threshold` 50).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThrottleSteps {
+    /// The first level.
+    pub initial: ThrottleLevel,
+    /// Percentage points added per round while the target is out of reach.
+    pub increment: u8,
+    /// Throttle when the dirty rate is above this share of the measured bandwidth (the dirty
+    /// set then shrinks by less than half per round).
+    pub trigger_ratio: f64,
+    /// Jump straight to the level the measured rates say reaches the target in the next round
+    /// when that is above the next step (QEMU steps only; rounds are dearer here: each one
+    /// freezes the process).
+    pub skip_ahead: bool,
+}
+
+impl Default for ThrottleSteps {
+    fn default() -> Self {
+        ThrottleSteps {
+            initial: ThrottleLevel(20),
+            increment: 10,
+            trigger_ratio: 0.5,
+            skip_ahead: true,
+        }
+    }
+}
+
+/// Everything the stop rule depends on besides the rounds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PreCopyPolicy {
+    /// Round limit, small dirty set, growth and plateau rules, downtime target, on-timeout.
+    pub convergence: Convergence,
+    /// `--throttle`.
+    pub throttle: ThrottleSetting,
+    /// How the level climbs.
+    pub steps: ThrottleSteps,
+    /// Whether this node can throttle the tree at all (a cgroup CPU controller or freezer;
+    /// `crate::throttle::Mechanism::detect`). Without one, `auto` behaves as `off`.
+    pub can_throttle: bool,
+    /// Whether the fallback may be post-copy for the rest: both nodes have lazy pages and the
+    /// strategy allows it (`auto` or `hybrid`; see [`postcopy_fallback_allowed`]).
+    pub postcopy_fallback: bool,
+}
+
+impl Default for PreCopyPolicy {
+    fn default() -> Self {
+        PreCopyPolicy {
+            convergence: Convergence::default(),
+            throttle: ThrottleSetting::Auto,
+            steps: ThrottleSteps::default(),
+            can_throttle: true,
+            postcopy_fallback: false,
+        }
+    }
+}
+
+impl PreCopyPolicy {
+    /// The highest level this migration may use (`None`: no throttling).
+    pub fn cap(&self) -> Option<ThrottleLevel> {
+        if !self.can_throttle || self.convergence.max_downtime_secs.is_none() {
+            return None;
+        }
+        self.throttle.cap().filter(|c| !c.is_none())
+    }
+}
+
+/// Whether pre-copy may end in post-copy when it cannot meet the target: both nodes have lazy
+/// pages and the user asked for `auto` or `hybrid` (an explicit `pre-copy` follows
+/// `--on-timeout` instead).
+pub fn postcopy_fallback_allowed(
+    requested: super::Strategy,
+    src_lazy_pages: bool,
+    dst_lazy_pages: bool,
+) -> bool {
+    use super::Strategy;
+    src_lazy_pages && dst_lazy_pages && matches!(requested, Strategy::Auto | Strategy::Hybrid)
+}
+
+/// One finished pre-dump round, as the source measured it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PreCopyRound {
+    /// Pages the round wrote (CRIU's `pages_written`): those dirtied since the previous
+    /// round's freeze.
+    pub pages_written: u64,
+    /// Bytes sent over the round's memory channel.
+    pub bytes: u64,
+    /// Wall time of the round, from its request to its end (s).
+    pub secs: f64,
+    /// When the round started, on any monotonic clock of the source (s); the interval
+    /// between two rounds' starts is the time their dirty set accumulated over.
+    pub started_secs: f64,
+    /// The throttle level in force while the round ran.
+    pub throttle: ThrottleLevel,
+}
+
+/// What the rounds tell, per round (for the log line and the report).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RoundEstimate {
+    /// Round number, 1-based.
+    pub round: u32,
+    /// The level in force while the round ran.
+    pub throttle: ThrottleLevel,
+    /// Pages the round wrote.
+    pub pages_written: u64,
+    /// Bandwidth the round saw: bytes / wall time (bytes/s).
+    pub bandwidth: f64,
+    /// Dirty rate over the interval before this round's freeze (bytes/s); unknown for round 1.
+    pub dirty_rate: Option<f64>,
+    /// The level in force during that interval.
+    pub dirty_rate_throttle: Option<ThrottleLevel>,
+    /// The dirty rate the tree would have unthrottled (model: proportional to CPU share).
+    pub unthrottled_rate: Option<f64>,
+    /// What a final dump right now would move, over this round's bandwidth (s). Round 1
+    /// (dirty rate unknown): its own pages over its bandwidth.
+    pub est_downtime_secs: f64,
+}
+
+impl RoundEstimate {
+    /// The dirty rate at `level`, by the model (`None` before round 2).
+    pub fn rate_at(&self, level: ThrottleLevel) -> Option<f64> {
+        self.unthrottled_rate.map(|r| r * level.remaining())
+    }
+
+    /// One log line: `round=3 throttle=40% pages=1234 bw=12.3MiB/s dirty_rate=30.1MiB/s
+    /// est_downtime=0.412s`.
+    pub fn log_line(&self) -> String {
+        let mib = |b: f64| b / 1_048_576.0;
+        let rate = self
+            .dirty_rate
+            .map_or_else(|| "-".to_string(), |r| format!("{:.1}MiB/s", mib(r)));
+        format!(
+            "round={} throttle={} pages={} bw={:.1}MiB/s dirty_rate={rate} est_downtime={:.3}s",
+            self.round,
+            self.throttle,
+            self.pages_written,
+            mib(self.bandwidth),
+            self.est_downtime_secs
+        )
+    }
+}
+
+/// The figures of every round (pure).
+pub fn estimates(rounds: &[PreCopyRound]) -> Vec<RoundEstimate> {
+    rounds
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let bytes_dirty = r.pages_written as f64 * PAGE_SIZE as f64;
+            let bandwidth = if r.bytes > 0 {
+                r.bytes as f64 / r.secs.max(1e-6)
+            } else {
+                0.0
+            };
+            let prev = i.checked_sub(1).map(|p| rounds[p]);
+            let interval = prev.map(|p| (r.started_secs - p.started_secs).max(1e-6));
+            let dirty_rate = interval.map(|t| bytes_dirty / t);
+            let dirty_rate_throttle = prev.map(|p| p.throttle);
+            let unthrottled_rate = dirty_rate
+                .zip(dirty_rate_throttle)
+                .map(|(d, l)| d / l.remaining());
+            let est_bytes = match unthrottled_rate {
+                Some(r0) => r0 * r.throttle.remaining() * r.secs,
+                None => bytes_dirty,
+            };
+            let est_downtime_secs = if est_bytes <= 0.0 {
+                0.0
+            } else if bandwidth > 0.0 {
+                est_bytes / bandwidth
+            } else {
+                f64::INFINITY
+            };
+            RoundEstimate {
+                round: i as u32 + 1,
+                throttle: r.throttle,
+                pages_written: r.pages_written,
+                bandwidth,
+                dirty_rate,
+                dirty_rate_throttle,
+                unthrottled_rate,
+                est_downtime_secs,
+            }
+        })
+        .collect()
+}
+
+/// The stop rule's verdict after a round.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Another round, at this throttle level (set it before the round starts).
+    Continue {
+        /// The level for the next round.
+        throttle: ThrottleLevel,
+        /// Why (raised, kept).
+        why: String,
+    },
+    /// Release the throttle and do the final dump now.
+    FinalDump {
+        /// Why.
+        why: String,
+    },
+    /// Release the throttle and end with a lazy final dump: post-copy for the rest.
+    PostCopyRest {
+        /// Why.
+        why: String,
+    },
+    /// Give up: release the throttle; the process keeps running on the source.
+    Cancel {
+        /// Why.
+        why: String,
+    },
+}
+
+impl Verdict {
+    /// Whether the rounds go on.
+    pub fn is_continue(&self) -> bool {
+        matches!(self, Verdict::Continue { .. })
+    }
+
+    /// The reason, for the log and the report's `convergence`.
+    pub fn why(&self) -> &str {
+        match self {
+            Verdict::Continue { why, .. }
+            | Verdict::FinalDump { why }
+            | Verdict::PostCopyRest { why }
+            | Verdict::Cancel { why } => why,
+        }
+    }
+}
+
+/// Rounds at the last level that may be hopeless before pre-copy gives up early.
+const HOPELESS_ROUNDS: usize = 2;
+
+/// Whether the target is out of reach at the level the round ran at, with the rounds left:
+/// the dirty set shrinks by `rho` per round, so `k` more rounds give `est * rho^k`.
+fn hopeless(e: &RoundEstimate, target: f64, rounds_left: u32) -> bool {
+    let Some(rate) = e.rate_at(e.throttle) else {
+        return false;
+    };
+    if e.bandwidth <= 0.0 {
+        return true;
+    }
+    let rho = rate / e.bandwidth;
+    if rho >= 1.0 {
+        return true;
+    }
+    if rho <= 0.0 || e.est_downtime_secs <= target {
+        return false;
+    }
+    let needed = (target / e.est_downtime_secs).ln() / rho.ln();
+    needed > f64::from(rounds_left)
+}
+
+/// The level that, by the model, brings the next round's estimate within `target`:
+/// rate0 * (1 - L) * est / bw <= target (the next round lasts about `est`, the time to move
+/// what is dirty now).
+fn level_for_target(e: &RoundEstimate, target: f64) -> Option<ThrottleLevel> {
+    let r0 = e.unthrottled_rate?;
+    if r0 <= 0.0 || e.bandwidth <= 0.0 || e.est_downtime_secs <= 0.0 {
+        return None;
+    }
+    // Aim at 80 % of the target: the model is a model.
+    let keep = 0.8 * target * e.bandwidth / (e.est_downtime_secs * r0);
+    let percent = ((1.0 - keep) * 100.0).ceil();
+    Some(ThrottleLevel::saturating(percent.clamp(0.0, 100.0) as u32))
+}
+
+/// Decides after each pre-dump round (pure: a function of the policy and the rounds so far).
+pub fn decide_round(policy: &PreCopyPolicy, rounds: &[PreCopyRound]) -> Verdict {
+    let Some(last) = rounds.last() else {
+        return Verdict::Continue {
+            throttle: ThrottleLevel::NONE,
+            why: "no round yet".into(),
+        };
+    };
+    let c = &policy.convergence;
+    let Some(target) = c.max_downtime_secs else {
+        // No target: P.Haul's rules, never a throttle.
+        let figures: Vec<RoundFigures> = estimates(rounds)
+            .iter()
+            .map(|e| RoundFigures {
+                pages_written: e.pages_written,
+                est_downtime_secs: e.est_downtime_secs,
+            })
+            .collect();
+        return match decide(c, &figures) {
+            Decision::Continue => Verdict::Continue {
+                throttle: ThrottleLevel::NONE,
+                why: "the dirty set still shrinks".into(),
+            },
+            Decision::FinalDump(why) => Verdict::FinalDump { why },
+            Decision::Cancel(why) => Verdict::Cancel { why },
+        };
+    };
+    let est = estimates(rounds);
+    let e = *est.last().expect("one estimate per round");
+    let n = rounds.len() as u32;
+    let max_rounds = c.max_rounds.max(1);
+    // A level raised after the previous round only has a predicted rate: the target counts as
+    // met once a round measured the rate at the level in force (a saturated dirty set, e.g. all
+    // memory dirty, hides how much faster the tree dirties, so predictions can be far off).
+    let measured = e.dirty_rate_throttle.map_or(true, |l| l == last.throttle);
+    if e.est_downtime_secs <= target && measured {
+        return Verdict::FinalDump {
+            why: format!(
+                "estimated downtime {:.3}s is within the {target:.3}s target (throttle {})",
+                e.est_downtime_secs, last.throttle
+            ),
+        };
+    }
+    if last.pages_written <= c.small_pages {
+        return Verdict::FinalDump {
+            why: format!("only {} pages dirty", last.pages_written),
+        };
+    }
+    if n >= max_rounds {
+        return fallback(
+            policy,
+            format!(
+                "after {n} rounds (the most allowed) the estimated downtime is still {:.3}s, above the {target:.3}s target (throttle {})",
+                e.est_downtime_secs, last.throttle
+            ),
+        );
+    }
+    let rounds_left = max_rounds - n;
+    let cap = policy.cap();
+    let Some(rate) = e.rate_at(last.throttle) else {
+        // Round 1: the dirty rate is not known yet.
+        return Verdict::Continue {
+            throttle: last.throttle,
+            why: "the first round moved all memory; the dirty rate is measured next round".into(),
+        };
+    };
+    let rho = if e.bandwidth > 0.0 {
+        rate / e.bandwidth
+    } else {
+        f64::INFINITY
+    };
+    let reachable = rho < policy.steps.trigger_ratio && !hopeless(&e, target, rounds_left);
+    if reachable {
+        return Verdict::Continue {
+            throttle: last.throttle,
+            why: format!(
+                "dirty rate {:.0}% of the bandwidth: the target is in reach at throttle {}",
+                rho * 100.0,
+                last.throttle
+            ),
+        };
+    }
+    match cap {
+        Some(cap) if last.throttle < cap => {
+            let step = if last.throttle.is_none() {
+                policy.steps.initial
+            } else {
+                ThrottleLevel::saturating(
+                    u32::from(last.throttle.percent()) + u32::from(policy.steps.increment),
+                )
+            };
+            let mut next = step.max(policy.steps.initial);
+            if policy.steps.skip_ahead {
+                if let Some(model) = level_for_target(&e, target) {
+                    next = next.max(model);
+                }
+            }
+            let next = next.min(cap);
+            Verdict::Continue {
+                throttle: next,
+                why: format!(
+                    "dirty rate {:.1}MiB/s is {:.0}% of the bandwidth {:.1}MiB/s, estimated downtime {:.3}s over the {target:.3}s target: throttle {} -> {next}",
+                    rate / 1_048_576.0,
+                    rho * 100.0,
+                    e.bandwidth / 1_048_576.0,
+                    e.est_downtime_secs,
+                    last.throttle
+                ),
+            }
+        }
+        _ => {
+            // At the last level (the cap, or none when throttling is off or impossible).
+            let at_last_level = |r: &RoundEstimate| {
+                r.dirty_rate_throttle == Some(last.throttle) && r.throttle == last.throttle
+            };
+            let tail = &est[est.len().saturating_sub(HOPELESS_ROUNDS)..];
+            let hopeless_runs = tail.len() == HOPELESS_ROUNDS
+                && tail.iter().enumerate().all(|(k, r)| {
+                    at_last_level(r)
+                        && hopeless(r, target, max_rounds - (n - (tail.len() - 1 - k) as u32))
+                });
+            if hopeless_runs {
+                let how = match cap {
+                    Some(cap) => format!("even at the throttle cap {cap}"),
+                    None if policy.throttle == ThrottleSetting::Off => {
+                        "with throttling off".to_string()
+                    }
+                    None => "and this node cannot throttle the tree".to_string(),
+                };
+                return fallback(
+                    policy,
+                    format!(
+                        "{how} the tree dirties {:.1}MiB/s against {:.1}MiB/s of bandwidth: the {target:.3}s target is out of reach (estimated downtime {:.3}s)",
+                        rate / 1_048_576.0,
+                        e.bandwidth / 1_048_576.0,
+                        e.est_downtime_secs
+                    ),
+                );
+            }
+            Verdict::Continue {
+                throttle: last.throttle,
+                why: format!(
+                    "estimated downtime {:.3}s over the {target:.3}s target at throttle {}; measuring another round",
+                    e.est_downtime_secs, last.throttle
+                ),
+            }
+        }
+    }
+}
+
+/// Post-copy for the rest when allowed, else `--on-timeout`.
+fn fallback(policy: &PreCopyPolicy, why: String) -> Verdict {
+    if policy.postcopy_fallback {
+        return Verdict::PostCopyRest {
+            why: format!("{why}; both nodes have lazy pages: post-copy for the rest"),
+        };
+    }
+    match policy.convergence.on_timeout {
+        OnTimeout::Cancel => Verdict::Cancel {
+            why: format!("{why} (--on-timeout cancel)"),
+        },
+        OnTimeout::Proceed => Verdict::FinalDump {
+            why: format!("{why}; final dump anyway (--on-timeout proceed)"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::Strategy;
+
+    const MIB: f64 = 1_048_576.0;
+
+    /// A workload and a link: memory `mem` bytes dirtied at `rate0` bytes/s unthrottled
+    /// (scaled by the CPU share left), a link of `bw` bytes/s, and a fixed cost per round.
+    #[derive(Debug, Clone, Copy)]
+    struct Sim {
+        mem: f64,
+        rate0: f64,
+        bw: f64,
+        overhead: f64,
+    }
+
+    /// What a simulated migration did.
+    #[derive(Debug)]
+    struct Run {
+        rounds: Vec<PreCopyRound>,
+        verdict: Verdict,
+        /// The memory part of the final dump, by the simulation's truth (s).
+        final_secs: f64,
+    }
+
+    impl Sim {
+        fn run(self, policy: &PreCopyPolicy) -> Run {
+            let mut rounds: Vec<PreCopyRound> = Vec::new();
+            let mut level = ThrottleLevel::NONE;
+            let mut clock = 0.0;
+            loop {
+                let bytes = match rounds.last() {
+                    None => self.mem,
+                    // dirtied since the previous round's start, at that round's level
+                    Some(p) => (self.rate0 * p.throttle.remaining() * (clock - p.started_secs))
+                        .min(self.mem),
+                };
+                let secs = bytes / self.bw + self.overhead;
+                rounds.push(PreCopyRound {
+                    pages_written: (bytes / PAGE_SIZE as f64).ceil() as u64,
+                    bytes: bytes as u64,
+                    secs,
+                    started_secs: clock,
+                    throttle: level,
+                });
+                clock += secs;
+                let verdict = decide_round(policy, &rounds);
+                assert!(
+                    rounds.len() as u32 <= policy.convergence.max_rounds.max(1),
+                    "more rounds than allowed"
+                );
+                match verdict {
+                    Verdict::Continue { throttle, .. } => level = throttle,
+                    v => {
+                        let last = rounds.last().unwrap();
+                        let dirty =
+                            (self.rate0 * last.throttle.remaining() * (clock - last.started_secs))
+                                .min(self.mem);
+                        return Run {
+                            final_secs: dirty / self.bw,
+                            rounds,
+                            verdict: v,
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    fn target(ms: u64) -> PreCopyPolicy {
+        PreCopyPolicy {
+            convergence: Convergence {
+                max_downtime_secs: Some(ms as f64 / 1000.0),
+                on_timeout: OnTimeout::Cancel,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn levels(run: &Run) -> Vec<u8> {
+        run.rounds.iter().map(|r| r.throttle.percent()).collect()
+    }
+
+    #[test]
+    fn settings_parse() {
+        assert_eq!("off".parse(), Ok(ThrottleSetting::Off));
+        assert_eq!("auto".parse(), Ok(ThrottleSetting::Auto));
+        assert_eq!(
+            "60%".parse(),
+            Ok(ThrottleSetting::UpTo(ThrottleLevel::new(60).unwrap()))
+        );
+        assert_eq!(
+            "60".parse(),
+            Ok(ThrottleSetting::UpTo(ThrottleLevel::new(60).unwrap()))
+        );
+        for bad in ["0%", "100%", "-5", "fast", "", "50%%"] {
+            let err = bad.parse::<ThrottleSetting>().unwrap_err();
+            assert!(err.contains("--throttle"), "{bad}: {err}");
+        }
+        for s in ["off", "auto", "75%"] {
+            assert_eq!(s.parse::<ThrottleSetting>().unwrap().to_string(), s);
+        }
+        assert_eq!(ThrottleSetting::Auto.cap(), Some(ThrottleLevel::MAX));
+        assert_eq!(ThrottleSetting::Off.cap(), None);
+        assert_eq!(ThrottleSetting::default(), ThrottleSetting::Auto);
+        assert!(ThrottleLevel::new(100).is_none());
+        assert_eq!(ThrottleLevel::saturating(250), ThrottleLevel::MAX);
+        assert!((ThrottleLevel::new(30).unwrap().remaining() - 0.7).abs() < 1e-12);
+        let json = serde_json::to_string(&ThrottleLevel::new(40).unwrap()).unwrap();
+        assert_eq!(json, "40");
+        assert!(serde_json::from_str::<ThrottleLevel>("120").is_err());
+    }
+
+    #[test]
+    fn estimates_follow_the_model() {
+        let l30 = ThrottleLevel::new(30).unwrap();
+        let l50 = ThrottleLevel::new(50).unwrap();
+        let rounds = [
+            PreCopyRound {
+                pages_written: 65536,
+                bytes: 256 << 20,
+                secs: 4.0,
+                started_secs: 0.0,
+                throttle: l30,
+            },
+            PreCopyRound {
+                // 100 MiB dirtied over the 5 s round 1 ran at 30 %: 20 MiB/s
+                pages_written: 25600,
+                bytes: 100 << 20,
+                secs: 2.0,
+                started_secs: 5.0,
+                throttle: l50,
+            },
+        ];
+        let e = estimates(&rounds);
+        assert_eq!(e[0].dirty_rate, None);
+        assert!(
+            (e[0].est_downtime_secs - 4.0).abs() < 1e-9,
+            "round 1: own pages / bw"
+        );
+        let rate = e[1].dirty_rate.unwrap();
+        assert!((rate - 20.0 * MIB).abs() < 1.0, "{rate}");
+        assert_eq!(e[1].dirty_rate_throttle, Some(l30));
+        let r0 = e[1].unthrottled_rate.unwrap();
+        assert!((r0 - 20.0 * MIB / 0.7).abs() < 1.0);
+        // at 50 % during round 2 (2 s) at 50 MiB/s: r0 * 0.5 * 2 / 50MiB
+        let want = r0 * 0.5 * 2.0 / (50.0 * MIB);
+        assert!((e[1].est_downtime_secs - want).abs() < 1e-9);
+        let line = e[1].log_line();
+        assert!(
+            line.starts_with(
+                "round=2 throttle=50% pages=25600 bw=50.0MiB/s dirty_rate=20.0MiB/s est_downtime="
+            ),
+            "{line}"
+        );
+        assert!(e[0].log_line().contains("dirty_rate=-"));
+    }
+
+    #[test]
+    fn without_a_target_it_is_phauls_policy() {
+        let p = PreCopyPolicy::default();
+        assert_eq!(p.cap(), None, "no target, no throttle");
+        let sim = Sim {
+            mem: 256.0 * MIB,
+            rate0: 500.0 * MIB,
+            bw: 100.0 * MIB,
+            overhead: 0.05,
+        };
+        let run = sim.run(&p);
+        assert!(run.rounds.iter().all(|r| r.throttle.is_none()));
+        assert!(
+            matches!(run.verdict, Verdict::FinalDump { .. }),
+            "{:?}",
+            run.verdict
+        );
+    }
+
+    #[test]
+    fn a_workload_that_converges_alone_is_never_throttled() {
+        // The HOWTO's toucher: 40 KiB/s against a 100 MiB/s link.
+        let sim = Sim {
+            mem: 256.0 * MIB,
+            rate0: 40.0 * 1024.0,
+            bw: 100.0 * MIB,
+            overhead: 0.05,
+        };
+        let run = sim.run(&target(300));
+        assert!(
+            matches!(run.verdict, Verdict::FinalDump { ref why } if why.contains("within")),
+            "{run:?}"
+        );
+        assert!(levels(&run).iter().all(|l| *l == 0), "{:?}", levels(&run));
+        assert!(run.final_secs <= 0.3);
+        assert!(run.rounds.len() <= 3, "{}", run.rounds.len());
+    }
+
+    #[test]
+    fn a_workload_faster_than_the_link_converges_with_throttling_and_not_without() {
+        // 200 MiB/s dirtied against a 50 MiB/s link, 300 ms target.
+        let sim = Sim {
+            mem: 256.0 * MIB,
+            rate0: 200.0 * MIB,
+            bw: 50.0 * MIB,
+            overhead: 0.05,
+        };
+        let run = sim.run(&target(300));
+        for e in estimates(&run.rounds) {
+            eprintln!("{}", e.log_line());
+        }
+        eprintln!("{:?}", run.verdict);
+        assert!(
+            matches!(run.verdict, Verdict::FinalDump { ref why } if why.contains("within")),
+            "{run:?}"
+        );
+        assert!(run.final_secs <= 0.3, "{}", run.final_secs);
+        let lv = levels(&run);
+        assert!(
+            lv.windows(2).all(|w| w[0] <= w[1]),
+            "levels only rise: {lv:?}"
+        );
+        assert!(*lv.last().unwrap() >= 20, "{lv:?}");
+
+        // QEMU's plain steps: 20, 30, 40, ... (give it the rounds it needs)
+        let mut plain = target(300);
+        plain.steps.skip_ahead = false;
+        plain.convergence.max_rounds = 30;
+        let run = sim.run(&plain);
+        let lv = levels(&run);
+        let throttled: Vec<u8> = lv.iter().copied().filter(|l| *l > 0).collect();
+        assert_eq!(throttled[0], 20, "{lv:?}");
+        assert!(
+            throttled
+                .windows(2)
+                .all(|w| w[1] == w[0] || w[1] == w[0] + 10),
+            "{lv:?}"
+        );
+        assert!(matches!(run.verdict, Verdict::FinalDump { .. }), "{run:?}");
+        assert!(run.final_secs <= 0.3);
+
+        // throttling off: the target is out of reach, --on-timeout cancel gives up early
+        let mut off = target(300);
+        off.throttle = ThrottleSetting::Off;
+        let run = sim.run(&off);
+        assert!(
+            matches!(run.verdict, Verdict::Cancel { ref why } if why.contains("throttling off")),
+            "{run:?}"
+        );
+        assert!(levels(&run).iter().all(|l| *l == 0));
+        assert!(
+            run.rounds.len() < 8,
+            "gave up before the round limit: {}",
+            run.rounds.len()
+        );
+        // a node that cannot throttle says so
+        let mut cannot = target(300);
+        cannot.can_throttle = false;
+        let run = sim.run(&cannot);
+        assert!(
+            matches!(run.verdict, Verdict::Cancel { ref why } if why.contains("cannot throttle")),
+            "{run:?}"
+        );
+        // a low cap is respected and, when too low, falls back
+        let mut low = target(300);
+        low.throttle = ThrottleSetting::UpTo(ThrottleLevel::new(40).unwrap());
+        let run = sim.run(&low);
+        assert!(levels(&run).iter().all(|l| *l <= 40));
+        assert!(
+            matches!(run.verdict, Verdict::Cancel { ref why } if why.contains("cap 40%")),
+            "{run:?}"
+        );
+    }
+
+    #[test]
+    fn a_workload_no_throttle_can_tame_falls_back() {
+        // 20 GiB/s dirtied against 10 MiB/s: even 1 % of it is 20x the link.
+        let sim = Sim {
+            mem: 1024.0 * MIB,
+            rate0: 20480.0 * MIB,
+            bw: 10.0 * MIB,
+            overhead: 0.05,
+        };
+        let mut p = target(300);
+        p.postcopy_fallback = true;
+        let run = sim.run(&p);
+        assert!(
+            matches!(run.verdict, Verdict::PostCopyRest { ref why } if why.contains("cap 99%")),
+            "{run:?}"
+        );
+        assert_eq!(levels(&run).last(), Some(&99));
+        p.postcopy_fallback = false;
+        let run = sim.run(&p);
+        assert!(matches!(run.verdict, Verdict::Cancel { .. }), "{run:?}");
+        p.convergence.on_timeout = OnTimeout::Proceed;
+        let run = sim.run(&p);
+        assert!(
+            matches!(run.verdict, Verdict::FinalDump { ref why } if why.contains("proceed")),
+            "{run:?}"
+        );
+    }
+
+    #[test]
+    fn the_postcopy_fallback_needs_lazy_pages_on_both_nodes_and_a_strategy_that_allows_it() {
+        assert!(postcopy_fallback_allowed(Strategy::Auto, true, true));
+        assert!(postcopy_fallback_allowed(Strategy::Hybrid, true, true));
+        assert!(!postcopy_fallback_allowed(Strategy::PreCopy, true, true));
+        assert!(!postcopy_fallback_allowed(Strategy::Auto, true, false));
+        assert!(!postcopy_fallback_allowed(Strategy::Auto, false, true));
+    }
+
+    #[test]
+    fn verdict_accessors() {
+        let v = decide_round(&target(300), &[]);
+        assert!(v.is_continue());
+        assert_eq!(v.why(), "no round yet");
+    }
+
+    proptest::proptest! {
+        /// Any workload: the rounds end within the limit, levels never fall nor pass the cap,
+        /// nothing is throttled without a target or with throttling off, and a final dump
+        /// that claims the target meets it.
+        #[test]
+        fn the_controller_is_sound(
+            mem_mib in 1.0f64..4096.0,
+            rate_mib in 0.0f64..50_000.0,
+            bw_mib in 1.0f64..2000.0,
+            overhead in 0.0f64..0.5,
+            target_ms in proptest::option::of(10u64..3000),
+            cap in proptest::option::of(1u8..=99),
+            off in proptest::bool::ANY,
+            skip_ahead in proptest::bool::ANY,
+            max_rounds in 1u32..12,
+            lazy in proptest::bool::ANY,
+        ) {
+            let sim = Sim { mem: mem_mib * MIB, rate0: rate_mib * MIB, bw: bw_mib * MIB, overhead };
+            let p = PreCopyPolicy {
+                convergence: Convergence {
+                    max_rounds,
+                    max_downtime_secs: target_ms.map(|ms| ms as f64 / 1000.0),
+                    on_timeout: OnTimeout::Cancel,
+                    ..Default::default()
+                },
+                throttle: if off { ThrottleSetting::Off } else {
+                    cap.map_or(ThrottleSetting::Auto, |c| ThrottleSetting::UpTo(ThrottleLevel::new(c).unwrap()))
+                },
+                steps: ThrottleSteps { skip_ahead, ..Default::default() },
+                postcopy_fallback: lazy,
+                ..Default::default()
+            };
+            let run = sim.run(&p);
+            let lv = levels(&run);
+            proptest::prop_assert!(lv.windows(2).all(|w| w[0] <= w[1]), "{:?}", lv);
+            let top = p.cap().map_or(0, |c| c.percent());
+            proptest::prop_assert!(lv.iter().all(|l| *l <= top), "{:?} cap {}", lv, top);
+            if let Verdict::FinalDump { why } = &run.verdict {
+                if why.contains("within") {
+                    let t = target_ms.unwrap() as f64 / 1000.0;
+                    proptest::prop_assert!(run.final_secs <= t + 1e-9, "{} > {}", run.final_secs, t);
+                }
+            }
+            if matches!(run.verdict, Verdict::PostCopyRest { .. }) {
+                proptest::prop_assert!(lazy && target_ms.is_some());
+            }
+        }
+
+        /// Dirtying at most a tenth of the link, with memory that moves in seconds: the target
+        /// is met without a throttle.
+        #[test]
+        fn converging_workloads_are_left_alone(
+            mem_mib in 1.0f64..1024.0,
+            share in 0.0f64..0.1,
+            bw_mib in 50.0f64..2000.0,
+            overhead in 0.0f64..0.05,
+        ) {
+            let sim = Sim { mem: mem_mib * MIB, rate0: share * bw_mib * MIB, bw: bw_mib * MIB, overhead };
+            let run = sim.run(&target(300));
+            proptest::prop_assert!(levels(&run).iter().all(|l| *l == 0), "{:?}", run);
+            proptest::prop_assert!(matches!(run.verdict, Verdict::FinalDump { .. }), "{:?}", run);
+            proptest::prop_assert!(run.final_secs <= 0.3);
+        }
+
+        /// Dirtying 1.5x to 20x the link, with memory that takes 1 to 10 s to move: throttling
+        /// reaches the target; without it, no.
+        #[test]
+        fn fast_workloads_converge_only_with_throttling(
+            mem_secs in 1.0f64..10.0,
+            factor in 1.5f64..20.0,
+            bw_mib in 10.0f64..500.0,
+            overhead in 0.0f64..0.05,
+        ) {
+            let sim = Sim { mem: mem_secs * bw_mib * MIB, rate0: factor * bw_mib * MIB, bw: bw_mib * MIB, overhead };
+            let run = sim.run(&target(300));
+            proptest::prop_assert!(
+                matches!(run.verdict, Verdict::FinalDump { ref why } if why.contains("within")),
+                "{:?}", run
+            );
+            proptest::prop_assert!(levels(&run).iter().any(|l| *l > 0));
+            proptest::prop_assert!(run.final_secs <= 0.3);
+            let mut off = target(300);
+            off.throttle = ThrottleSetting::Off;
+            let run = sim.run(&off);
+            proptest::prop_assert!(matches!(run.verdict, Verdict::Cancel { .. }), "{:?}", run);
+        }
+
+        /// Dirtying more than 100x the link: even the cap cannot help; post-copy or on-timeout.
+        #[test]
+        fn untamable_workloads_fall_back(
+            mem_mib in 256.0f64..4096.0,
+            factor in 150.0f64..10_000.0,
+            bw_mib in 1.0f64..100.0,
+            overhead in 0.0f64..0.1,
+            lazy in proptest::bool::ANY,
+        ) {
+            let sim = Sim { mem: mem_mib * MIB, rate0: factor * bw_mib * MIB, bw: bw_mib * MIB, overhead };
+            let mut p = target(300);
+            p.postcopy_fallback = lazy;
+            let run = sim.run(&p);
+            if lazy {
+                proptest::prop_assert!(matches!(run.verdict, Verdict::PostCopyRest { .. }), "{:?}", run);
+            } else {
+                proptest::prop_assert!(matches!(run.verdict, Verdict::Cancel { .. }), "{:?}", run);
+            }
+        }
+    }
+}
