@@ -5,4 +5,5 @@
 pub mod criu;
 pub mod fault;
 pub mod migrate;
+pub mod sync;
 pub mod wire;
