@@ -270,11 +270,17 @@ pub fn open_root(root: &RootPath) -> Result<OwnedFd, SyncError> {
     })
 }
 
+/// Symlink targets already known, by path, with the stamp of the link they were read from.
+/// Reading a symlink updates its access time (there is no `O_NOATIME` for `readlink`), so
+/// the source reads each link once: a link's target cannot change without a new inode.
+pub type KnownLinks = HashMap<RelPath, (Stamp, Vec<u8>)>;
+
 /// Scans the tree below `root_fd` (the directory of `root`).
 pub fn scan(
     root: &RootPath,
     root_fd: BorrowedFd<'_>,
     symlinks: SymlinkPolicy,
+    known: &KnownLinks,
 ) -> Result<Manifest, SyncError> {
     let show = |p: &RelPath| root.display_entry(p);
     let st = rfs::fstat(root_fd).map_err(|e| SyncError::io("stat", root.to_string(), e.into()))?;
@@ -289,8 +295,8 @@ pub fn scan(
         },
     );
     let mut skipped_sockets = Vec::new();
-    let top = confine::open_dir_read(root_fd, b"")
-        .map_err(|e| SyncError::io("open", root.to_string(), e))?;
+    let top = open_dir_noatime(root_fd, None)
+        .map_err(|e| SyncError::io("open", root.to_string(), e.into()))?;
     let mut stack: Vec<(RelPath, OwnedFd)> = vec![(RelPath::root(), top)];
     while let Some((dir, fd)) = stack.pop() {
         let names = match confine::list_dir(fd.as_fd()) {
@@ -313,12 +319,7 @@ pub fn scan(
             }
             let kind = match file_type(st.st_mode as u32) {
                 FileType::Directory => {
-                    let sub = match rfs::openat(
-                        fd.as_fd(),
-                        name.as_slice(),
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    ) {
+                    let sub = match open_dir_noatime(fd.as_fd(), Some(name.as_slice())) {
                         Ok(s) => s,
                         // gone, or replaced by something else since the stat: next round
                         Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => continue,
@@ -343,10 +344,19 @@ pub fn scan(
                 }
                 FileType::RegularFile => Kind::File { leader: None },
                 FileType::Symlink => {
-                    let target = match rfs::readlinkat(fd.as_fd(), name.as_slice(), Vec::new()) {
-                        Ok(t) => t.into_bytes(),
-                        Err(Errno::NOENT | Errno::INVAL) => continue,
-                        Err(e) => return Err(SyncError::io("read link", show(&path), e.into())),
+                    let stamp = Stamp::of(&st);
+                    let cached = known.get(&path).filter(|(s, _)| {
+                        s.dev == stamp.dev && s.ino == stamp.ino && s.ctime == stamp.ctime
+                    });
+                    let target = match cached {
+                        Some((_, t)) => t.clone(),
+                        None => match rfs::readlinkat(fd.as_fd(), name.as_slice(), Vec::new()) {
+                            Ok(t) => t.into_bytes(),
+                            Err(Errno::NOENT | Errno::INVAL) => continue,
+                            Err(e) => {
+                                return Err(SyncError::io("read link", show(&path), e.into()))
+                            }
+                        },
                     };
                     if target.len() > MAX_LINK_TARGET {
                         return Err(SyncError::limit(
@@ -404,6 +414,18 @@ pub fn scan(
         entries,
         skipped_sockets,
     })
+}
+
+/// Opens the directory `name` in `dir` (or `dir` itself) for listing, without following a
+/// symlink, and without updating its access time when allowed (the source's files stay as
+/// they were, access times included).
+fn open_dir_noatime(dir: BorrowedFd<'_>, name: Option<&[u8]>) -> Result<OwnedFd, Errno> {
+    let name: &[u8] = name.unwrap_or(b".");
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
+        other => other,
+    }
 }
 
 fn check_count(root: &RootPath, n: usize) -> Result<(), SyncError> {
@@ -487,7 +509,7 @@ mod tests {
     fn scan_dir(d: &std::path::Path, p: SymlinkPolicy) -> Result<Manifest, SyncError> {
         let root = RootPath::from_path(&d.canonicalize().unwrap()).unwrap();
         let fd = open_root(&root)?;
-        scan(&root, fd.as_fd(), p)
+        scan(&root, fd.as_fd(), p, &KnownLinks::new())
     }
 
     #[test]

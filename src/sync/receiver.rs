@@ -104,6 +104,9 @@ struct RecvRoot {
     dir: OwnedFd,
     dev: u64,
     created: bool,
+    /// The root's own metadata before this session touched it (when it existed): restored by
+    /// a rollback, times included.
+    orig: Option<Meta>,
     staging: Vec<u8>,
     tree: OwnedFd,
     tmp: OwnedFd,
@@ -400,6 +403,7 @@ impl SyncReceiver {
             }
         };
         let st = rfs::fstat(&dir).map_err(io_err("stat", path.to_string()))?;
+        let orig = (!created).then(|| Meta::of(&st));
         let staging = staging_name(&self.session).into_bytes();
         if let Err(e) = rfs::mkdirat(&dir, staging.as_slice(), Mode::from_raw_mode(0o700)) {
             undo_created(&parent);
@@ -451,6 +455,7 @@ impl SyncReceiver {
             dir,
             dev: st.st_dev,
             created,
+            orig,
             staging,
             tree,
             tmp,
@@ -624,7 +629,7 @@ impl SyncReceiver {
             round: b.round,
             final_round: b.r#final,
             started: Instant::now(),
-            messages: 0,
+            messages: 1, // the RoundBegin
             entries: 0,
             removed: 0,
             written: 0,
@@ -1171,12 +1176,15 @@ impl SyncReceiver {
                     f.touched.iter().filter_map(move |&s| {
                         let a = o.max(s as u64 * SEGMENT_LEN);
                         let b = (o + n).min((s as u64 + 1) * SEGMENT_LEN);
-                        (a < b).then_some((a, b - a))
+                        (a < b).then(|| (a, b - a))
                     })
                 })
                 .collect(),
         };
         for (o, n) in punch {
+            // a hole up to the end covers the last partial block too (beyond the end with
+            // KEEP_SIZE changes nothing else), as on the source
+            let n = if o + n >= f.size { n + 65536 } else { n };
             punch_hole(fd, o, n).map_err(|e| SyncError::io("punch a hole in", show.clone(), e))?;
         }
         apply_meta(fd, &f.meta).map_err(io_err("set metadata of", show.clone()))?;
@@ -1309,6 +1317,12 @@ impl SyncReceiver {
                         r.path
                     )),
                 }
+            } else if let Some(meta) = &r.orig {
+                if let Err(e) = apply_meta(r.dir.as_fd(), meta) {
+                    report
+                        .problems
+                        .push(format!("cannot restore the metadata of {}: {e}", r.path));
+                }
             }
             report.restored.push(r.path.as_path().to_path_buf());
         }
@@ -1331,7 +1345,6 @@ struct RootUndo {
     backup: bool,
     moved_old: Vec<Vec<u8>>,
     moved_in: Vec<Vec<u8>>,
-    old_meta: Option<rfs::Stat>,
 }
 
 fn install_root(r: &RecvRoot, session: &str, u: &mut RootUndo) -> Result<(), SyncError> {
@@ -1398,7 +1411,6 @@ fn install_root(r: &RecvRoot, session: &str, u: &mut RootUndo) -> Result<(), Syn
     // are set, so that nothing changes the root after install unless a backup must go
     confine::remove_tree(r.dir.as_fd(), &r.staging)
         .map_err(|e| SyncError::io("remove staging of", show.clone(), e))?;
-    u.old_meta = Some(rfs::fstat(&r.dir).map_err(io_err("stat", show.clone()))?);
     if let Some(meta) = &r.root_meta {
         apply_meta(r.dir.as_fd(), meta).map_err(io_err("set metadata of", show))?;
     }
@@ -1505,9 +1517,8 @@ fn undo_root(r: &RecvRoot, u: &RootUndo, session: &str, keep: bool, report: &mut
                 ));
             }
         }
-    } else if let Some(st) = &u.old_meta {
-        let meta = Meta::of(st);
-        if let Err(e) = apply_meta(r.dir.as_fd(), &meta) {
+    } else if let Some(meta) = &r.orig {
+        if let Err(e) = apply_meta(r.dir.as_fd(), meta) {
             report
                 .problems
                 .push(format!("cannot restore the metadata of {show}: {e}"));
@@ -1726,11 +1737,12 @@ fn punch_hole(fd: BorrowedFd<'_>, off: u64, len: u64) -> std::io::Result<()> {
     ) {
         Ok(()) => Ok(()),
         Err(Errno::OPNOTSUPP) => {
-            // no holes on this file system: zeros keep the content right
+            // no holes on this file system: zeros keep the content right (never past the end)
+            let end = (off + len).min(rfs::fstat(fd)?.st_size as u64);
             let zeros = vec![0u8; len.min(1 << 20) as usize];
             let mut o = off;
-            while o < off + len {
-                let k = (off + len - o).min(zeros.len() as u64) as usize;
+            while o < end {
+                let k = (end - o).min(zeros.len() as u64) as usize;
                 write_at(fd, &zeros[..k], o)?;
                 o += k as u64;
             }

@@ -30,7 +30,7 @@ use super::error::SyncError;
 use super::limits::{
     CHUNK, MAX_MESSAGE, MAX_ROOTS, RACY_WINDOW_NS, RSYNC_BLOCK, RSYNC_STRONG, SEGMENT_LEN,
 };
-use super::manifest::{self, Entry, Kind, Manifest, Meta, Stamp, SymlinkPolicy, Time};
+use super::manifest::{self, Entry, KnownLinks, Kind, Manifest, Meta, Stamp, SymlinkPolicy, Time};
 use super::path::{RelPath, RootPath};
 use super::pb::{self, sync_message::Body};
 use super::plan::{self, Basis, Op, SentEntry};
@@ -148,7 +148,12 @@ impl SyncSource {
         }
         let mut scans = Vec::new();
         for r in &roots {
-            scans.push(manifest::scan(&r.path, r.fd.as_fd(), cfg.symlinks)?);
+            scans.push(manifest::scan(
+                &r.path,
+                r.fd.as_fd(),
+                cfg.symlinks,
+                &KnownLinks::new(),
+            )?);
         }
         let open = pb::SyncOpen {
             session: cfg.session.clone(),
@@ -193,7 +198,17 @@ impl SyncSource {
             None => {
                 let mut v = Vec::new();
                 for r in &self.roots {
-                    v.push(manifest::scan(&r.path, r.fd.as_fd(), self.symlinks)?);
+                    let known: KnownLinks = r
+                        .sent
+                        .iter()
+                        .filter_map(|(p, s)| match &s.rec.entry.kind {
+                            Kind::Symlink { target } => {
+                                Some((p.clone(), (s.rec.entry.stamp, target.clone())))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    v.push(manifest::scan(&r.path, r.fd.as_fd(), self.symlinks, &known)?);
                 }
                 v
             }
@@ -753,7 +768,7 @@ fn clip(extents: &[(u64, u64)], start: u64, len: u64) -> Vec<(u64, u64)> {
         .filter_map(|&(o, n)| {
             let a = o.max(start);
             let b = (o + n).min(end);
-            (a < b).then_some((a, b - a))
+            (a < b).then(|| (a, b - a))
         })
         .collect()
 }
