@@ -54,8 +54,16 @@ fn build_everything(root: &Path) {
     chown(&root.join("a/big"), 1000, 1000);
     chown(&root.join("a/b/to-small"), 65534, 65534);
     chown(&root.join("a/b/pipe"), 1000, 0);
-    set_times(&root.join("a/small"), (1_600_000_000, 5), (1_500_000_000, 999_999_999));
-    set_times(&root.join("a/b/to-small"), (1_400_000_000, 1), (1_400_000_001, 2));
+    set_times(
+        &root.join("a/small"),
+        (1_600_000_000, 5),
+        (1_500_000_000, 999_999_999),
+    );
+    set_times(
+        &root.join("a/b/to-small"),
+        (1_400_000_000, 1),
+        (1_400_000_001, 2),
+    );
     set_times(&root.join("a/b/c"), (1_300_000_000, 0), (1_300_000_000, 7));
     set_times(&root.join("a/b"), (1_300_000_000, 0), (1_300_000_100, 7));
     set_times(&root.join("a"), (1_200_000_000, 0), (1_200_000_100, 7));
@@ -78,7 +86,7 @@ fn everything_round_trips_and_commits() {
     );
     let r2 = loopback::run_round(&mut src, &mut dst, true).unwrap();
     assert_eq!(r2.payload_bytes(), 0, "nothing changed: {}", r2.log_line());
-    let installed = dst.install().map_err(|(e, r)| format!("{e} {r:?}")).unwrap();
+    let installed = dst.install().map_err(|f| f.to_string()).unwrap();
     let want = snapshot(&pair.src);
     assert_same(&want, &snapshot(&pair.dst()), "after install");
     assert_same_but_link_atimes(&before, &want, "the source is untouched");
@@ -113,8 +121,12 @@ fn later_rounds_send_deltas_of_what_changed() {
     );
     let r3 = loopback::run_round(&mut src, &mut dst, true).unwrap();
     assert!(r3.payload_bytes() < 400_000, "{}", r3.log_line());
-    let installed = dst.install().map_err(|(e, r)| format!("{e} {r:?}")).unwrap();
-    assert_same(&snapshot(&pair.src), &snapshot(&pair.dst()), "after install");
+    let installed = dst.install().map_err(|f| f.to_string()).unwrap();
+    assert_same(
+        &snapshot(&pair.src),
+        &snapshot(&pair.dst()),
+        "after install",
+    );
     installed.commit().unwrap();
 }
 
@@ -132,7 +144,7 @@ fn a_root_with_old_content_gets_it_back_on_rollback_and_loses_it_on_commit() {
         // (one round before the final one: a symlink's access time moves when it is first read)
         loopback::run_round(&mut s, &mut d, false).unwrap();
         loopback::run_round(&mut s, &mut d, true).unwrap();
-        let installed = d.install().map_err(|(e, r)| format!("{e} {r:?}")).unwrap();
+        let installed = d.install().map_err(|f| f.to_string()).unwrap();
         let new = snapshot(&pair.src);
         let mut seen = snapshot(&dst);
         // between install and commit the old content waits aside
@@ -185,17 +197,50 @@ struct TreeSpec {
 
 #[derive(Debug, Clone)]
 enum Change {
-    Rewrite { file: usize, at: u32, len: u32, seed: u64 },
-    Append { file: usize, len: u32, seed: u64 },
-    Truncate { file: usize, to: u32 },
-    Delete { file: usize },
-    Replace { file: usize, seed: u64 },
-    Chmod { file: usize, mode: u32 },
-    Touch { file: usize, mtime: i64 },
-    NewFile { dir: usize, seed: u64, len: u32 },
-    FileBecomesDir { file: usize },
-    RemoveDir { dir: usize },
-    Punch { file: usize },
+    Rewrite {
+        file: usize,
+        at: u32,
+        len: u32,
+        seed: u64,
+    },
+    Append {
+        file: usize,
+        len: u32,
+        seed: u64,
+    },
+    Truncate {
+        file: usize,
+        to: u32,
+    },
+    Delete {
+        file: usize,
+    },
+    Replace {
+        file: usize,
+        seed: u64,
+    },
+    Chmod {
+        file: usize,
+        mode: u32,
+    },
+    Touch {
+        file: usize,
+        mtime: i64,
+    },
+    NewFile {
+        dir: usize,
+        seed: u64,
+        len: u32,
+    },
+    FileBecomesDir {
+        file: usize,
+    },
+    RemoveDir {
+        dir: usize,
+    },
+    Punch {
+        file: usize,
+    },
 }
 
 fn content_strategy() -> impl Strategy<Value = Content> {
@@ -208,13 +253,25 @@ fn content_strategy() -> impl Strategy<Value = Content> {
 }
 
 fn tree_strategy() -> impl Strategy<Value = TreeSpec> {
-    let modes = prop_oneof![Just(0o644u32), Just(0o600), Just(0o755), Just(0o4711), Just(0o000)];
+    let modes = prop_oneof![
+        Just(0o644u32),
+        Just(0o600),
+        Just(0o755),
+        Just(0o4711),
+        Just(0o000)
+    ];
     let dir_modes = prop_oneof![Just(0o755u32), Just(0o700), Just(0o1777), Just(0o555)];
     (1usize..5).prop_flat_map(move |ndirs| {
         (
             proptest::collection::vec(0usize..1000, ndirs - 1),
             proptest::collection::vec(
-                (0usize..ndirs, content_strategy(), modes.clone(), 0u32..3, 1_000_000_000i64..2_000_000_000),
+                (
+                    0usize..ndirs,
+                    content_strategy(),
+                    modes.clone(),
+                    0u32..3,
+                    1_000_000_000i64..2_000_000_000,
+                ),
                 0..7,
             ),
             proptest::collection::vec((0usize..100, 0usize..ndirs), 0..3),
@@ -222,37 +279,59 @@ fn tree_strategy() -> impl Strategy<Value = TreeSpec> {
             proptest::collection::vec(0usize..ndirs, 0..2),
             proptest::collection::vec(dir_modes.clone(), ndirs),
         )
-            .prop_map(move |(parents, files, links, symlinks, fifos, dir_modes)| TreeSpec {
-                dirs: parents.iter().enumerate().map(|(i, p)| p % (i + 1)).collect(),
-                files: files
-                    .into_iter()
-                    .map(|(dir, content, mode, owner, mtime)| FileSpec {
-                        dir,
-                        content,
-                        mode,
-                        owner,
-                        mtime,
-                    })
-                    .collect(),
-                links,
-                symlinks,
-                fifos,
-                dir_modes,
+            .prop_map(move |(parents, files, links, symlinks, fifos, dir_modes)| {
+                TreeSpec {
+                    dirs: parents
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| p % (i + 1))
+                        .collect(),
+                    files: files
+                        .into_iter()
+                        .map(|(dir, content, mode, owner, mtime)| FileSpec {
+                            dir,
+                            content,
+                            mode,
+                            owner,
+                            mtime,
+                        })
+                        .collect(),
+                    links,
+                    symlinks,
+                    fifos,
+                    dir_modes,
+                }
             })
     })
 }
 
 fn change_strategy() -> impl Strategy<Value = Change> {
     prop_oneof![
-        (0usize..100, 0u32..(10 << 20), 1u32..200_000, any::<u64>())
-            .prop_map(|(file, at, len, seed)| Change::Rewrite { file, at, len, seed }),
-        (0usize..100, 1u32..300_000, any::<u64>()).prop_map(|(file, len, seed)| Change::Append { file, len, seed }),
+        (0usize..100, 0u32..(10 << 20), 1u32..200_000, any::<u64>()).prop_map(
+            |(file, at, len, seed)| Change::Rewrite {
+                file,
+                at,
+                len,
+                seed
+            }
+        ),
+        (0usize..100, 1u32..300_000, any::<u64>()).prop_map(|(file, len, seed)| Change::Append {
+            file,
+            len,
+            seed
+        }),
         (0usize..100, 0u32..(6 << 20)).prop_map(|(file, to)| Change::Truncate { file, to }),
         (0usize..100).prop_map(|file| Change::Delete { file }),
         (0usize..100, any::<u64>()).prop_map(|(file, seed)| Change::Replace { file, seed }),
-        (0usize..100, prop_oneof![Just(0o600u32), Just(0o2755)]).prop_map(|(file, mode)| Change::Chmod { file, mode }),
-        (0usize..100, 1_000_000_000i64..2_000_000_000).prop_map(|(file, mtime)| Change::Touch { file, mtime }),
-        (0usize..10, any::<u64>(), 0u32..100_000).prop_map(|(dir, seed, len)| Change::NewFile { dir, seed, len }),
+        (0usize..100, prop_oneof![Just(0o600u32), Just(0o2755)])
+            .prop_map(|(file, mode)| Change::Chmod { file, mode }),
+        (0usize..100, 1_000_000_000i64..2_000_000_000)
+            .prop_map(|(file, mtime)| Change::Touch { file, mtime }),
+        (0usize..10, any::<u64>(), 0u32..100_000).prop_map(|(dir, seed, len)| Change::NewFile {
+            dir,
+            seed,
+            len
+        }),
         (0usize..100).prop_map(|file| Change::FileBecomesDir { file }),
         (1usize..10).prop_map(|dir| Change::RemoveDir { dir }),
         (0usize..100).prop_map(|file| Change::Punch { file }),
@@ -285,7 +364,12 @@ fn build(root: &Path, t: &TreeSpec) -> Built {
             off += len as u64;
         }
         if off > 0 && pieces.last().is_some_and(|x| x.1 == 0) {
-            std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(off).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(off)
+                .unwrap();
         }
         files.push(p);
     }
@@ -312,7 +396,11 @@ fn build(root: &Path, t: &TreeSpec) -> Built {
         mkfifo(&dirs[d].join(format!("p{i}")));
     }
     for (f, p) in t.files.iter().zip(&files) {
-        chown(p, [0, 1000, 65534][f.owner as usize], [0, 100, 65534][f.owner as usize]);
+        chown(
+            p,
+            [0, 1000, 65534][f.owner as usize],
+            [0, 100, 65534][f.owner as usize],
+        );
         chmod(p, f.mode);
         set_times(p, (f.mtime - 7, 11), (f.mtime, 123));
     }
@@ -340,11 +428,18 @@ fn seal_dirs(b: &Built) {
 fn apply(b: &mut Built, changes: &[Change]) {
     let n = b.files.len();
     let file = |i: usize| -> Option<std::path::PathBuf> {
-        (n > 0).then(|| b.files[i % n].clone()).filter(|p| p.is_file() && !p.is_symlink())
+        (n > 0)
+            .then(|| b.files[i % n].clone())
+            .filter(|p| p.is_file() && !p.is_symlink())
     };
     for c in changes {
         match c {
-            Change::Rewrite { file: f, at, len, seed } => {
+            Change::Rewrite {
+                file: f,
+                at,
+                len,
+                seed,
+            } => {
                 if let Some(p) = file(*f) {
                     let size = std::fs::metadata(&p).unwrap().len();
                     let at = if size == 0 { 0 } else { *at as u64 % size };
@@ -359,7 +454,12 @@ fn apply(b: &mut Built, changes: &[Change]) {
             }
             Change::Truncate { file: f, to } => {
                 if let Some(p) = file(*f) {
-                    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(*to as u64).unwrap();
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .unwrap()
+                        .set_len(*to as u64)
+                        .unwrap();
                 }
             }
             Change::Delete { file: f } => {
@@ -411,7 +511,8 @@ fn apply(b: &mut Built, changes: &[Change]) {
                     let size = fd.metadata().unwrap().len();
                     let _ = rustix::fs::fallocate(
                         &fd,
-                        rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                        rustix::fs::FallocateFlags::PUNCH_HOLE
+                            | rustix::fs::FallocateFlags::KEEP_SIZE,
                         0,
                         size / 2,
                     );
@@ -439,7 +540,7 @@ proptest! {
         loopback::run_round(&mut src, &mut dst, false).unwrap();
         apply(&mut built, &changes2);
         let last = loopback::run_round(&mut src, &mut dst, true).unwrap();
-        let installed = dst.install().map_err(|(e, r)| format!("{e} {r:?}")).unwrap();
+        let installed = dst.install().map_err(|f| f.to_string()).unwrap();
         let want = snapshot(&pair.src);
         assert_same(&want, &snapshot(&pair.dst()), &format!("after install (last round: {})", last.log_line()));
         installed.commit().unwrap();

@@ -165,8 +165,8 @@ pub fn list_dir(fd: BorrowedFd<'_>) -> std::io::Result<Vec<Vec<u8>>> {
 }
 
 /// The file type of an `st_mode`.
-pub fn file_type(mode: u32) -> rfs::FileType {
-    rfs::FileType::from_raw_mode(mode as rfs::RawMode)
+pub fn file_type(mode: rfs::RawMode) -> rfs::FileType {
+    rfs::FileType::from_raw_mode(mode)
 }
 
 #[cfg(test)]

@@ -86,15 +86,15 @@ impl Meta {
     /// From a `stat`.
     pub fn of(st: &rfs::Stat) -> Meta {
         Meta {
-            mode: st.st_mode as u32 & 0o7777,
+            mode: st.st_mode & 0o7777,
             uid: st.st_uid,
             gid: st.st_gid,
             atime: Time {
-                sec: st.st_atime as i64,
+                sec: st.st_atime,
                 nsec: st.st_atime_nsec as u32,
             },
             mtime: Time {
-                sec: st.st_mtime as i64,
+                sec: st.st_mtime,
                 nsec: st.st_mtime_nsec as u32,
             },
         }
@@ -152,7 +152,7 @@ impl Stamp {
             ino: st.st_ino,
             size: st.st_size as u64,
             ctime: Time {
-                sec: st.st_ctime as i64,
+                sec: st.st_ctime,
                 nsec: st.st_ctime_nsec as u32,
             },
             allocated: (st.st_blocks as u64).saturating_mul(512),
@@ -317,7 +317,7 @@ pub fn scan(
             if st.st_dev != dev {
                 return Err(SyncError::MountPoint { path: show(&path) });
             }
-            let kind = match file_type(st.st_mode as u32) {
+            let kind = match file_type(st.st_mode) {
                 FileType::Directory => {
                     let sub = match open_dir_noatime(fd.as_fd(), Some(name.as_slice())) {
                         Ok(s) => s,

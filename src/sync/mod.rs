@@ -61,6 +61,6 @@ pub mod pb {
 
 pub use error::SyncError;
 pub use manifest::SymlinkPolicy;
-pub use receiver::{InstalledSync, ReceiverConfig, RollbackReport, SyncReceiver};
+pub use receiver::{InstallError, InstalledSync, ReceiverConfig, RollbackReport, SyncReceiver};
 pub use source::{Round, SourceConfig, SyncSource};
 pub use stats::{Decision, RoundPolicy, RoundStats};

@@ -205,6 +205,27 @@ impl std::fmt::Debug for SyncReceiver {
     }
 }
 
+/// Install failed; everything was rolled back.
+#[derive(Debug)]
+pub struct InstallError {
+    /// What failed.
+    pub error: SyncError,
+    /// What the rollback did.
+    pub report: RollbackReport,
+}
+
+impl std::fmt::Display for InstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "install failed: {} (rolled back: {:?})",
+            self.error, self.report
+        )
+    }
+}
+
+impl std::error::Error for InstallError {}
+
 /// What a rollback did, per root.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RollbackReport {
@@ -365,7 +386,7 @@ impl SyncReceiver {
         )?;
         let mut created = false;
         match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => match file_type(st.st_mode as u32) {
+            Ok(st) => match file_type(st.st_mode) {
                 FileType::Directory => {}
                 FileType::Symlink => {
                     return Err(refuse(
@@ -687,12 +708,12 @@ impl SyncReceiver {
             Err(Errno::EXIST) => {
                 let st = rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(io_err("stat", show.clone()))?;
-                if file_type(st.st_mode as u32) != FileType::Directory {
+                if file_type(st.st_mode) != FileType::Directory {
                     return Err(SyncError::protocol(
                         "in a round",
                         format!(
                             "Dir for {show}, which exists as a {:?} (no Remove came first)",
-                            file_type(st.st_mode as u32)
+                            file_type(st.st_mode)
                         ),
                     ));
                 }
@@ -744,6 +765,7 @@ impl SyncReceiver {
             });
         }
         let meta = Meta::from_pb(s.meta.as_ref());
+        drop(self.parent_of(root, &p)?);
         let tmp = self.tmp_name();
         let r = &self.roots[root];
         rfs::symlinkat(s.target.as_slice(), &r.tmp, tmp.as_slice())
@@ -783,6 +805,7 @@ impl SyncReceiver {
             ));
         }
         let meta = Meta::from_pb(f.meta.as_ref());
+        drop(self.parent_of(root, &p)?);
         let tmp = self.tmp_name();
         let r = &self.roots[root];
         rfs::mknodat(
@@ -823,7 +846,7 @@ impl SyncReceiver {
         let (ldir, lname) = self.parent_of(root, &leader)?;
         let st = rfs::statat(&ldir, lname, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(io_err("stat link leader", self.roots[root].show(&leader)))?;
-        if file_type(st.st_mode as u32) != FileType::RegularFile {
+        if file_type(st.st_mode) != FileType::RegularFile {
             return Err(SyncError::protocol(
                 "in a round",
                 format!("HardLink {show} to {leader}, which is not a regular file"),
@@ -831,7 +854,7 @@ impl SyncReceiver {
         }
         let (dir, name) = self.parent_of(root, &p)?;
         match rfs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) if file_type(st.st_mode as u32) == FileType::Directory => {
+            Ok(st) if file_type(st.st_mode) == FileType::Directory => {
                 return Err(SyncError::protocol(
                     "in a round",
                     format!("HardLink over the directory {show} (no Remove came first)"),
@@ -886,7 +909,7 @@ impl SyncReceiver {
         let mut data = 0u64;
         for e in &f.extents {
             let stop = e.offset.checked_add(e.len);
-            if e.len == 0 || e.offset < end || stop.is_none_or_gt(f.size) {
+            if e.len == 0 || e.offset < end || stop.map_or(true, |v| v > f.size) {
                 return Err(SyncError::protocol(
                     "in a round",
                     format!("FileBegin {show}: extents not sorted, overlapping, empty or beyond its size"),
@@ -896,6 +919,8 @@ impl SyncReceiver {
             data += e.len;
             extents.push((e.offset, e.len));
         }
+        // where it will go must be reachable now (refused early, before any data comes)
+        drop(self.parent_of(root, &p)?);
         let basis = pb::Basis::try_from(f.basis).unwrap_or(pb::Basis::Unspecified);
         let meta = Meta::from_pb(f.meta.as_ref());
         let r = &self.roots[root];
@@ -929,7 +954,7 @@ impl SyncReceiver {
                 )
                 .map_err(|e| SyncError::io("open the copy of", show.clone(), e))?;
                 let st = rfs::fstat(&old).map_err(io_err("stat", show.clone()))?;
-                if file_type(st.st_mode as u32) != FileType::RegularFile {
+                if file_type(st.st_mode) != FileType::RegularFile {
                     return Err(SyncError::protocol(
                         "in a round",
                         format!("FileBegin {show} against a basis that is not a regular file"),
@@ -1252,10 +1277,11 @@ impl SyncReceiver {
     /// `.haul-sync-old.<session>`, the staged entries move in, the root gets the source's
     /// metadata. Only after the final round. On failure everything is undone (and the error
     /// returned with the rollback's report).
-    pub fn install(mut self) -> Result<InstalledSync, (SyncError, RollbackReport)> {
+    pub fn install(mut self) -> Result<InstalledSync, Box<InstallError>> {
         if !self.final_done() {
-            let e = SyncError::protocol(self.state.name(), "install before the final round");
-            return Err((e, self.rollback_now()));
+            let error = SyncError::protocol(self.state.name(), "install before the final round");
+            let report = self.rollback_now();
+            return Err(Box::new(InstallError { error, report }));
         }
         let mut undo: Vec<RootUndo> = Vec::new();
         for i in 0..self.roots.len() {
@@ -1269,7 +1295,7 @@ impl SyncReceiver {
                     undo_root(r, u, &self.session, self.cfg.keep_partial, &mut report);
                 }
                 self.done = true;
-                return Err((e, report));
+                return Err(Box::new(InstallError { error: e, report }));
             }
         }
         self.done = true;
@@ -1634,16 +1660,6 @@ impl Drop for InstalledSync {
             let report = self.rollback_now();
             tracing::warn!(session = %self.session, ?report, "installed sync dropped before commit: rolled back");
         }
-    }
-}
-
-trait NoneOrGt {
-    fn is_none_or_gt(self, limit: u64) -> bool;
-}
-
-impl NoneOrGt for Option<u64> {
-    fn is_none_or_gt(self, limit: u64) -> bool {
-        self.map_or(true, |v| v > limit)
     }
 }
 

@@ -30,7 +30,7 @@ use super::error::SyncError;
 use super::limits::{
     CHUNK, MAX_MESSAGE, MAX_ROOTS, RACY_WINDOW_NS, RSYNC_BLOCK, RSYNC_STRONG, SEGMENT_LEN,
 };
-use super::manifest::{self, Entry, KnownLinks, Kind, Manifest, Meta, Stamp, SymlinkPolicy, Time};
+use super::manifest::{self, Entry, Kind, KnownLinks, Manifest, Meta, Stamp, SymlinkPolicy, Time};
 use super::path::{RelPath, RootPath};
 use super::pb::{self, sync_message::Body};
 use super::plan::{self, Basis, Op, SentEntry};
@@ -208,7 +208,12 @@ impl SyncSource {
                             _ => None,
                         })
                         .collect();
-                    v.push(manifest::scan(&r.path, r.fd.as_fd(), self.symlinks, &known)?);
+                    v.push(manifest::scan(
+                        &r.path,
+                        r.fd.as_fd(),
+                        self.symlinks,
+                        &known,
+                    )?);
                 }
                 v
             }
@@ -253,7 +258,7 @@ impl SyncSource {
     pub fn applied(&mut self, reply: &pb::RoundApplied) -> Result<(), SyncError> {
         match self.history.last_mut() {
             Some(s) if s.round == reply.round && s.applied.is_none() => {
-                s.applied = Some(reply.clone());
+                s.applied = Some(*reply);
                 Ok(())
             }
             _ => Err(SyncError::protocol(
@@ -305,6 +310,16 @@ pub struct Round<'a> {
     pending: VecDeque<pb::SyncMessage>,
     /// (root, leader) sent as a fresh inode this round, or vanished
     fresh: HashSet<(usize, RelPath)>,
+}
+
+impl std::fmt::Debug for Round<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Round")
+            .field("round", &self.stats.round)
+            .field("final", &self.stats.final_round)
+            .field("queued", &self.queue.len())
+            .finish()
+    }
 }
 
 struct FileCursor {
@@ -536,7 +551,7 @@ impl Round<'_> {
         };
         let opened_at = Time::now();
         let st = rfs::fstat(&fd).map_err(|e| SyncError::io("stat", show.clone(), e.into()))?;
-        if file_type(st.st_mode as u32) != FileType::RegularFile {
+        if file_type(st.st_mode) != FileType::RegularFile {
             self.vanished(root, &path);
             return Ok(());
         }

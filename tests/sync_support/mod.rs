@@ -170,7 +170,13 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
                 n.extents = Some(data_extents(f.as_fd(), st.st_size as u64).unwrap());
             }
             FileType::Symlink => {
-                n.target = Some(std::fs::read_link(&full).unwrap().as_os_str().as_bytes().to_vec());
+                n.target = Some(
+                    std::fs::read_link(&full)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                );
             }
             _ => {}
         }
