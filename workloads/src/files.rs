@@ -35,3 +35,10 @@ pub const REC_WRITER_LOG: &str = "rec-writer.log";
 pub const REC_WRITER_STOP: &str = "rec-writer-stop";
 /// Record file `rec-writer` appends to.
 pub const REC_WRITER_DATA: &str = "records.dat";
+
+/// Log of `file-churn`.
+pub const FILE_CHURN_LOG: &str = "file-churn.log";
+/// Stop file of `file-churn`.
+pub const FILE_CHURN_STOP: &str = "file-churn-stop";
+/// Directory `file-churn` keeps its files in.
+pub const FILE_CHURN_DIR: &str = "churn";

@@ -36,6 +36,7 @@ pub fn bin(name: &str) -> PathBuf {
         "tcp-echo" => env!("CARGO_BIN_EXE_tcp-echo"),
         "tcp-client" => env!("CARGO_BIN_EXE_tcp-client"),
         "rec-writer" => env!("CARGO_BIN_EXE_rec-writer"),
+        "file-churn" => env!("CARGO_BIN_EXE_file-churn"),
         other => panic!("no program {other}"),
     };
     PathBuf::from(p)
