@@ -1152,12 +1152,17 @@ impl SyncReceiver {
                     how: "delta",
                 });
             }
+            // write only the pages that differ from what the file holds (an in-place rewrite
+            // of a few blocks costs a few pages, not the segment)
+            let runs = changed_runs(&base, &out, WRITE_GRAIN);
             let fd =
                 f.fd.try_clone()
                     .map_err(|e| SyncError::io("dup", show.clone(), e))?;
-            self.spend(root, len as u64)?;
-            write_at(fd.as_fd(), &out, start)
-                .map_err(|e| SyncError::io("write", show.clone(), e))?;
+            self.spend(root, runs.iter().map(|r| r.1 as u64).sum())?;
+            for (o, n) in runs {
+                write_at(fd.as_fd(), &out[o..o + n], start + o as u64)
+                    .map_err(|e| SyncError::io("write", show.clone(), e))?;
+            }
         } else {
             let mut buf = vec![0u8; len];
             read_at(f.fd.as_fd(), &mut buf, start)
@@ -1699,6 +1704,28 @@ fn apply_meta(fd: BorrowedFd<'_>, m: &Meta) -> Result<(), Errno> {
     rfs::futimens(fd, &times(m))
 }
 
+/// Granularity of the comparison before writing a delta's output: a page.
+const WRITE_GRAIN: usize = 4096;
+
+/// The runs `(offset, len)` of `new` that differ from `old` (compared in `grain`-byte
+/// pieces; bytes beyond `old` always differ), adjacent pieces joined.
+fn changed_runs(old: &[u8], new: &[u8], grain: usize) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut o = 0;
+    while o < new.len() {
+        let n = grain.min(new.len() - o);
+        let same = o + n <= old.len() && old[o..o + n] == new[o..o + n];
+        if !same {
+            match runs.last_mut() {
+                Some((s, l)) if *s + *l == o => *l += n,
+                _ => runs.push((o, n)),
+            }
+        }
+        o += n;
+    }
+    runs
+}
+
 fn within_extents(extents: &[(u64, u64)], off: u64, len: u64) -> bool {
     // the extent starting at or before `off`
     let i = extents.partition_point(|&(o, _)| o <= off);
@@ -1812,6 +1839,20 @@ fn read_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> std::io::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_changed_pages_are_written() {
+        let old = vec![1u8; 10_000];
+        let mut new = old.clone();
+        new[5000] = 2;
+        assert_eq!(changed_runs(&old, &new, 4096), vec![(4096, 4096)]);
+        new.extend_from_slice(&[3; 100]);
+        assert_eq!(changed_runs(&old, &new, 4096), vec![(4096, 6004)]);
+        new[9000] = 2;
+        assert_eq!(changed_runs(&old, &new, 4096), vec![(4096, 6004)]);
+        assert_eq!(changed_runs(&[], &[1, 2, 3], 2), vec![(0, 3)]);
+        assert!(changed_runs(&old, &old, 4096).is_empty());
+    }
 
     #[test]
     fn extent_helpers() {
