@@ -14,7 +14,7 @@
 //! confined descriptors, so a failed migration leaves them (and their access times) as
 //! they were.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -47,18 +47,18 @@ pub struct SourceConfig {
     pub symlinks: SymlinkPolicy,
 }
 
-/// The content the destination holds of one regular file, per segment.
+/// The content the destination holds of one regular file: its segments that hold data, by
+/// index (a segment not listed is all holes there). Sparse files cost nothing for their holes.
 #[derive(Debug, Clone, Default)]
 struct Content {
-    segs: Vec<Seg>,
+    segs: BTreeMap<u64, Seg>,
 }
 
 #[derive(Debug, Clone)]
 struct Seg {
     len: u64,
     hash: [u8; 32],
-    /// None: the segment is all holes/zeros on the destination.
-    sig: Option<Signature>,
+    sig: Signature,
 }
 
 #[derive(Debug, Clone)]
@@ -250,7 +250,6 @@ impl SyncSource {
             phase: Phase::Begin,
             file: None,
             pending: VecDeque::new(),
-            fresh: HashSet::new(),
         })
     }
 
@@ -308,8 +307,6 @@ pub struct Round<'a> {
     phase: Phase,
     file: Option<FileCursor>,
     pending: VecDeque<pb::SyncMessage>,
-    /// (root, leader) sent as a fresh inode this round, or vanished
-    fresh: HashSet<(usize, RelPath)>,
 }
 
 impl std::fmt::Debug for Round<'_> {
@@ -332,8 +329,32 @@ struct FileCursor {
     prev: Option<Content>,
     new: Content,
     check: bool,
-    next_seg: u64,
+    /// The last segment visited.
+    done_seg: Option<u64>,
     nseg: u64,
+}
+
+impl FileCursor {
+    /// The next segment to look at: one that holds data now (an extent overlaps it) or held
+    /// data before (it may have become a hole), below the end of the file.
+    fn next_segment(&self) -> Option<u64> {
+        let from = self.done_seg.map_or(0, |d| d + 1);
+        let byte = from.saturating_mul(SEGMENT_LEN);
+        let i = self.extents.partition_point(|&(o, n)| o + n <= byte);
+        let by_extent = self
+            .extents
+            .get(i)
+            .map(|&(o, _)| (o / SEGMENT_LEN).max(from));
+        let by_prev = self
+            .prev
+            .as_ref()
+            .and_then(|c| c.segs.range(from..).next().map(|(k, _)| *k));
+        let next = match (by_extent, by_prev) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        (next < self.nseg).then_some(next)
+    }
 }
 
 fn msg(body: Body) -> pb::SyncMessage {
@@ -517,7 +538,6 @@ impl Round<'_> {
     /// An entry that disappeared (or changed type) between the scan and its read: removed on
     /// the destination too if it was there; the next round sends what is there then.
     fn vanished(&mut self, root: usize, p: &RelPath) {
-        self.fresh.insert((root, p.clone()));
         if self.src.roots[root].sent.contains_key(p) {
             self.forget_below(root, p);
             self.stats.removed += 1;
@@ -585,9 +605,6 @@ impl Round<'_> {
             );
         let extents = manifest::data_extents(fd.as_fd(), size)
             .map_err(|e| SyncError::io("find data extents of", show.clone(), e))?;
-        if basis == Basis::None || basis == Basis::Copy {
-            self.fresh.insert((root, path.clone()));
-        }
         self.pending.push_back(msg(Body::FileBegin(pb::FileBegin {
             root: root as u32,
             path: path.as_bytes().to_vec(),
@@ -621,7 +638,7 @@ impl Round<'_> {
             },
             prev,
             check,
-            next_seg: 0,
+            done_seg: None,
             nseg: size.div_ceil(SEGMENT_LEN),
         });
         Ok(())
@@ -630,7 +647,8 @@ impl Round<'_> {
     /// One segment of the current file, or its end.
     fn file_step(&mut self) -> Result<(), SyncError> {
         let f = self.file.as_mut().expect("a file is open");
-        if !f.check || f.next_seg >= f.nseg {
+        let next = if f.check { f.next_segment() } else { None };
+        let Some(i) = next else {
             let f = self.file.take().expect("a file is open");
             self.pending.push_back(msg(Body::FileEnd(pb::FileEnd {})));
             let FileCursor {
@@ -649,41 +667,25 @@ impl Round<'_> {
                 },
             );
             return Ok(());
-        }
-        let i = f.next_seg;
-        f.next_seg += 1;
+        };
+        f.done_seg = Some(i);
         let start = i * SEGMENT_LEN;
         let len = SEGMENT_LEN.min(f.entry.stamp.size - start);
         let ranges: Vec<(u64, u64)> = clip(&f.extents, start, len);
-        let prev_seg = f
-            .prev
-            .as_ref()
-            .and_then(|c| c.segs.get(i as usize))
-            .cloned();
+        let prev_seg = f.prev.as_ref().and_then(|c| c.segs.get(&i)).cloned();
         let show = self.src.roots[f.root].path.display_entry(&f.path);
         let seg_index = u32::try_from(i)
             .map_err(|_| SyncError::limit(format!("segments of {show}"), i, u32::MAX as u64))?;
         if ranges.is_empty() {
-            let hash = zero_hash(len);
-            let had_data = prev_seg.as_ref().is_some_and(|s| s.sig.is_some());
-            let same = prev_seg
-                .as_ref()
-                .is_some_and(|s| s.len == len && s.hash == hash);
-            f.new.segs.push(Seg {
+            // it held data on the destination: make it a hole there (checked as zeros)
+            f.new.segs.remove(&i);
+            self.pending.push_back(msg(Body::SegmentEnd(pb::SegmentEnd {
+                segment: seg_index,
                 len,
-                hash,
-                sig: None,
-            });
-            if had_data && !same {
-                // it was data on the destination: make it a hole there (checked as zeros)
-                self.pending.push_back(msg(Body::SegmentEnd(pb::SegmentEnd {
-                    segment: seg_index,
-                    len,
-                    blake3: hash.to_vec(),
-                    delta: false,
-                })));
-                self.stats.segments_literal += 1;
-            }
+                blake3: zero_hash(len).to_vec(),
+                delta: false,
+            })));
+            self.stats.segments_literal += 1;
             return Ok(());
         }
         let mut buf = vec![0u8; len as usize];
@@ -694,7 +696,7 @@ impl Round<'_> {
         let hash: [u8; 32] = *blake3::hash(&buf).as_bytes();
         if let Some(p) = &prev_seg {
             if p.len == len && p.hash == hash {
-                f.new.segs.push(p.clone());
+                f.new.segs.insert(i, p.clone());
                 return Ok(());
             }
         }
@@ -707,11 +709,7 @@ impl Round<'_> {
         );
         let data_bytes: u64 = ranges.iter().map(|r| r.1).sum();
         let mut sent_delta = false;
-        if let Some(Seg {
-            sig: Some(base_sig),
-            ..
-        }) = &prev_seg
-        {
+        if let Some(Seg { sig: base_sig, .. }) = &prev_seg {
             let mut delta = Vec::new();
             fast_rsync::diff(&base_sig.index(), &buf, &mut delta).map_err(|e| {
                 SyncError::Delta {
@@ -754,11 +752,7 @@ impl Round<'_> {
             blake3: hash.to_vec(),
             delta: sent_delta,
         })));
-        f.new.segs.push(Seg {
-            len,
-            hash,
-            sig: Some(sig),
-        });
+        f.new.segs.insert(i, Seg { len, hash, sig });
         Ok(())
     }
 }
