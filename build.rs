@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/criu/rpc.proto",
         "proto/criu/stats.proto",
         "proto/haul/wire.proto",
+        "proto/haul/sync.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -7,5 +7,6 @@ pub mod fault;
 pub mod migrate;
 pub mod obstacle;
 pub mod preflight;
+pub mod sync;
 pub mod throttle;
 pub mod wire;

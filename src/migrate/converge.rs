@@ -34,7 +34,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::strategy::{decide, Convergence, Decision, OnTimeout, RoundFigures};
+use super::convergence::{decide, Convergence, Decision, OnTimeout, RoundFigures};
 
 /// Bytes per page in CRIU's page counts.
 pub const PAGE_SIZE: u64 = 4096;

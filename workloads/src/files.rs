@@ -74,3 +74,9 @@ pub const LOCK_HOLDER_STOP: &str = "lock-holder-stop";
 pub const SPARSE_MAP_LOG: &str = "sparse-map.log";
 /// Stop file of `sparse-map`.
 pub const SPARSE_MAP_STOP: &str = "sparse-map-stop";
+/// Log of `file-churn`.
+pub const FILE_CHURN_LOG: &str = "file-churn.log";
+/// Stop file of `file-churn`.
+pub const FILE_CHURN_STOP: &str = "file-churn-stop";
+/// Directory `file-churn` keeps its files in.
+pub const FILE_CHURN_DIR: &str = "churn";

@@ -13,6 +13,7 @@
 //! | [`worklog`] | the line-oriented log every workload writes (one `write(2)` per line) and its analysis |
 //! | [`mtouch_log`] | the memory toucher's verdict: touches, `Mismatch` lines, largest pause between touches |
 //! | [`mtouch_spec`] | `SIZE:PRE:PAUSE`, touch patterns and dirty rates of the memory toucher |
+//! | [`churn`] | the file set `file-churn` rewrites and appends to, and its verifier |
 //! | [`records`] | the checksummed record file that `rec-writer` appends to, and its verifier |
 //! | [`tcp_proto`] | the request/reply frames between `tcp-client` and `tcp-echo` |
 //! | [`stop`] | stop files: how a harness tells a workload to check itself and exit |
@@ -24,10 +25,13 @@
 //! The programs: `haul-launch` (the launcher), `mtouch` (P.Haul's memory toucher, with dirty
 //! rates and patterns), `mt-threads` (threads with verifiable memory), `ptree` (a process tree
 //! with a zombie), `tcp-echo` and `tcp-client` (a connection that must survive migration) and
-//! `rec-writer` (appends checksummed records to a shared file), and `redis-load` (a client that
+//! `rec-writer` (appends checksummed records to a shared file), `file-churn` (keeps rewriting and
+//! appending to ~200 MiB of files in its working directory, for migrations without shared
+//! storage), and `redis-load` (a client that
 //! loads redis-server with a known data set, keeps writing through a migration, then checks
 //! every key).
 
+pub mod churn;
 pub mod files;
 pub mod holder;
 pub mod launch;

@@ -351,3 +351,67 @@ fn rec_writer_torn_file_fails_its_self_check() {
     assert_eq!(exit, WorkloadExit::Code(1));
     assert!(v.failures[0].contains("records.dat"), "{log}");
 }
+
+// ------------------------------------------------------------------ file-churn
+
+const CHURN_ARGS: &[&str] = &[
+    "--size",
+    "8m",
+    "--files",
+    "4",
+    "--block",
+    "16k",
+    "--rate",
+    "4m",
+    "--tick-ms",
+    "5",
+];
+
+#[test]
+fn file_churn_intact() {
+    if !root_or_skip("file_churn_intact") {
+        return;
+    }
+    let dir = workdir();
+    let log_path = dir.path().join(FILE_CHURN_LOG);
+    let mut r = Running::start("file-churn", CHURN_ARGS, dir.path(), None);
+    wait_for("churn ticks", PATIENCE, || ticks(&log_path) >= 60);
+    let (v, exit) = finish(&mut r, FILE_CHURN_STOP, FILE_CHURN_LOG);
+    let log = show(&log_path);
+    assert!(v.passed(), "{v}\n{log}");
+    assert_eq!(exit, WorkloadExit::Code(0));
+    assert!(v.summary_value("rewrites").unwrap() > 0, "{log}");
+    assert!(v.summary_value("appends").unwrap() > 0, "{log}");
+    assert_eq!(v.summary_value("bad_files"), Some(0), "{log}");
+    assert!(log.contains("PASS: every file"), "{log}");
+    assert!(dir.path().join(FILE_CHURN_DIR).join("sparse").is_file());
+}
+
+#[test]
+fn file_churn_damaged_file_fails_its_self_check() {
+    if !root_or_skip("file_churn_damaged_file_fails_its_self_check") {
+        return;
+    }
+    let dir = workdir();
+    let log_path = dir.path().join(FILE_CHURN_LOG);
+    let mut r = Running::start("file-churn", CHURN_ARGS, dir.path(), None);
+    wait_for("churn ticks", PATIENCE, || ticks(&log_path) >= 20);
+    signal(r.pid(), libc::SIGSTOP);
+    wait_state(r.pid(), 'T');
+    // one flipped byte in one data file
+    let data = dir.path().join(FILE_CHURN_DIR).join("data-002");
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[5000] ^= 0x40;
+    std::fs::write(&data, &bytes).unwrap();
+    stop(dir.path(), FILE_CHURN_STOP);
+    signal(r.pid(), libc::SIGCONT);
+    let exit = r.wait_exit();
+    let v = analyze(&log_path).unwrap();
+    let log = show(&log_path);
+    assert!(v.finished && !v.passed(), "{log}");
+    assert_eq!(exit, WorkloadExit::Code(1));
+    assert_eq!(v.failures.len(), 1, "{log}");
+    assert!(v.failures[0].contains("data-002: block 0"), "{log}");
+    assert_eq!(v.summary_value("bad_files"), Some(1), "{log}");
+    assert!(log.contains("FAIL: 1 file(s) differ"), "{log}");
+}

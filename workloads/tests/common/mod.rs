@@ -45,6 +45,7 @@ pub fn bin(name: &str) -> PathBuf {
         "pty-holder" => env!("CARGO_BIN_EXE_pty-holder"),
         "lock-holder" => env!("CARGO_BIN_EXE_lock-holder"),
         "sparse-map" => env!("CARGO_BIN_EXE_sparse-map"),
+        "file-churn" => env!("CARGO_BIN_EXE_file-churn"),
         other => panic!("no program {other}"),
     };
     PathBuf::from(p)
