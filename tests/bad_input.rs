@@ -219,6 +219,7 @@ async fn probes() {
             strategy: "stop-copy".into(),
             memory_bytes: 0,
             cpuinfo: std::fs::read(cpu.join("cpuinfo.img")).unwrap(),
+            ..Default::default()
         })))
         .await
         .unwrap();

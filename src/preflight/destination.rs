@@ -59,6 +59,9 @@ pub struct DestinationRequirements {
     pub files: Vec<FileRequirement>,
     /// Bytes the images will take (resident memory plus deleted files' content).
     pub image_bytes: u64,
+    /// Files the tree holds locks on: nobody may hold a lock on them on the destination.
+    #[serde(default)]
+    pub locked_files: Vec<String>,
 }
 
 impl DestinationRequirements {
@@ -94,6 +97,13 @@ impl DestinationRequirements {
             },
             files: files.into_iter().collect(),
             image_bytes: t.resident() + t.deleted.iter().map(|d| d.size).sum::<u64>(),
+            locked_files: t
+                .locks
+                .iter()
+                .filter_map(|l| l.path.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         }
     }
 }
@@ -116,6 +126,10 @@ pub struct NodeState {
     pub taken_pids: BTreeSet<i32>,
     /// Each required file: its state, or `None` when missing.
     pub files: BTreeMap<String, Option<FileState>>,
+    /// Each required locked file: the pid holding a lock on it here, when one does (`0`:
+    /// a holder /proc/locks does not name).
+    #[serde(default)]
+    pub locks_held: BTreeMap<String, i32>,
     /// Free bytes in the image directory.
     pub free_bytes: u64,
     /// The image directory.
@@ -181,9 +195,35 @@ pub fn observe_node(req: &DestinationRequirements, img_path: &Path) -> NodeState
                 (f.path.clone(), st)
             })
             .collect(),
+        locks_held: locks_held(&req.locked_files),
         free_bytes: crate::migrate::images::free_bytes(img_path).unwrap_or(0),
         img_path: img_path.display().to_string(),
     }
+}
+
+/// Which of `paths` someone holds a lock on in this kernel (`/proc/locks`, by device and
+/// inode), with the holder's pid.
+pub fn locks_held(paths: &[String]) -> BTreeMap<String, i32> {
+    let mut out = BTreeMap::new();
+    if paths.is_empty() {
+        return out;
+    }
+    let Ok(locks) = procfs::locks() else {
+        return out;
+    };
+    for path in paths {
+        let Ok(m) = std::fs::metadata(path) else {
+            continue;
+        };
+        let (maj, min) = (libc::major(m.dev()), libc::minor(m.dev()));
+        if let Some(l) = locks
+            .iter()
+            .find(|l| l.inode == m.ino() && l.devmaj == maj && l.devmin == min)
+        {
+            out.insert(path.clone(), l.pid.unwrap_or(0));
+        }
+    }
+    out
 }
 
 /// Whether a socket bound to `b` would collide with `a` (same protocol and port, and the same
@@ -220,6 +260,21 @@ pub fn check(req: &DestinationRequirements, node: &NodeState) -> Vec<Finding> {
                 ),
             ));
         }
+    }
+    for (path, holder) in &node.locks_held {
+        out.push(dest(
+            ObstacleKind::LockTaken,
+            Resource::File {
+                path: path.clone(),
+                size: None,
+                expected_size: None,
+                mode: None,
+                expected_mode: None,
+            },
+            format!(
+                "{path} is locked on the destination already (by pid {holder} there): the restore would wait for the lock forever"
+            ),
+        ));
     }
     for pid in req.pids.iter().filter(|p| node.taken_pids.contains(p)) {
         out.push(dest(

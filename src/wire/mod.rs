@@ -43,10 +43,13 @@ pub mod pb {
 pub use auth::{Key, KeyError};
 pub use frame::{Conn, FrameError, Header};
 
+/// The memory channel "round" of a bandwidth probe (`Probe`): no page server round uses it.
+pub const PROBE_ROUND: u32 = u32::MAX;
+
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol version this build accepts from a peer.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// A message type that is one variant of [`pb::message::Body`].
 pub trait Variant: Sized {
@@ -91,6 +94,8 @@ variants!(
     LazyFinished,
     Finish,
     Finished,
+    Probe,
+    ProbeDone,
     Error,
 );
 
@@ -105,6 +110,7 @@ impl pb::Message {
         pb::Message::of(pb::message::Body::Error(pb::Error {
             kind: kind as i32,
             message: message.into(),
+            ..Default::default()
         }))
     }
 
@@ -132,6 +138,8 @@ impl pb::Message {
             Some(LazyFinished(_)) => "LazyFinished",
             Some(Finish(_)) => "Finish",
             Some(Finished(_)) => "Finished",
+            Some(Probe(_)) => "Probe",
+            Some(ProbeDone(_)) => "ProbeDone",
             Some(Error(_)) => "Error",
         }
     }
