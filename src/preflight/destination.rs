@@ -358,6 +358,7 @@ mod tests {
                 open: true,
             }],
             image_bytes: 1 << 20,
+            locked_files: vec!["/srv/a".into()],
         }
     }
 
@@ -373,6 +374,7 @@ mod tests {
                 }),
             )]
             .into(),
+            locks_held: BTreeMap::new(),
             free_bytes: 1 << 30,
             img_path: "/var/local/haul".into(),
         }
@@ -475,11 +477,34 @@ mod tests {
                 open: true,
             }],
             image_bytes: 0,
+            locked_files: vec![],
         };
         let n = observe_node(&r, Path::new("/tmp"));
         assert_eq!(n.taken_pids, [me].into());
         assert_eq!(n.files.values().next(), Some(&None));
         assert!(n.free_bytes > 0);
+    }
+
+    #[test]
+    fn a_lock_held_here_refuses_the_file_and_names_its_holder() {
+        use std::os::fd::AsRawFd;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("locked");
+        let f = std::fs::File::create(&path).unwrap();
+        // SAFETY: flock on an fd this test owns; no memory is passed.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let p = path.display().to_string();
+        let held = locks_held(std::slice::from_ref(&p));
+        assert_eq!(held.get(&p), Some(&(std::process::id() as i32)));
+        let mut node = fine();
+        node.locks_held = held;
+        let f = check(&req(), &node);
+        assert!(
+            f.iter()
+                .any(|x| x.kind == ObstacleKind::LockTaken && x.detail.contains(&p)),
+            "{f:?}"
+        );
+        assert!(locks_held(&["/nonexistent/x".to_string()]).is_empty());
     }
 
     #[test]

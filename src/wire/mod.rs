@@ -56,6 +56,9 @@ pub trait Variant: Sized {
     /// The variant's name, as [`pb::Message::kind_name`] gives it.
     const NAME: &'static str;
     /// The message, when `body` is this variant; `body` back otherwise.
+    // The body comes back whole by design (the caller names it in its error); it is moved,
+    // not copied, so its size costs nothing.
+    #[allow(clippy::result_large_err)]
     fn from_body(body: pb::message::Body) -> Result<Self, pb::message::Body>;
 }
 
