@@ -1,0 +1,169 @@
+//! The `qemu` provider: the two VMs of `vagrant/` under plain QEMU (TCG), through
+//! `vagrant/vm.sh`. The harness owns their life: `vm.sh up` and `vm.sh provision` (haul's
+//! binaries from this machine, its CRIU >= 4.1, a key) when the run starts, `vm.sh down`
+//! when the provider is dropped, whatever ended the run. The VMs' state (pids, monitors,
+//! ssh config, consoles) lives in the run's directory, so two runs never share VMs.
+//!
+//! ```toml
+//! [provider]
+//! kind = "qemu"
+//! memory_mib = 1024     # per guest (default 768; a workload needs 2 x its size + ~300 MiB)
+//! ```
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ssh::{SshConfig, SshHost, SshProvider};
+use super::{step, Node, Provider, ProviderError, ProvisionContext};
+use crate::cancel::CancelToken;
+
+/// The guests' link addresses and shared mount (vagrant/lib.sh, guest/haul-node-setup).
+pub const VM_SRC_ADDR: &str = "192.168.77.1";
+/// See [`VM_SRC_ADDR`].
+pub const VM_DST_ADDR: &str = "192.168.77.2";
+/// See [`VM_SRC_ADDR`].
+pub const VM_SHARED: &str = "/srv/haul-shared";
+/// Where the guests' provisioning puts haul's programs.
+pub const VM_BIN_DIR: &str = "/usr/local/bin";
+
+/// The `[provider]` table for `kind = "qemu"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QemuConfig {
+    /// Memory per guest in MiB (default: vm.sh's 768).
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    /// The `vagrant/` directory (default: the source tree's).
+    #[serde(default)]
+    pub vagrant_dir: Option<String>,
+}
+
+/// The ssh view of the two guests, from an ssh config naming hosts `src` and `dst`.
+pub fn guests_over_ssh(ssh: Vec<String>) -> SshConfig {
+    SshConfig {
+        source: SshHost {
+            host: "src".into(),
+            addr: VM_SRC_ADDR.into(),
+        },
+        destination: SshHost {
+            host: "dst".into(),
+            addr: VM_DST_ADDR.into(),
+        },
+        shared_dir: VM_SHARED.into(),
+        work_root: "/var/tmp/haul-harness".into(),
+        bin_dir: VM_BIN_DIR.into(),
+        criu: "criu".into(),
+        ssh,
+        multiplex: true,
+    }
+}
+
+/// The run's directory on this machine for a VM provider's state.
+pub fn state_dir(tag: &str, what: &str) -> Result<PathBuf, ProviderError> {
+    let d = PathBuf::from(super::local::LOCAL_WORK_ROOT).join(tag).join(what);
+    std::fs::create_dir_all(&d).map_err(|source| crate::node::NodeError::Io {
+        what: format!("cannot make {}", d.display()),
+        source,
+    })?;
+    Ok(d)
+}
+
+/// `vm.sh down` when dropped.
+#[derive(Debug)]
+struct Guests {
+    vm_sh: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Guests {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("bash");
+        c.arg(&self.vm_sh).args(args).env("HAUL_VM_STATE", &self.state);
+        c
+    }
+}
+
+impl Drop for Guests {
+    fn drop(&mut self) {
+        // a fresh token: the guests go down even after the run was cancelled
+        let cmd = self.command(&["down"]);
+        if let Err(e) = step::run(
+            "vm.sh down",
+            cmd,
+            Duration::from_secs(180),
+            &self.log,
+            &CancelToken::new(),
+        ) {
+            eprintln!("haul-harness: {e}");
+        }
+    }
+}
+
+/// Two guests under plain QEMU, reached over ssh.
+#[derive(Debug)]
+pub struct QemuProvider {
+    // dropped first: the harness's processes and directories in the guests go before them
+    nodes: SshProvider,
+    _guests: Guests,
+}
+
+impl QemuProvider {
+    /// Boot both guests (`vm.sh up`), provision them (`vm.sh provision`), connect.
+    pub fn up(c: &QemuConfig, cx: &ProvisionContext) -> Result<QemuProvider, ProviderError> {
+        let vagrant = step::vagrant_dir(c.vagrant_dir.as_deref())?;
+        let state = state_dir(&cx.tag, "qemu")?;
+        let vm_state = state.join("vm");
+        let log = state.join("vm.log");
+        let guests = Guests {
+            vm_sh: vagrant.join("vm.sh"),
+            state: vm_state.clone(),
+            log: log.clone(),
+        };
+        let mut up = guests.command(&["up"]);
+        if let Some(m) = c.memory_mib {
+            up.env("HAUL_VM_MEM", m.to_string());
+        }
+        step::run("vm.sh up", up, Duration::from_secs(1500), &log, &cx.cancel)?;
+        let mut prov = guests.command(&["provision"]);
+        if let Some(b) = &cx.host_bin_dir {
+            prov.env("HAUL_BIN_DIR", b);
+        }
+        prov.env("HAUL_KEY_FILE", state.join("haul.key"));
+        step::run("vm.sh provision", prov, Duration::from_secs(600), &log, &cx.cancel)?;
+        let cfg = guests_over_ssh(vec![
+            "ssh".into(),
+            "-F".into(),
+            vm_state.join("ssh_config").display().to_string(),
+        ]);
+        let nodes = SshProvider::new("qemu", &cfg, &cx.tag, &cx.cancel)?;
+        Ok(QemuProvider {
+            nodes,
+            _guests: guests,
+        })
+    }
+}
+
+impl Provider for QemuProvider {
+    fn kind(&self) -> &'static str {
+        "qemu"
+    }
+    fn describe(&self) -> String {
+        self.nodes.describe()
+    }
+    fn source(&self) -> &dyn Node {
+        self.nodes.source()
+    }
+    fn destination(&self) -> &dyn Node {
+        self.nodes.destination()
+    }
+    fn shared_dir(&self) -> &str {
+        self.nodes.shared_dir()
+    }
+    fn keep_files(&mut self, keep: bool) {
+        self.nodes.keep_files(keep)
+    }
+}
