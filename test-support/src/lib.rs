@@ -15,5 +15,5 @@ pub mod skip;
 pub mod wait;
 
 pub use nodes::{Node, NodeError, NodePair};
-pub use skip::{run, Need, Test};
+pub use skip::{run, skip, Need, Skipped, Test};
 pub use wait::wait_for;

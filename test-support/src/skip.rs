@@ -113,6 +113,16 @@ impl Need {
     }
 }
 
+/// The panic payload of [`skip`]: the runner reports the test as ignored with this reason.
+#[derive(Debug, Clone)]
+pub struct Skipped(pub String);
+
+/// Stop the running test and report it as ignored, with `why` (for a need only the test
+/// itself can find out, e.g. a feature of the CRIU it started). Only under [`run`].
+pub fn skip(why: impl Into<String>) -> ! {
+    std::panic::panic_any(Skipped(why.into()))
+}
+
 /// One test: a name, what it needs, the function.
 pub struct Test {
     name: String,
@@ -142,9 +152,14 @@ impl Test {
             if let Some(why) = needs.iter().find_map(Need::missing) {
                 return Ok(Completion::ignored_with(why));
             }
-            std::panic::catch_unwind(AssertUnwindSafe(f))
-                .map(|()| Completion::Completed)
-                .map_err(|p| {
+            match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+                Ok(()) => Ok(Completion::Completed),
+                Err(p) => match p.downcast_ref::<Skipped>() {
+                    Some(Skipped(why)) => Ok(Completion::ignored_with(why)),
+                    None => Err(p),
+                },
+            }
+            .map_err(|p| {
                     let msg = p
                         .downcast_ref::<String>()
                         .cloned()
@@ -166,6 +181,13 @@ macro_rules! test {
 
 /// Run `tests` with cargo's test command line; the exit code says whether any failed.
 pub fn run(tests: Vec<Test>) -> ExitCode {
+    // a skip is not a crash: no panic message for it
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !info.payload().is::<Skipped>() {
+            hook(info)
+        }
+    }));
     let args = Arguments::from_args();
     libtest_mimic::run(&args, tests.into_iter().map(Test::trial).collect()).exit_code()
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use haul_harness::NodePair;
+use haul_test_support::NodePair;
 use haul_workloads::launch::{launch, LaunchSpec};
 use haul_workloads::mtouch_log;
 
@@ -22,28 +22,22 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// Why this machine cannot run the test, if it cannot.
-pub fn cannot_run() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (CRIU and network namespaces)".into());
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    if let Err(e) = rt.block_on(haul::criu::Criu::locate_checked()) {
-        return Some(format!("no usable CRIU: {e}"));
-    }
-    None
-}
+/// What the end-to-end tests need: root (namespaces) and a CRIU >= 4.1 that passes
+/// `criu check`; a test lacking either is reported as ignored, with the reason.
+pub const NEEDS: [haul_test_support::Need; 2] =
+    [haul_test_support::Need::Root, haul_test_support::Need::Criu];
 
-/// Returns early from a test, with the reason printed, when this machine cannot run it.
+/// Reports the running test as skipped (ignored, with the reason) unless haul's own CRIU
+/// lookup finds a usable CRIU (a stricter check than [`NEEDS`], done by the test itself).
 #[macro_export]
 macro_rules! skip_unless_runnable {
     () => {
-        if let Some(why) = $crate::common::cannot_run() {
-            eprintln!("skipped: {why}");
-            return;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        if let Err(e) = rt.block_on(haul::criu::Criu::locate_checked()) {
+            haul_test_support::skip(format!("no usable CRIU: {e}"));
         }
     };
 }
