@@ -45,7 +45,10 @@ fn list(var: &str, default: &str) -> Vec<String> {
 
 fn scenario() -> Scenario {
     let quick = quick_mode();
-    let sizes = list("HAUL_BENCH_SIZES", if quick { "64m" } else { "64m 256m 1g" });
+    let sizes = list(
+        "HAUL_BENCH_SIZES",
+        if quick { "64m" } else { "64m 256m 1g" },
+    );
     let reps: u32 = std::env::var("HAUL_BENCH_REPS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -59,7 +62,12 @@ fn scenario() -> Scenario {
         .filter(|s| filters.is_empty() || filters.iter().any(|f| s.contains(f.as_str())))
         .map(|s| format!("{s:?}"))
         .collect();
-    let q = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    let q = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let text = format!(
         r#"
 name = "bench"
@@ -96,7 +104,12 @@ fn cannot_run(bins: &std::path::Path) -> Option<String> {
         .iter()
         .map(|b| bins.join(b))
         .find(|p| !p.is_file())
-        .map(|p| format!("{} is missing: cargo build --release --workspace", p.display()))
+        .map(|p| {
+            format!(
+                "{} is missing: cargo build --release --workspace",
+                p.display()
+            )
+        })
 }
 
 fn main() -> ExitCode {
@@ -140,7 +153,11 @@ fn main() -> ExitCode {
     match report::write(std::slice::from_ref(&summary.path), &dir) {
         Ok(p) => {
             println!("{}", std::fs::read_to_string(&p).unwrap_or_default());
-            println!("report: {}\nresults: {}", p.display(), summary.path.display());
+            println!(
+                "report: {}\nresults: {}",
+                p.display(),
+                summary.path.display()
+            );
         }
         Err(e) => {
             eprintln!("migration bench: the report: {e}");
@@ -151,12 +168,23 @@ fn main() -> ExitCode {
         .records
         .iter()
         .filter(|r| r.outcome == haul_harness::record::Outcome::Failed)
-        .map(|r| format!("{} {}: {}", r.method, r.workload.label, r.error.as_deref().unwrap_or("")))
+        .map(|r| {
+            format!(
+                "{} {}: {}",
+                r.method,
+                r.workload.label,
+                r.error.as_deref().unwrap_or("")
+            )
+        })
         .collect();
     if failed.is_empty() {
         ExitCode::SUCCESS
     } else {
-        eprintln!("migration bench: {} migrations failed:\n{}", failed.len(), failed.join("\n"));
+        eprintln!(
+            "migration bench: {} migrations failed:\n{}",
+            failed.len(),
+            failed.join("\n")
+        );
         ExitCode::FAILURE
     }
 }

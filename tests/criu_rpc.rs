@@ -178,8 +178,18 @@ fn block_on<F: std::future::Future<Output = ()>>(f: F) {
 fn main() -> std::process::ExitCode {
     use haul_test_support::{Need::*, Test};
     haul_test_support::run(vec![
-        Test::new("version_check_and_features", || block_on(version_check_and_features())).needs([Root, Criu]),
-        Test::new("dumping_a_missing_pid_gives_a_typed_error_with_the_log", || block_on(dumping_a_missing_pid_gives_a_typed_error_with_the_log())).needs([Root, Criu]),
-        Test::new("dump_and_restore_a_running_process_through_rpc", || block_on(dump_and_restore_a_running_process_through_rpc())).needs([Root, Criu]),
+        Test::new("version_check_and_features", || {
+            block_on(version_check_and_features())
+        })
+        .needs([Root, Criu]),
+        Test::new(
+            "dumping_a_missing_pid_gives_a_typed_error_with_the_log",
+            || block_on(dumping_a_missing_pid_gives_a_typed_error_with_the_log()),
+        )
+        .needs([Root, Criu]),
+        Test::new("dump_and_restore_a_running_process_through_rpc", || {
+            block_on(dump_and_restore_a_running_process_through_rpc())
+        })
+        .needs([Root, Criu]),
     ])
 }

@@ -192,16 +192,25 @@ fn main() -> std::process::ExitCode {
     let mut tests: Vec<Test> = ["stop-copy", "post-copy", "auto"]
         .into_iter()
         .map(|s| {
-            Test::new(format!("mtouch_moves_from_a_to_b_and_verifies::{s}"), move || {
-                mtouch_moves_from_a_to_b_and_verifies(s)
-            })
+            Test::new(
+                format!("mtouch_moves_from_a_to_b_and_verifies::{s}"),
+                move || mtouch_moves_from_a_to_b_and_verifies(s),
+            )
             .needs([root, criu])
         })
         .collect();
     tests.extend([
         test!(a_wrong_key_is_refused_before_anything_is_frozen, root, criu),
-        test!(pre_copy_without_memory_tracking_is_refused_clearly, root, criu),
-        test!(a_destination_killed_mid_transfer_leaves_the_process_running_at_home, root, criu),
+        test!(
+            pre_copy_without_memory_tracking_is_refused_clearly,
+            root,
+            criu
+        ),
+        test!(
+            a_destination_killed_mid_transfer_leaves_the_process_running_at_home,
+            root,
+            criu
+        ),
     ]);
     haul_test_support::run(tests)
 }

@@ -47,11 +47,9 @@ fn every_strategy_and_its_twin_migrate_between_two_vagrant_vms() {
     };
     let t = std::time::Instant::now();
     let summary = runner::run(&scenario, &opts).unwrap_or_else(|e| panic!("the VM run: {e}"));
-    let report = haul_harness::report::write(
-        std::slice::from_ref(&summary.path),
-        &out.join("report"),
-    )
-    .unwrap();
+    let report =
+        haul_harness::report::write(std::slice::from_ref(&summary.path), &out.join("report"))
+            .unwrap();
     eprintln!(
         "VM run: {} migrations in {:.0} s; results {}; report {}",
         summary.records.len(),
@@ -83,21 +81,37 @@ fn every_strategy_and_its_twin_migrate_between_two_vagrant_vms() {
             "{method} between the VMs: {:?}",
             r.error
         );
-        assert!(r.check.passed && r.check.mismatches == 0, "{method}: {:?}", r.check);
+        assert!(
+            r.check.passed && r.check.mismatches == 0,
+            "{method}: {:?}",
+            r.check
+        );
         assert!(r.check.destination_pid.is_some() && !r.check.left_on_source);
         assert!(r.figures.observed_downtime_secs.is_some() && r.figures.total_secs.is_some());
         if tool == Tool::Haul {
-            assert!(r.ratio_to_twin.contains_key("observed_downtime_secs"), "{method}");
+            assert!(
+                r.ratio_to_twin.contains_key("observed_downtime_secs"),
+                "{method}"
+            );
         }
         if method.ends_with("pre-copy") {
-            assert!(!r.figures.rounds.is_empty(), "{method} made no pre-dump round");
+            assert!(
+                !r.figures.rounds.is_empty(),
+                "{method} made no pre-dump round"
+            );
         }
     }
-    assert!(summary.records[0].env.provider == opts.provider.as_ref().map_or("vagrant", |p| p.kind()));
+    assert!(
+        summary.records[0].env.provider == opts.provider.as_ref().map_or("vagrant", |p| p.kind())
+    );
     assert!(summary.records[0].env.link_bytes_per_sec.is_some());
     let md = std::fs::read_to_string(&report).unwrap();
     assert!(md.contains("| 64m:64m:10000 | haul pre-copy |"), "{md}");
-    for plot in ["downtime-vs-size.png", "haul-vs-criu.svg", "precopy-rounds.png"] {
+    for plot in [
+        "downtime-vs-size.png",
+        "haul-vs-criu.svg",
+        "precopy-rounds.png",
+    ] {
         assert!(out.join("report").join(plot).is_file(), "{plot}");
     }
 }

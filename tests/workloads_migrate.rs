@@ -273,19 +273,34 @@ fn redis_keeps_every_key_while_a_client_writes(strategy: &str) {
 
 fn main() -> std::process::ExitCode {
     use haul_test_support::Test;
-    let tests: [(&str, fn(&str)); 5] = [
-        ("mt_threads_move_and_check_their_memory_on_b", mt_threads_move_and_check_their_memory_on_b),
-        ("ptree_moves_with_its_children_and_zombie", ptree_moves_with_its_children_and_zombie),
-        ("tcp_connections_survive_the_move", tcp_connections_survive_the_move),
-        ("rec_writer_file_has_no_lost_or_torn_record", rec_writer_file_has_no_lost_or_torn_record),
-        ("redis_keeps_every_key_while_a_client_writes", redis_keeps_every_key_while_a_client_writes),
+    type Case = (&'static str, fn(&str));
+    let tests: [Case; 5] = [
+        (
+            "mt_threads_move_and_check_their_memory_on_b",
+            mt_threads_move_and_check_their_memory_on_b,
+        ),
+        (
+            "ptree_moves_with_its_children_and_zombie",
+            ptree_moves_with_its_children_and_zombie,
+        ),
+        (
+            "tcp_connections_survive_the_move",
+            tcp_connections_survive_the_move,
+        ),
+        (
+            "rec_writer_file_has_no_lost_or_torn_record",
+            rec_writer_file_has_no_lost_or_torn_record,
+        ),
+        (
+            "redis_keeps_every_key_while_a_client_writes",
+            redis_keeps_every_key_while_a_client_writes,
+        ),
     ];
     let mut all = Vec::new();
     for (name, f) in tests {
         for (case, strategy) in [("stop_copy", "stop-copy"), ("post_copy", "post-copy")] {
             all.push(
-                Test::new(format!("{name}::case_{case}"), move || f(strategy))
-                    .needs(common::NEEDS),
+                Test::new(format!("{name}::case_{case}"), move || f(strategy)).needs(common::NEEDS),
             );
         }
     }

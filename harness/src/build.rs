@@ -13,7 +13,15 @@ pub fn build_binaries(tree: &Path) -> Result<(), BuildError> {
     eprintln!("building haul's binaries (cargo build --release -p haul -p haul-workloads)");
     let st = std::process::Command::new("cargo")
         .current_dir(tree)
-        .args(["build", "--release", "--quiet", "-p", "haul", "-p", "haul-workloads"])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "haul",
+            "-p",
+            "haul-workloads",
+        ])
         .status()
         .map_err(|e| BuildError(format!("cannot run cargo: {e}")))?;
     if !st.success() {

@@ -105,4 +105,3 @@ pub fn pre_bytes(pre: &str, size: u64) -> Result<u64, String> {
     let b = parse_size(pre).map_err(|e| e.to_string())?;
     Ok(b.min(size))
 }
-

@@ -19,7 +19,12 @@ pub fn bandwidth(provider: &dyn Provider, port: u16, bytes: u64) -> Result<f64, 
         &log,
     )?;
     let out = src.exec(
-        &[src.bin("link-probe"), "send".into(), addr, bytes.to_string()],
+        &[
+            src.bin("link-probe"),
+            "send".into(),
+            addr,
+            bytes.to_string(),
+        ],
         None,
         Duration::from_secs(600),
     );
@@ -31,9 +36,7 @@ pub fn bandwidth(provider: &dyn Provider, port: u16, bytes: u64) -> Result<f64, 
         f.next().and_then(|n| n.parse::<u64>().ok()),
         f.next().and_then(|s| s.parse::<f64>().ok()),
     ) {
-        (Some(n), Some(secs)) if out.success() && n == bytes && secs > 0.0 => {
-            Ok(n as f64 / secs)
-        }
+        (Some(n), Some(secs)) if out.success() && n == bytes && secs > 0.0 => Ok(n as f64 / secs),
         _ => Err(src.failed("link-probe send", &out)),
     }
 }

@@ -364,7 +364,10 @@ mod tests {
         );
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("printf %s {}", shell_quote("a'b \"c\" $d `e` \\ !x")))
+            .arg(format!(
+                "printf %s {}",
+                shell_quote("a'b \"c\" $d `e` \\ !x")
+            ))
             .output()
             .unwrap();
         assert_eq!(out.stdout, b"a'b \"c\" $d `e` \\ !x");

@@ -32,7 +32,8 @@ pub fn parse_check_text(text: &str) -> Capabilities {
         };
         let rest = rest.trim();
         if let Some(why) = rest.strip_prefix("unavailable:") {
-            c.unavailable.insert(name.to_string(), why.trim().to_string());
+            c.unavailable
+                .insert(name.to_string(), why.trim().to_string());
         } else if let (Some(to), "auto") = (rest.strip_prefix("->"), name) {
             let to = to.trim();
             c.auto = Some(to.split(':').next().unwrap_or(to).trim().to_string());
@@ -43,7 +44,11 @@ pub fn parse_check_text(text: &str) -> Capabilities {
 
 /// What `haul check` says about `node`.
 pub fn capabilities(node: &dyn Node) -> Capabilities {
-    let out = node.exec(&[node.bin("haul"), "check".into()], None, Duration::from_secs(60));
+    let out = node.exec(
+        &[node.bin("haul"), "check".into()],
+        None,
+        Duration::from_secs(60),
+    );
     out.map(|o| parse_check_text(&o.stdout_text()))
         .unwrap_or_default()
 }

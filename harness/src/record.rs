@@ -328,7 +328,11 @@ fn upgrade_v1(mut v: serde_json::Value) -> serde_json::Value {
         .remove("strategy")
         .and_then(|s| s.as_str().map(str::to_string))
         .unwrap_or_default();
-    let tool = o.get("method").and_then(Value::as_str).unwrap_or("haul").to_string();
+    let tool = o
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("haul")
+        .to_string();
     let ratios = o.remove("ratio_to_criu");
     let (method, twin) = if tool == "criu" {
         ("criu stop-copy".to_string(), None)
@@ -431,13 +435,11 @@ pub fn read(path: &Path) -> Result<Vec<Record>, RecordError> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(
-            parse_line(&line).map_err(|source| RecordError::Parse {
-                path: path.display().to_string(),
-                line: i + 1,
-                source,
-            })?,
-        );
+        out.push(parse_line(&line).map_err(|source| RecordError::Parse {
+            path: path.display().to_string(),
+            line: i + 1,
+            source,
+        })?);
     }
     Ok(out)
 }
@@ -544,7 +546,10 @@ mod tests {
         o.remove("tool");
         o.remove("twin");
         o.remove("ratio_to_twin");
-        o.insert("ratio_to_criu".into(), serde_json::json!({"total_secs": 0.5}));
+        o.insert(
+            "ratio_to_criu".into(),
+            serde_json::json!({"total_secs": 0.5}),
+        );
         let line = v.to_string();
         let r = parse_line(&line).unwrap();
         assert_eq!(r.method, "haul stop-copy");
@@ -554,7 +559,10 @@ mod tests {
             .replace("\"method\":\"haul\"", "\"method\":\"criu\"")
             .replace("\"strategy\":\"stop-copy\"", "\"strategy\":\"criu\"");
         let r = parse_line(&line).unwrap();
-        assert_eq!((r.method.as_str(), r.tool, r.twin), ("criu stop-copy", Tool::Criu, None));
+        assert_eq!(
+            (r.method.as_str(), r.tool, r.twin),
+            ("criu stop-copy", Tool::Criu, None)
+        );
     }
 
     #[test]

@@ -258,7 +258,10 @@ pub fn markdown(records: &[Record], sources: &[PathBuf], plots: &[String]) -> St
         ("downtime-vs-size", "Downtime vs memory size per strategy"),
         ("total-vs-rate", "Total time vs dirty rate"),
         ("precopy-rounds", "Pages per pre-copy round"),
-        ("haul-vs-criu", "haul vs its plain-CRIU twin, and the link floor"),
+        (
+            "haul-vs-criu",
+            "haul vs its plain-CRIU twin, and the link floor",
+        ),
     ] {
         let png = format!("{name}.png");
         if plots.contains(&png) {

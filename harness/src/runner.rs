@@ -292,14 +292,25 @@ impl<'a> Runner<'a> {
             let d = format!("{}/img", n.work_dir());
             if provider::removable(&d) {
                 let _ = n.sh(
-                    &format!("rm -rf {}/* 2>/dev/null; true", crate::node::shell_quote(&d)),
+                    &format!(
+                        "rm -rf {}/* 2>/dev/null; true",
+                        crate::node::shell_quote(&d)
+                    ),
                     Duration::from_secs(120),
                 );
             }
         }
     }
 
-    fn record(&self, seq: u32, rep: u32, started: f64, m: &dyn Method, case: &WorkloadCase, a: Attempt, outcome: Outcome) -> Record {
+    fn record(
+        &self,
+        job: Job,
+        m: &dyn Method,
+        case: &WorkloadCase,
+        a: Attempt,
+        outcome: Outcome,
+    ) -> Record {
+        let Job { seq, rep, started } = job;
         Record {
             schema: SCHEMA,
             set: self.set.clone(),
@@ -366,7 +377,8 @@ impl<'a> Runner<'a> {
                         // cut short by the signal: not a result
                         return Err(cancelled(records.len()));
                     }
-                    let mut r = self.record(seq, rep, started, m.as_ref(), &case, a, outcome);
+                    let mut r =
+                        self.record(Job { seq, rep, started }, m.as_ref(), &case, a, outcome);
                     if let Some(t) = r.twin.as_ref().and_then(|t| done.get(t)) {
                         r.ratio_to_twin = ratios(&r.figures, t);
                     }
@@ -387,6 +399,17 @@ impl<'a> Runner<'a> {
 
 fn out_path(out: &Writer) -> String {
     out.path().display().to_string()
+}
+
+/// Which migration of the run.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    /// Its number in the run.
+    seq: u32,
+    /// The repetition (1-based).
+    rep: u32,
+    /// When it started (Unix seconds).
+    started: f64,
 }
 
 /// One migration's outcome before it becomes a record.

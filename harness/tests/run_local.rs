@@ -251,7 +251,17 @@ fn tiny_scenario_through_the_ssh_provider() {
 fn main() -> std::process::ExitCode {
     let needs = [Need::Root, Need::Criu, Need::Check(binaries)];
     haul_test_support::run(vec![
-        test!(tiny_scenario_on_the_local_provider, needs[0], needs[1], needs[2]),
-        test!(tiny_scenario_through_the_ssh_provider, needs[0], needs[1], needs[2]),
+        test!(
+            tiny_scenario_on_the_local_provider,
+            needs[0],
+            needs[1],
+            needs[2]
+        ),
+        test!(
+            tiny_scenario_through_the_ssh_provider,
+            needs[0],
+            needs[1],
+            needs[2]
+        ),
     ])
 }

@@ -82,7 +82,9 @@ fn criu_missing() -> Option<String> {
                 return Some("needs root (for `criu check`)".into());
             }
             if !quiet(Command::new(&criu).arg("check")) {
-                return Some(format!("needs a CRIU that passes `{criu} check` on this kernel"));
+                return Some(format!(
+                    "needs a CRIU that passes `{criu} check` on this kernel"
+                ));
             }
             None
         })
@@ -160,13 +162,13 @@ impl Test {
                 },
             }
             .map_err(|p| {
-                    let msg = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "panicked".into());
-                    Failed::from(msg)
-                })
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panicked".into());
+                Failed::from(msg)
+            })
         })
     }
 }
@@ -198,7 +200,9 @@ mod tests {
 
     #[test]
     fn opt_in_names_its_variables() {
-        let why = Need::OptIn(&["HAUL_TEST_SUPPORT_NEVER_SET"]).missing().unwrap();
+        let why = Need::OptIn(&["HAUL_TEST_SUPPORT_NEVER_SET"])
+            .missing()
+            .unwrap();
         assert!(why.contains("HAUL_TEST_SUPPORT_NEVER_SET"), "{why}");
         assert!(Need::Check(|| None).missing().is_none());
     }

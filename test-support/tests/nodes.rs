@@ -14,12 +14,18 @@ fn nodes_reach_each_other_and_vanish_on_drop() {
             .args(["-c", "1", "-W", "5", &pair.b.addr])
             .output()
             .expect("ping");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let mut sleeper = pair.b.command("sleep").arg("60").spawn().unwrap();
         let pid = sleeper.id() as i32;
-        haul_test_support::wait_for("sleep in node b", std::time::Duration::from_secs(10), || {
-            haul_test_support::nodes::procs_in_netns(&b).contains(&pid)
-        });
+        haul_test_support::wait_for(
+            "sleep in node b",
+            std::time::Duration::from_secs(10),
+            || haul_test_support::nodes::procs_in_netns(&b).contains(&pid),
+        );
         drop(pair);
         let _ = sleeper.wait();
     }

@@ -40,7 +40,9 @@ fn criu_or_skip(test: &str) -> Option<PathBuf> {
                 .last()
                 .unwrap_or("")
         )),
-        Err(e) => haul_test_support::skip(format!("needs criu: cannot run {}: {e}", criu.display())),
+        Err(e) => {
+            haul_test_support::skip(format!("needs criu: cannot run {}: {e}", criu.display()))
+        }
     }
 }
 

@@ -49,7 +49,11 @@ impl Dirs {
     fn new(cx: &MigrationContext<'_>) -> Dirs {
         Dirs {
             src: format!("{}/{:03}-criu-images", cx.provider.shared_dir(), cx.seq),
-            dst: format!("{}/criu-{:03}", cx.provider.destination().work_dir(), cx.seq),
+            dst: format!(
+                "{}/criu-{:03}",
+                cx.provider.destination().work_dir(),
+                cx.seq
+            ),
             port: 28_000 + ((cx.seq % 400) * 16) as u16,
         }
     }
@@ -134,7 +138,12 @@ fn page_server(
     );
     let out = dst.sh(&script, Duration::from_secs(60))?;
     if !out.success() {
-        return Err(step_failed("criu page-server", dst, &out, &format!("{dir}/ps.log")));
+        return Err(step_failed(
+            "criu page-server",
+            dst,
+            &out,
+            &format!("{dir}/ps.log"),
+        ));
     }
     Ok(())
 }
@@ -171,7 +180,12 @@ fn dump_to_page_server(
             ),
             Duration::from_secs(30),
         );
-        return Err(step_failed(&format!("criu {what}"), src, &out, &format!("{dir}/{what}.log")));
+        return Err(step_failed(
+            &format!("criu {what}"),
+            src,
+            &out,
+            &format!("{dir}/{what}.log"),
+        ));
     }
     Ok((dump_stats(src, dir).unwrap_or_default(), secs))
 }
@@ -214,7 +228,12 @@ fn copy_and_restore(
             Duration::from_secs(60),
         )?;
         if !out.success() {
-            return Err(step_failed("criu lazy-pages", dst, &out, &format!("{dst_dir}/lazy.log")));
+            return Err(step_failed(
+                "criu lazy-pages",
+                dst,
+                &out,
+                &format!("{dst_dir}/lazy.log"),
+            ));
         }
     }
     let lazy_arg = if lazy { " --lazy-pages" } else { "" };
@@ -224,7 +243,12 @@ fn copy_and_restore(
         cx.timeout,
     )?;
     if !out.success() {
-        return Err(step_failed("criu restore", dst, &out, &format!("{dst_dir}/restore.log")));
+        return Err(step_failed(
+            "criu restore",
+            dst,
+            &out,
+            &format!("{dst_dir}/restore.log"),
+        ));
     }
     let pid = dst
         .read_file(&format!("{dst_dir}/restore.pid"))
@@ -284,7 +308,14 @@ impl Method for CriuStopCopy {
             let rs = restore_stats(cx.provider.destination(), &dirs.dst);
             let total = dump_secs + copy_secs + restore_wall;
             Ok(Moved {
-                figures: figures(total, total, &st, &rs, st.pages_written, "plain CRIU stop-copy"),
+                figures: figures(
+                    total,
+                    total,
+                    &st,
+                    &rs,
+                    st.pages_written,
+                    "plain CRIU stop-copy",
+                ),
                 destination_pid: pid,
                 haul_report: None,
                 criu: Some(CriuDetail {
@@ -366,11 +397,8 @@ impl Method for CriuPostCopy {
                     }
                 };
             let downtime = t0.elapsed().as_secs_f64();
-            let done = src.wait_until(
-                &format!("test -s {}", shell_quote(&rc)),
-                None,
-                cx.timeout,
-            )?;
+            let done =
+                src.wait_until(&format!("test -s {}", shell_quote(&rc)), None, cx.timeout)?;
             let lazy_done = t0.elapsed().as_secs_f64();
             let code = src
                 .read_file(&rc)
@@ -386,7 +414,14 @@ impl Method for CriuPostCopy {
             }
             let st = dump_stats(src, &dirs.src).unwrap_or_default();
             let rs = restore_stats(cx.provider.destination(), &dirs.dst);
-            let mut f = figures(lazy_done, downtime, &st, &rs, st.pages_written + st.pages_lazy, "plain CRIU lazy pages");
+            let mut f = figures(
+                lazy_done,
+                downtime,
+                &st,
+                &rs,
+                st.pages_written + st.pages_lazy,
+                "plain CRIU lazy pages",
+            );
             // CRIU's frozen time of a lazy dump is wrong (negative); the harness's clock it is
             f.frozen_secs = Some(downtime);
             f.postcopy_window_secs = Some(lazy_done - downtime);
@@ -417,9 +452,7 @@ pub struct CriuPreCopy;
 /// P.Haul's rule: after a round that wrote `written` pages (the one before wrote `before`),
 /// whether to stop pre-dumping.
 pub fn converged(round: u32, written: u64, before: Option<u64>, max_rounds: u32) -> bool {
-    written <= 64
-        || before.is_some_and(|b| written as f64 > b as f64 * 1.1)
-        || round >= max_rounds
+    written <= 64 || before.is_some_and(|b| written as f64 > b as f64 * 1.1) || round >= max_rounds
 }
 
 impl Method for CriuPreCopy {
@@ -476,9 +509,18 @@ impl Method for CriuPreCopy {
             let downtime = t_final.elapsed().as_secs_f64();
             let rs = restore_stats(cx.provider.destination(), &d);
             let pages = pre.iter().map(|p| p.pages_written).sum::<u64>() + st.pages_written;
-            let mut f = figures(t0.elapsed().as_secs_f64(), downtime, &st, &rs, pages, "plain CRIU pre-dump loop");
+            let mut f = figures(
+                t0.elapsed().as_secs_f64(),
+                downtime,
+                &st,
+                &rs,
+                pages,
+                "plain CRIU pre-dump loop",
+            );
             f.frozen_secs = Some(
-                pre.iter().map(|p| p.frozen_time_us as f64 / 1e6).sum::<f64>()
+                pre.iter()
+                    .map(|p| p.frozen_time_us as f64 / 1e6)
+                    .sum::<f64>()
                     + st.frozen_time_us as f64 / 1e6,
             );
             f.rounds = rounds;

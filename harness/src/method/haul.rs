@@ -168,7 +168,9 @@ mod tests {
     #[test]
     fn auto_takes_the_twin_of_what_it_resolves_to() {
         assert_eq!(
-            HaulStrategy::new("auto", Some("post-copy")).twin().as_deref(),
+            HaulStrategy::new("auto", Some("post-copy"))
+                .twin()
+                .as_deref(),
             Some("criu post-copy")
         );
         assert_eq!(

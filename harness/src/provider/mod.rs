@@ -15,9 +15,9 @@
 //! drop).
 
 pub mod local;
-pub mod step;
 pub mod qemu;
 pub mod ssh;
+pub mod step;
 pub mod vagrant;
 
 use std::fmt;
@@ -175,7 +175,10 @@ mod tests {
     #[test]
     fn provider_kinds() {
         assert_eq!(ProviderConfig::default().kind(), "local");
-        assert_eq!(ProviderConfig::default_of("vagrant").unwrap().kind(), "vagrant");
+        assert_eq!(
+            ProviderConfig::default_of("vagrant").unwrap().kind(),
+            "vagrant"
+        );
         assert_eq!(ProviderConfig::default_of("qemu").unwrap().kind(), "qemu");
         assert!(ProviderConfig::default_of("vagrant").unwrap().is_vm());
         assert!(ProviderConfig::default_of("ssh").is_err());

@@ -63,7 +63,9 @@ pub fn guests_over_ssh(ssh: Vec<String>) -> SshConfig {
 
 /// The run's directory on this machine for a VM provider's state.
 pub fn state_dir(tag: &str, what: &str) -> Result<PathBuf, ProviderError> {
-    let d = PathBuf::from(super::local::LOCAL_WORK_ROOT).join(tag).join(what);
+    let d = PathBuf::from(super::local::LOCAL_WORK_ROOT)
+        .join(tag)
+        .join(what);
     std::fs::create_dir_all(&d).map_err(|source| crate::node::NodeError::Io {
         what: format!("cannot make {}", d.display()),
         source,
@@ -82,7 +84,9 @@ struct Guests {
 impl Guests {
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("bash");
-        c.arg(&self.vm_sh).args(args).env("HAUL_VM_STATE", &self.state);
+        c.arg(&self.vm_sh)
+            .args(args)
+            .env("HAUL_VM_STATE", &self.state);
         c
     }
 }
@@ -133,7 +137,13 @@ impl QemuProvider {
             prov.env("HAUL_BIN_DIR", b);
         }
         prov.env("HAUL_KEY_FILE", state.join("haul.key"));
-        step::run("vm.sh provision", prov, Duration::from_secs(600), &log, &cx.cancel)?;
+        step::run(
+            "vm.sh provision",
+            prov,
+            Duration::from_secs(600),
+            &log,
+            &cx.cancel,
+        )?;
         let cfg = guests_over_ssh(vec![
             "ssh".into(),
             "-F".into(),

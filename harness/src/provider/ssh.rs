@@ -145,13 +145,29 @@ impl SshNode {
     fn start_master(&mut self, path: String) -> Result<(), NodeError> {
         let mut c = Command::new(&self.ssh[0]);
         c.args(&self.ssh[1..])
-            .args(["-f", "-N", "-o", "ControlMaster=yes", "-o", "ControlPersist=yes"])
-            .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=12", "-o"])
+            .args([
+                "-f",
+                "-N",
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                "ControlPersist=yes",
+            ])
+            .args([
+                "-o",
+                "ServerAliveInterval=5",
+                "-o",
+                "ServerAliveCountMax=12",
+                "-o",
+            ])
             .arg(format!("ControlPath={path}"))
             .arg(&self.host.host);
         let out = run_local(c, None, Duration::from_secs(120), &self.cancel)?;
         if !out.success() {
-            return Err(self.failed("ssh -f -N -o ControlMaster=yes (the master connection)", &out));
+            return Err(self.failed(
+                "ssh -f -N -o ControlMaster=yes (the master connection)",
+                &out,
+            ));
         }
         self.control = Some(path);
         Ok(())

@@ -19,7 +19,11 @@ pub fn run(
     cancel: &CancelToken,
 ) -> Result<Output, ProviderError> {
     let t = Instant::now();
-    eprintln!("  {name} (limit {} s; log {})", limit.as_secs(), log.display());
+    eprintln!(
+        "  {name} (limit {} s; log {})",
+        limit.as_secs(),
+        log.display()
+    );
     let out = run_local(cmd, None, limit, cancel)?;
     let mut text = format!(
         "==== {name}: {} after {:.1} s\n",
@@ -29,7 +33,11 @@ pub fn run(
     text.push_str(&String::from_utf8_lossy(&out.stdout));
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         let _ = f.write_all(text.as_bytes());
     }
     if !out.success() {

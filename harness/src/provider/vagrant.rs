@@ -85,13 +85,25 @@ impl Drop for Machines {
         let t = CancelToken::new();
         if self.up_started {
             let cmd = self.vagrant(&["destroy", "-f"]);
-            if let Err(e) = step::run("vagrant destroy -f", cmd, Duration::from_secs(300), &self.log, &t) {
+            if let Err(e) = step::run(
+                "vagrant destroy -f",
+                cmd,
+                Duration::from_secs(300),
+                &self.log,
+                &t,
+            ) {
                 eprintln!("haul-harness: {e}");
             }
         }
         if self.libvirt_started {
             let cmd = self.script("libvirt-ns.sh", &["stop"]);
-            if let Err(e) = step::run("libvirt-ns.sh stop", cmd, Duration::from_secs(180), &self.log, &t) {
+            if let Err(e) = step::run(
+                "libvirt-ns.sh stop",
+                cmd,
+                Duration::from_secs(180),
+                &self.log,
+                &t,
+            ) {
                 eprintln!("haul-harness: {e}");
             }
         }
@@ -122,12 +134,30 @@ impl VagrantProvider {
         };
         m.libvirt_started = true;
         let start = m.script("libvirt-ns.sh", &["start"]);
-        step::run("libvirt-ns.sh start", start, Duration::from_secs(900), &m.log, &cx.cancel)?;
+        step::run(
+            "libvirt-ns.sh start",
+            start,
+            Duration::from_secs(900),
+            &m.log,
+            &cx.cancel,
+        )?;
         let boxes = m.script("build-box.sh", &[]);
-        step::run("build-box.sh", boxes, Duration::from_secs(1500), &m.log, &cx.cancel)?;
+        step::run(
+            "build-box.sh",
+            boxes,
+            Duration::from_secs(1500),
+            &m.log,
+            &cx.cancel,
+        )?;
         m.up_started = true;
         let up = m.vagrant(&["up", "--no-tty"]);
-        step::run("vagrant up", up, Duration::from_secs(1200), &m.log, &cx.cancel)?;
+        step::run(
+            "vagrant up",
+            up,
+            Duration::from_secs(1200),
+            &m.log,
+            &cx.cancel,
+        )?;
         let out = step::run(
             "vagrant ssh-config",
             m.vagrant(&["ssh-config"]),

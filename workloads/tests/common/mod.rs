@@ -48,7 +48,6 @@ pub fn workdir() -> tempfile::TempDir {
         .expect("create a temp dir")
 }
 
-
 /// A launched workload that is killed (whole pid namespace) and reaped on drop.
 pub struct Running {
     pub launched: Launched,
