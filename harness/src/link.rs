@@ -53,11 +53,12 @@ pub fn interface(node: &dyn Node) -> Option<String> {
         .filter(|d| !d.is_empty())
 }
 
-/// Bytes received plus sent on `dev` so far.
+/// Bytes received plus sent on `dev` so far (`/proc/net/dev`, which, unlike `/sys`, shows the
+/// reader's own network namespace).
 pub fn counters(node: &dyn Node, dev: &str) -> Option<u64> {
-    let d = shell_quote(dev);
     let script = format!(
-        "echo $(( $(cat /sys/class/net/{d}/statistics/rx_bytes) + $(cat /sys/class/net/{d}/statistics/tx_bytes) ))"
+        "sed 's/:/ /' /proc/net/dev | awk -v d={} '$1 == d {{ printf \"%.0f\\n\", $2 + $10 }}'",
+        shell_quote(dev)
     );
     node.sh(&script, Duration::from_secs(30))
         .ok()

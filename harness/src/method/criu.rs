@@ -422,6 +422,11 @@ impl Method for CriuPostCopy {
                 st.pages_written + st.pages_lazy,
                 "plain CRIU lazy pages",
             );
+            // a lazy dump's stats count no pages (they move after it): unknown, not zero
+            if st.pages_written + st.pages_lazy == 0 {
+                f.pages_sent = None;
+                f.memory_bytes_sent = None;
+            }
             // CRIU's frozen time of a lazy dump is wrong (negative); the harness's clock it is
             f.frozen_secs = Some(downtime);
             f.postcopy_window_secs = Some(lazy_done - downtime);
