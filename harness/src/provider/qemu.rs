@@ -61,6 +61,40 @@ pub fn guests_over_ssh(ssh: Vec<String>) -> SshConfig {
     }
 }
 
+/// Set both guests' clocks from this machine's (they boot from the RTC, whole seconds apart,
+/// and TCG guests drift; the workload's log is written on src, then on dst, so a pause
+/// across the migration is only right when both clocks agree), then measure what is left:
+/// each guest's clock minus this machine's at the middle of one round trip, in ms.
+pub fn sync_clocks(nodes: &SshProvider) -> String {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    let t = Duration::from_secs(30);
+    let mut out = Vec::new();
+    for n in [nodes.source(), nodes.destination()] {
+        // the command's own round trip (tens of ms on a multiplexed connection) is the error
+        let _ = n.exec(
+            &["date".into(), "-s".into(), format!("@{:.3}", now())],
+            None,
+            t,
+        );
+        let before = now();
+        let theirs = n
+            .exec(&["date".into(), "+%s.%N".into()], None, t)
+            .ok()
+            .and_then(|o| o.stdout_text().trim().parse::<f64>().ok());
+        let mid = (before + now()) / 2.0;
+        out.push(match theirs {
+            Some(x) => format!("{} {:+.0} ms", n.describe(), (x - mid) * 1000.0),
+            None => format!("{} unknown", n.describe()),
+        });
+    }
+    out.join(", ")
+}
+
 /// The run's directory on this machine for a VM provider's state.
 pub fn state_dir(tag: &str, what: &str) -> Result<PathBuf, ProviderError> {
     let d = PathBuf::from(super::local::LOCAL_WORK_ROOT)
@@ -113,6 +147,8 @@ pub struct QemuProvider {
     // dropped first: the harness's processes and directories in the guests go before them
     nodes: SshProvider,
     _guests: Guests,
+    /// The guests' clock offsets after they were set.
+    clocks: String,
 }
 
 impl QemuProvider {
@@ -150,9 +186,12 @@ impl QemuProvider {
             vm_state.join("ssh_config").display().to_string(),
         ]);
         let nodes = SshProvider::new("qemu", &cfg, &cx.tag, &cx.cancel)?;
+        let clocks = sync_clocks(&nodes);
+        eprintln!("  guests' clocks set from this machine's; left: {clocks}");
         Ok(QemuProvider {
             nodes,
             _guests: guests,
+            clocks,
         })
     }
 }
@@ -162,7 +201,11 @@ impl Provider for QemuProvider {
         "qemu"
     }
     fn describe(&self) -> String {
-        self.nodes.describe()
+        format!(
+            "{} (plain QEMU, TCG guests; clocks: {})",
+            self.nodes.describe(),
+            self.clocks
+        )
     }
     fn source(&self) -> &dyn Node {
         self.nodes.source()

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::qemu::{guests_over_ssh, state_dir};
+use super::qemu::{guests_over_ssh, state_dir, sync_clocks};
 use super::ssh::SshProvider;
 use super::{step, Node, Provider, ProviderError, ProvisionContext};
 use crate::cancel::CancelToken;
@@ -116,6 +116,8 @@ pub struct VagrantProvider {
     // dropped first: the harness's processes and directories in the guests go before them
     nodes: SshProvider,
     _machines: Machines,
+    /// The guests' clock offsets after they were set.
+    clocks: String,
 }
 
 impl VagrantProvider {
@@ -180,9 +182,12 @@ impl VagrantProvider {
             "BatchMode=yes".into(),
         ]);
         let nodes = SshProvider::new("vagrant", &cfg, &cx.tag, &cx.cancel)?;
+        let clocks = sync_clocks(&nodes);
+        eprintln!("  guests' clocks set from this machine's; left: {clocks}");
         Ok(VagrantProvider {
             nodes,
             _machines: m,
+            clocks,
         })
     }
 }
@@ -193,9 +198,10 @@ impl Provider for VagrantProvider {
     }
     fn describe(&self) -> String {
         format!(
-            "{} (Vagrant {} with libvirt, TCG guests)",
+            "{} (Vagrant with libvirt in network namespace {}, TCG guests; clocks: {})",
             self.nodes.describe(),
-            self._machines.netns
+            self._machines.netns,
+            self.clocks
         )
     }
     fn source(&self) -> &dyn Node {
