@@ -267,10 +267,10 @@ pub fn markdown(cs: &[Comparison], a: &str, b: &str, opts: &CompareOptions) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::case::WorkloadCase;
     use crate::record::{
         Check, Environment, Figures, Outcome, Record, Tool, WorkloadParams, SCHEMA,
     };
-    use crate::scenario::WorkloadCase;
 
     fn rec(total: f64, downtime: f64, rev: &str) -> Record {
         let case = WorkloadCase {

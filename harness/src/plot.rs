@@ -765,7 +765,7 @@ pub fn draw_all(
         Some((k, gs)) => (
             format!(
                 "Total time vs dirty rate ({} workload, pattern {}; median and IQR)",
-                crate::scenario::human_size(k.0),
+                crate::case::human_size(k.0),
                 k.1
             ),
             gs,

@@ -281,7 +281,7 @@ pub struct Record {
     pub started_at: String,
     /// Repetition (1-based).
     pub rep: u32,
-    /// The method: `haul <strategy>` or `criu <what it mirrors>` (see [`crate::method`]).
+    /// The method: `haul <strategy>` or `criu <what it mirrors>`.
     pub method: String,
     /// The tool behind it.
     pub tool: Tool,

@@ -5,7 +5,7 @@
 //! description = "The HOWTO's memory toucher at three sizes and three dirty rates"
 //! repetitions = 3
 //! strategies = ["stop-copy", "post-copy", "auto", "pre-copy", "hybrid"]
-//! twins = true               # also each strategy's plain-CRIU twin (crate::method)
+//! twins = true               # also each strategy's plain-CRIU twin (see the method module)
 //! settle_secs = 1.0          # the workload touches memory this long before it is migrated
 //! after_secs = 1.0           # and this long on the destination before it checks itself
 //!
