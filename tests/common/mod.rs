@@ -76,7 +76,7 @@ pub fn start_serve(nodes: &NodePair, key: &Path, dir: &Path) -> Serve {
 pub fn start_serve_env(nodes: &NodePair, key: &Path, dir: &Path, env: &[(&str, &Path)]) -> Serve {
     let port = 27600 + (std::process::id() % 300) as u16;
     let log = dir.join("serve.log");
-    let child = nodes
+    let mut child = nodes
         .b
         .command(HAUL)
         .args(["serve", "--listen", &format!("{}:{port}", nodes.b.addr)])
@@ -87,22 +87,35 @@ pub fn start_serve_env(nodes: &NodePair, key: &Path, dir: &Path, env: &[(&str, &
         .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let serve = Serve { child, port, log };
-    let t = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&serve.log).unwrap_or_default();
-        if text.contains("haul serve on") {
-            return serve;
+    // its log lines are copied to serve.log as they come; the one saying it listens is the
+    // event waited for (no polling of the file)
+    let pipe = child.stderr.take().expect("haul serve's stderr");
+    let mut file = std::fs::File::create(&log).unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut r = BufReader::new(pipe);
+        let mut line = Vec::new();
+        let mut ready = Some(ready_tx);
+        while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let _ = file.write_all(&line);
+            if ready.is_some() && String::from_utf8_lossy(&line).contains("haul serve on") {
+                let _ = ready.take().map(|tx| tx.send(()));
+            }
+            line.clear();
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "haul serve did not start:\n{text}"
+    });
+    let serve = Serve { child, port, log };
+    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        panic!(
+            "haul serve did not start:\n{}",
+            std::fs::read_to_string(&serve.log).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(50));
     }
+    serve
 }
 
 /// Starts mtouch in node A in its own pid namespace; returns (host pid, workdir).

@@ -113,6 +113,24 @@ struct Guests {
     vm_sh: PathBuf,
     state: PathBuf,
     log: PathBuf,
+    /// Everything came up: the run's directory goes after the tear-down (else it stays,
+    /// with the log the error names).
+    up: bool,
+    /// Keep the run's directory (`--keep`).
+    keep: bool,
+}
+
+/// Remove a VM provider's directory on this machine (`dir`, and its parent, the run's, once
+/// empty) after a tear-down, unless the VMs never came up (its log is then what is left to
+/// read) or the run keeps its files.
+pub fn remove_state(dir: &std::path::Path, up: bool, keep: bool) {
+    if !up || keep || !super::removable(&dir.display().to_string()) {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    if let Some(run) = dir.parent() {
+        let _ = std::fs::remove_dir(run);
+    }
 }
 
 impl Guests {
@@ -129,14 +147,19 @@ impl Drop for Guests {
     fn drop(&mut self) {
         // a fresh token: the guests go down even after the run was cancelled
         let cmd = self.command(&["down"]);
-        if let Err(e) = step::run(
+        match step::run(
             "vm.sh down",
             cmd,
             Duration::from_secs(180),
             &self.log,
             &CancelToken::new(),
         ) {
-            eprintln!("haul-harness: {e}");
+            Ok(_) => remove_state(
+                self.state.parent().unwrap_or(&self.state),
+                self.up,
+                self.keep,
+            ),
+            Err(e) => eprintln!("haul-harness: {e}"),
         }
     }
 }
@@ -158,10 +181,12 @@ impl QemuProvider {
         let state = state_dir(&cx.tag, "qemu")?;
         let vm_state = state.join("vm");
         let log = state.join("vm.log");
-        let guests = Guests {
+        let mut guests = Guests {
             vm_sh: vagrant.join("vm.sh"),
             state: vm_state.clone(),
             log: log.clone(),
+            up: false,
+            keep: false,
         };
         let mut up = guests.command(&["up"]);
         if let Some(m) = c.memory_mib {
@@ -186,6 +211,7 @@ impl QemuProvider {
             vm_state.join("ssh_config").display().to_string(),
         ]);
         let nodes = SshProvider::new("qemu", &cfg, &cx.tag, &cx.cancel)?;
+        guests.up = true;
         let clocks = sync_clocks(&nodes);
         eprintln!("  guests' clocks set from this machine's; left: {clocks}");
         Ok(QemuProvider {
@@ -217,6 +243,7 @@ impl Provider for QemuProvider {
         self.nodes.shared_dir()
     }
     fn keep_files(&mut self, keep: bool) {
-        self.nodes.keep_files(keep)
+        self.nodes.keep_files(keep);
+        self._guests.keep = keep;
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::qemu::{guests_over_ssh, state_dir, sync_clocks};
+use super::qemu::{guests_over_ssh, remove_state, state_dir, sync_clocks};
 use super::ssh::SshProvider;
 use super::{step, Node, Provider, ProviderError, ProvisionContext};
 use crate::cancel::CancelToken;
@@ -52,6 +52,10 @@ struct Machines {
     up_started: bool,
     /// `libvirt-ns.sh start` was started.
     libvirt_started: bool,
+    /// Everything came up: the run's directory goes after the tear-down.
+    up: bool,
+    /// Keep the run's directory (`--keep`).
+    keep: bool,
 }
 
 impl Machines {
@@ -97,14 +101,15 @@ impl Drop for Machines {
         }
         if self.libvirt_started {
             let cmd = self.script("libvirt-ns.sh", &["stop"]);
-            if let Err(e) = step::run(
+            match step::run(
                 "libvirt-ns.sh stop",
                 cmd,
                 Duration::from_secs(180),
                 &self.log,
                 &t,
             ) {
-                eprintln!("haul-harness: {e}");
+                Ok(_) => remove_state(&self.state, self.up, self.keep),
+                Err(e) => eprintln!("haul-harness: {e}"),
             }
         }
     }
@@ -133,6 +138,8 @@ impl VagrantProvider {
             memory_mib: c.memory_mib,
             up_started: false,
             libvirt_started: false,
+            up: false,
+            keep: false,
         };
         m.libvirt_started = true;
         let start = m.script("libvirt-ns.sh", &["start"]);
@@ -182,6 +189,7 @@ impl VagrantProvider {
             "BatchMode=yes".into(),
         ]);
         let nodes = SshProvider::new("vagrant", &cfg, &cx.tag, &cx.cancel)?;
+        m.up = true;
         let clocks = sync_clocks(&nodes);
         eprintln!("  guests' clocks set from this machine's; left: {clocks}");
         Ok(VagrantProvider {
@@ -214,6 +222,7 @@ impl Provider for VagrantProvider {
         self.nodes.shared_dir()
     }
     fn keep_files(&mut self, keep: bool) {
-        self.nodes.keep_files(keep)
+        self.nodes.keep_files(keep);
+        self._machines.keep = keep;
     }
 }
