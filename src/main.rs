@@ -378,6 +378,6 @@ async fn check(json: bool) -> anyhow::Result<()> {
         }
     }
     let (auto, why) = Strategy::Auto.resolve(f, f);
-    println!("  auto       -> {auto}: {why}");
+    println!("  auto       -> {auto} for a typical tree: {why} (each migration decides by estimated cost: see `haul pid --dry-run`)");
     Ok(check?)
 }

@@ -133,9 +133,7 @@ fn finding_kinds(a: &Attempt) -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn a_ghost_file_over_the_limit_moves_with_a_fitting_limit() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-ghost");
     let g = st.start_in_a("ghost-file", &["--size", "4m"]);
     w::wait_progress(&st.wd.join(GHOST_FILE_LOG), 3);
@@ -150,9 +148,7 @@ fn a_ghost_file_over_the_limit_moves_with_a_fitting_limit() {
     assert!(v.passed(), "{}", w::show(&st.wd.join(GHOST_FILE_LOG)));
 }
 
-#[test]
 fn a_ghost_file_too_big_to_copy_is_refused_with_the_limit_to_set() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-ghost-big");
     let g = st.start_in_a("ghost-file", &["--size", "300m"]);
     w::wait_progress(&st.wd.join(GHOST_FILE_LOG), 3);
@@ -161,9 +157,7 @@ fn a_ghost_file_too_big_to_copy_is_refused_with_the_limit_to_set() {
     assert_ran_on_untouched(&st, GHOST_FILE_STOP, GHOST_FILE_LOG);
 }
 
-#[test]
 fn a_unix_stream_to_the_outside_is_refused() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-unix");
     let sock = st.wd.join("peer.sock");
     let sock = sock.to_str().expect("utf-8");
@@ -179,9 +173,7 @@ fn a_unix_stream_to_the_outside_is_refused() {
     assert_ran_on_untouched(&st, UNIX_PEER_STOP, UNIX_PEER_LOG);
 }
 
-#[test]
 fn established_tcp_is_refused_unless_asked_for() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-tcp");
     let server = st.start_in_a("tcp-echo", &["--listen", "127.0.0.1:7100"]);
     let _client = st.start_in_a(
@@ -194,9 +186,7 @@ fn established_tcp_is_refused_unless_asked_for() {
     assert!(common::alive(server.pid()));
 }
 
-#[test]
 fn a_port_taken_on_the_destination_is_refused_before_the_freeze() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-port");
     let mine = st.start_in_a("port-listener", &["--listen", "0.0.0.0:7200"]);
     let theirs_dir = st.tmp.path().join("b");
@@ -214,9 +204,7 @@ fn a_port_taken_on_the_destination_is_refused_before_the_freeze() {
     assert_ran_on_untouched(&st, PORT_LISTENER_STOP, PORT_LISTENER_LOG);
 }
 
-#[test]
 fn a_pid_taken_on_the_destination_is_refused_before_the_freeze() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-pid");
     // No pid namespace of its own: its host pid must be free on B, and on one kernel the
     // original holds it.
@@ -235,9 +223,7 @@ fn a_pid_taken_on_the_destination_is_refused_before_the_freeze() {
     assert_ran_on_untouched(&st, REC_WRITER_STOP, REC_WRITER_LOG);
 }
 
-#[test]
 fn sysv_ipc_in_the_nodes_namespace_is_refused() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-ipc");
     let s = st.start_in_a("sysv-ipc", &[]);
     w::wait_progress(&st.wd.join(SYSV_IPC_LOG), 3);
@@ -246,9 +232,7 @@ fn sysv_ipc_in_the_nodes_namespace_is_refused() {
     assert_ran_on_untouched(&st, SYSV_IPC_STOP, SYSV_IPC_LOG);
 }
 
-#[test]
 fn io_uring_is_refused_as_not_migratable() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-uring");
     let u = st.start_in_a("uring-user", &[]);
     w::wait_progress(&st.wd.join(URING_USER_LOG), 3);
@@ -257,9 +241,7 @@ fn io_uring_is_refused_as_not_migratable() {
     assert_ran_on_untouched(&st, URING_USER_STOP, URING_USER_LOG);
 }
 
-#[test]
 fn a_file_another_writer_changes_is_refused_or_diagnosed_and_the_process_resumes() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-follow");
     let _writer = st.start_in_a("file-follower", &["--write", "--interval-ms", "5"]);
     let f = st.start_in_a("file-follower", &[]);
@@ -288,9 +270,7 @@ fn a_file_another_writer_changes_is_refused_or_diagnosed_and_the_process_resumes
     assert!(v.passed(), "{}", w::show(&st.wd.join(FILE_FOLLOWER_LOG)));
 }
 
-#[test]
 fn a_pty_is_diagnosed_when_its_index_is_taken_and_the_process_resumes() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-pty");
     let p = st.start_in_a("pty-holder", &[]);
     w::wait_progress(&st.wd.join(PTY_HOLDER_LOG), 3);
@@ -313,9 +293,7 @@ fn a_pty_is_diagnosed_when_its_index_is_taken_and_the_process_resumes() {
     assert!(v.passed(), "{}", w::show(&st.wd.join(PTY_HOLDER_LOG)));
 }
 
-#[test]
 fn locks_on_shared_storage_are_refused_before_the_restore_could_wait_for_them() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-locks");
     let l = st.start_in_a("lock-holder", &[]);
     w::wait_progress(&st.wd.join(LOCK_HOLDER_LOG), 3);
@@ -327,9 +305,7 @@ fn locks_on_shared_storage_are_refused_before_the_restore_could_wait_for_them() 
     assert_ran_on_untouched(&st, LOCK_HOLDER_STOP, LOCK_HOLDER_LOG);
 }
 
-#[test]
 fn auto_picks_stop_copy_for_a_sparse_mapping_and_moves_it_in_under_a_second() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-sparse");
     let s = st.start_in_a("sparse-map", &[]);
     w::wait_progress(&st.wd.join(SPARSE_MAP_LOG), 3);
@@ -355,9 +331,7 @@ fn auto_picks_stop_copy_for_a_sparse_mapping_and_moves_it_in_under_a_second() {
     );
 }
 
-#[test]
 fn a_dry_run_estimates_and_freezes_nothing() {
-    skip_unless_runnable!();
     let st = Stage::new("xp-dry");
     let r = st.start_in_a("rec-writer", &["--interval-us", "10000"]);
     w::wait_progress(&st.wd.join(REC_WRITER_LOG), 3);
@@ -384,4 +358,56 @@ fn a_dry_run_estimates_and_freezes_nothing() {
         "a dry run keeps nothing on the destination"
     );
     assert_ran_on_untouched(&st, REC_WRITER_STOP, REC_WRITER_LOG);
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::test;
+    let [root, criu] = common::NEEDS;
+    haul_test_support::run(vec![
+        test!(
+            a_ghost_file_over_the_limit_moves_with_a_fitting_limit,
+            root,
+            criu
+        ),
+        test!(
+            a_ghost_file_too_big_to_copy_is_refused_with_the_limit_to_set,
+            root,
+            criu
+        ),
+        test!(a_unix_stream_to_the_outside_is_refused, root, criu),
+        test!(established_tcp_is_refused_unless_asked_for, root, criu),
+        test!(
+            a_port_taken_on_the_destination_is_refused_before_the_freeze,
+            root,
+            criu
+        ),
+        test!(
+            a_pid_taken_on_the_destination_is_refused_before_the_freeze,
+            root,
+            criu
+        ),
+        test!(sysv_ipc_in_the_nodes_namespace_is_refused, root, criu),
+        test!(io_uring_is_refused_as_not_migratable, root, criu),
+        test!(
+            a_file_another_writer_changes_is_refused_or_diagnosed_and_the_process_resumes,
+            root,
+            criu
+        ),
+        test!(
+            a_pty_is_diagnosed_when_its_index_is_taken_and_the_process_resumes,
+            root,
+            criu
+        ),
+        test!(
+            locks_on_shared_storage_are_refused_before_the_restore_could_wait_for_them,
+            root,
+            criu
+        ),
+        test!(
+            auto_picks_stop_copy_for_a_sparse_mapping_and_moves_it_in_under_a_second,
+            root,
+            criu
+        ),
+        test!(a_dry_run_estimates_and_freezes_nothing, root, criu),
+    ])
 }
