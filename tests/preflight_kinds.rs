@@ -428,7 +428,7 @@ fn the_sparse_process_goes_stop_copy_under_a_second() {
     );
     let c = choose_strategy(
         &CostModel::default(),
-        &p.cost_inputs(LAZY, LAZY, None, None),
+        &p.cost_inputs(LAZY, LAZY, None, None, true),
     );
     assert_eq!(c.strategy, Strategy::StopCopy, "{}", c.reason);
     assert!(c.chosen().downtime_secs < 1.0, "{c:?}");
