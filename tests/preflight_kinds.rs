@@ -314,6 +314,16 @@ fn sysv_ipc_of_the_node_is_refused() {
         finding(&p, ObstacleKind::SysvIpcHostNamespace).severity,
         Severity::Refuse
     );
+    // Ended by its stop file, it removes its objects (killed, it would leave them in the
+    // node's IPC namespace, where the next test's pre-flight would see them).
+    std::fs::write(dir.path().join("sysv-ipc-stop"), b"").unwrap();
+    wait_for("sysv-ipc to finish", || {
+        find_line(dir.path().join("sysv-ipc.log"), "Finish")
+            .ok()
+            .flatten()
+            .is_some()
+    });
+    drop(r);
 }
 
 fn io_uring_is_refused() {
