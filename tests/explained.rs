@@ -327,6 +327,10 @@ fn auto_picks_stop_copy_for_a_sparse_mapping_and_pauses_it_far_less_than_a_lazy_
         .expect("a post-copy estimate");
     let v = w::stop_and_judge(&st.wd, SPARSE_MAP_STOP, SPARSE_MAP_LOG);
     assert!(v.passed(), "{}", w::show(&st.wd.join(SPARSE_MAP_LOG)));
+    eprintln!(
+        "sparse-map under auto: {} (post-copy estimated {post_copy:.3} s); haul's downtime {} s, the workload's largest gap {:.3} s",
+        report["strategy"], report["downtime_secs"], v.largest_gap.as_secs_f64()
+    );
     // The figure (under 1 s of downtime, idle machine) is measured in
     // results/sparse-auto-*.md; here, under a loaded test run, the pause must be of
     // stop-copy's order, well below the lazy dump auto turned down (19 s when #13 was filed).

@@ -317,11 +317,14 @@ fn sysv_ipc_of_the_node_is_refused() {
     // Ended by its stop file, it removes its objects (killed, it would leave them in the
     // node's IPC namespace, where the next test's pre-flight would see them).
     std::fs::write(dir.path().join("sysv-ipc-stop"), b"").unwrap();
+    // (`Finish` parses as its own line kind, which `find_line` does not return)
+    let log = dir.path().join("sysv-ipc.log");
     wait_for("sysv-ipc to finish", || {
-        find_line(dir.path().join("sysv-ipc.log"), "Finish")
-            .ok()
-            .flatten()
-            .is_some()
+        let mut finished = false;
+        let _ = haul_workloads::worklog::for_each_line(&log, |l| {
+            finished |= matches!(l, haul_workloads::worklog::Line::Finish);
+        });
+        finished
     });
     drop(r);
 }

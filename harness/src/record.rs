@@ -188,6 +188,13 @@ pub struct Figures {
     /// just to move the memory once.
     #[serde(default)]
     pub floor_secs: Option<f64>,
+    /// `haul pid --dry-run`'s estimated downtime (s) for the strategy that then ran, taken
+    /// just before the migration (scenarios with `dry_run_first`).
+    #[serde(default)]
+    pub estimated_downtime_secs: Option<f64>,
+    /// The same dry run's estimated total time (s).
+    #[serde(default)]
+    pub estimated_total_secs: Option<f64>,
     /// The strategy used (auto resolves to one).
     pub strategy_used: Option<String>,
     /// Pre-dump rounds.
@@ -208,6 +215,8 @@ impl Figures {
             "memory_bytes_sent" => self.memory_bytes_sent.map(|p| p as f64),
             "wire_bytes" => self.wire_bytes.map(|p| p as f64),
             "floor_secs" => self.floor_secs,
+            "estimated_downtime_secs" => self.estimated_downtime_secs,
+            "estimated_total_secs" => self.estimated_total_secs,
             _ => None,
         }
     }

@@ -113,6 +113,11 @@ pub struct Scenario {
     /// More `haul pid` options for every haul migration (e.g. `["--max-rounds", "2"]`).
     #[serde(default)]
     pub haul_args: Vec<String>,
+    /// Before every haul migration, run the same `haul pid` with `--dry-run` (nothing frozen)
+    /// and record its estimates beside the measured figures (`estimated_downtime_secs`,
+    /// `estimated_total_secs`): how well `--dry-run` predicts (issue #13 asks ±50 %).
+    #[serde(default)]
+    pub dry_run_first: bool,
     /// Plain CRIU's pre-dump loop: at most this many pre-dumps before the final dump (it
     /// stops earlier by P.Haul's rules: <= 64 pages written, or the dirty set grew).
     #[serde(default = "default_criu_rounds")]

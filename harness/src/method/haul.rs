@@ -104,6 +104,11 @@ impl Method for HaulStrategy {
             "--no-progress".into(),
         ];
         argv.extend(cx.scenario.haul_args.iter().cloned());
+        let estimate = if cx.scenario.dry_run_first {
+            Some(self.dry_run(cx, &argv, &report)?)
+        } else {
+            None
+        };
         let mark = cx.serve.log_mark();
         let t = std::time::Instant::now();
         let out = src.exec(&argv, None, cx.timeout)?;
@@ -121,12 +126,65 @@ impl Method for HaulStrategy {
             .map_err(|e| MethodError::Failed(format!("haul's report {report}: {e}")))?;
         let parsed: MigrationReport = serde_json::from_value(value.clone())
             .map_err(|e| MethodError::Failed(format!("haul's report {report}: {e}")))?;
+        let mut figures = figures_from_report(&parsed);
+        if let Some(dry) = estimate {
+            // the estimate of the strategy that ran (auto's choice may differ between the two)
+            if let Some(e) = dry.estimate_for(&parsed.strategy) {
+                figures.estimated_downtime_secs = Some(e.downtime_secs);
+                figures.estimated_total_secs = Some(e.total_secs);
+            }
+        }
         Ok(Moved {
-            figures: figures_from_report(&parsed),
+            figures,
             destination_pid: Some(parsed.destination_pid),
             haul_report: Some(value),
             criu: None,
         })
+    }
+}
+
+/// A `haul pid --dry-run` report's estimates.
+struct DryRun(Vec<haul::preflight::cost::Estimate>);
+
+impl DryRun {
+    fn estimate_for(&self, strategy: &str) -> Option<&haul::preflight::cost::Estimate> {
+        self.0.iter().find(|e| e.strategy.name() == strategy)
+    }
+}
+
+impl HaulStrategy {
+    /// Runs `argv` (the migration's own `haul pid`) with `--dry-run` and its report beside
+    /// the migration's; exit 3 (refused) is an answer too, its estimates are kept.
+    fn dry_run(
+        &self,
+        cx: &MigrationContext<'_>,
+        argv: &[String],
+        report: &str,
+    ) -> Result<DryRun, MethodError> {
+        let src = cx.provider.source();
+        let dry_report = report.replace(".json", "-dry-run.json");
+        let mut dry: Vec<String> = argv.to_vec();
+        if let Some(i) = dry.iter().position(|a| a == report) {
+            dry[i] = dry_report.clone();
+        }
+        dry.push("--dry-run".into());
+        let out = src.exec(&dry, None, cx.timeout)?;
+        if !out.success() && out.code != Some(3) {
+            return Err(MethodError::Failed(format!(
+                "haul pid --dry-run {}: {}",
+                out.status_text(),
+                out.tail(6)
+            )));
+        }
+        let bytes = src.read_file(&dry_report)?;
+        let parsed: MigrationReport = serde_json::from_slice(&bytes)
+            .map_err(|e| MethodError::Failed(format!("haul's dry-run report {dry_report}: {e}")))?;
+        Ok(DryRun(
+            parsed
+                .preflight
+                .map(|p| p.strategy.estimates)
+                .unwrap_or_default(),
+        ))
     }
 }
 
