@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/criu/rpc.proto",
         "proto/criu/stats.proto",
+        "proto/criu/images.proto",
         "proto/haul/wire.proto",
         "proto/haul/sync.proto",
     ];

@@ -4,6 +4,7 @@
 
 pub mod criu;
 pub mod fault;
+pub mod memory;
 pub mod migrate;
 pub mod obstacle;
 pub mod preflight;

@@ -121,6 +121,20 @@ enum Cmd {
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// How memory moves after the freeze: `auto` (haul's own memory path for post-copy
+        /// and hybrid, and for stop-copy where it is estimated faster: pages pushed at link
+        /// speed, faulted pages first; not for a sparse tree, whose lazy dump costs with its
+        /// mapped size), `haul` (always), or `criu` (CRIU's page server, and its lazy-pages
+        /// daemon for post-copy).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "haul", "criu"])]
+        memory_path: String,
+        /// Bulk memory streams of haul's memory path (besides its priority stream), 1 to 16.
+        #[arg(long, default_value_t = haul::memory::source_path::DEFAULT_STREAMS)]
+        memory_streams: u32,
+        /// haul's memory path reads the frozen tasks' memory itself instead of splicing CRIU's
+        /// lazy page server's answers.
+        #[arg(long)]
+        no_criu_splice: bool,
     },
     /// Show the CRIU version and the kernel features that decide which strategies can run.
     Check {
@@ -143,6 +157,32 @@ enum Cmd {
         #[arg(long)]
         tree_pid_file: PathBuf,
     },
+    /// (internal) The destination's lazy-pages engine (haul's memory path), started by
+    /// `haul serve` on inherited fds so that it outlives the service.
+    #[command(hide = true)]
+    LazyEngine {
+        /// The final dump's images on this node.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The listening lazy-pages socket.
+        #[arg(long)]
+        listen_fd: i32,
+        /// The priority memory stream.
+        #[arg(long)]
+        priority_fd: i32,
+        /// The bulk memory streams.
+        #[arg(long)]
+        bulk_fd: Vec<i32>,
+        /// Where to report progress (lines).
+        #[arg(long)]
+        status_fd: i32,
+        /// Where `haul serve` writes the restored tree's root pid.
+        #[arg(long)]
+        tree_pid_file: PathBuf,
+        /// Stop-and-copy: the copy is held until every page is in (bulk at once).
+        #[arg(long)]
+        hold: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -155,6 +195,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    if let Cmd::LazyEngine { .. } = cli.cmd {
+        // plain threads, no async runtime
+        return lazy_engine(cli.cmd);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -223,6 +267,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             link_remap,
             ignore_preflight,
             dry_run,
+            memory_path,
+            memory_streams,
+            no_criu_splice,
             max_rounds,
             max_downtime,
             on_timeout,
@@ -257,6 +304,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     ..Default::default()
                 },
                 progress: !no_progress,
+                memory: haul::memory::MemoryPath {
+                    engine: memory_path != "criu",
+                    forced: memory_path == "haul",
+                    streams: memory_streams,
+                    via_criu: !no_criu_splice,
+                },
             };
             // SourceFailure's message is the whole chain and where the process is.
             let rep = source::migrate(cfg)
@@ -283,6 +336,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(code)
         }
         Cmd::Check { json } => check(json).await.map(|()| ExitCode::SUCCESS),
+        Cmd::LazyEngine { .. } => anyhow::bail!("lazy-engine runs outside the async runtime"),
         Cmd::LazyRelay {
             local_fd,
             remote_fd,
@@ -295,6 +349,59 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 .context("lazy relay")?;
             tracing::info!("lazy relay done: {up} bytes to the source, {down} from it");
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `haul lazy-engine`: runs haul's memory engine on the fds `haul serve` handed over.
+fn lazy_engine(cmd: Cmd) -> ExitCode {
+    let Cmd::LazyEngine {
+        dir,
+        listen_fd,
+        priority_fd,
+        bulk_fd,
+        status_fd,
+        tree_pid_file,
+        hold,
+    } = cmd
+    else {
+        return ExitCode::FAILURE;
+    };
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let take = |fd: i32, what: &str| -> anyhow::Result<OwnedFd> {
+        // SAFETY: fcntl(F_GETFD) on any int is harmless.
+        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            anyhow::bail!("{what} fd {fd} is not an inherited fd");
+        }
+        // SAFETY: open (checked above), and inherited for this command alone.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let cfg = (|| -> anyhow::Result<haul::memory::engine::EngineConfig> {
+        Ok(haul::memory::engine::EngineConfig {
+            dir,
+            listener: take(listen_fd, "lazy-pages socket")?.into(),
+            priority: take(priority_fd, "priority stream")?.into(),
+            bulk: bulk_fd
+                .iter()
+                .map(|&fd| take(fd, "bulk stream").map(Into::into))
+                .collect::<anyhow::Result<_>>()?,
+            status: Some(take(status_fd, "status pipe")?),
+            tree_pid_file,
+            hold,
+        })
+    })();
+    let result = cfg.and_then(|cfg| Ok(haul::memory::engine::run(cfg)?));
+    match result {
+        Ok(r) => {
+            tracing::info!("lazy engine done: {r:?}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "haul lazy-engine: {}",
+                haul::migrate::error::chain(e.as_ref())
+            );
+            ExitCode::FAILURE
         }
     }
 }

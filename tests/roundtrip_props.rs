@@ -182,7 +182,16 @@ fn body() -> impl Strategy<Value = Body> {
             .prop_map(|round| Body::EndPageServer(pb::EndPageServer { round }))
             .boxed(),
         (any::<u32>(), any::<u64>())
-            .prop_map(|(round, bytes)| Body::PageServerEnded(pb::PageServerEnded { round, bytes }))
+            .prop_map(|(round, bytes)| {
+                Body::PageServerEnded(pb::PageServerEnded {
+                    round,
+                    bytes,
+                    pagemaps: vec![pb::ImageFile {
+                        name: "pagemap-1.img".into(),
+                        data: vec![1, 2, 3],
+                    }],
+                })
+            })
             .boxed(),
         (
             any::<u32>(),
@@ -201,15 +210,21 @@ fn body() -> impl Strategy<Value = Body> {
                 })
             })
             .boxed(),
-        any::<[bool; 5]>()
+        (any::<[bool; 7]>(), any::<u32>())
             .prop_map(
-                |[lazy, tcp_established, shell_job, file_locks, ext_unix_sk]| {
+                |(
+                    [lazy, tcp_established, shell_job, file_locks, ext_unix_sk, hold_until_complete, early],
+                    memory_streams,
+                )| {
                     Body::Restore(pb::Restore {
                         lazy,
                         tcp_established,
                         shell_job,
                         file_locks,
                         ext_unix_sk,
+                        memory_streams,
+                        hold_until_complete,
+                        early,
                     })
                 },
             )
@@ -235,6 +250,9 @@ fn body() -> impl Strategy<Value = Body> {
             .prop_map(|(ok, reason)| Body::Finish(pb::Finish { ok, reason }))
             .boxed(),
         Just(Body::Finished(pb::Finished {})).boxed(),
+        any::<u32>()
+            .prop_map(|round| Body::ImagesDone(pb::ImagesDone { round }))
+            .boxed(),
         // any i32: an ErrorKind this build does not know must survive too (proto3 enums are open)
         (any::<i32>(), text(), text(), text())
             .prop_map(|(kind, message, findings_json, diagnosis_json)| {
@@ -643,6 +661,7 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                 started_at_unix: secs.0[5],
                 dry_run: false,
                 preflight: None,
+                memory_path: t[2].clone(),
             }
         })
 }

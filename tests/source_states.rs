@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use haul::criu::scripted::{Script, ScriptedCriu, DUMP_IMAGES};
 use haul::criu::Criu;
+use haul::memory::MemoryPath;
 use haul::migrate::convergence::Convergence;
 use haul::migrate::destination::{self, ServeConfig};
 use haul::migrate::source::{self, SourceConfig, SourceFailure, Whereabouts};
@@ -57,6 +58,11 @@ async fn migrate(strategy: Strategy, src: Script, dst: Script, same_key: bool) -
         dry_run: false,
         convergence: Convergence::default(),
         progress: false,
+        // The scripted CRIU does not do lazy dumps: CRIU's own memory path.
+        memory: MemoryPath {
+            engine: false,
+            ..MemoryPath::default()
+        },
     };
     let outcome = source::migrate_with(cfg, Arc::new(source.clone())).await;
     // The destination counts only migrations that succeeded: after a failure it goes on
@@ -255,6 +261,11 @@ async fn no_destination_no_migration() {
         dry_run: false,
         convergence: Convergence::default(),
         progress: false,
+        // The scripted CRIU does not do lazy dumps: CRIU's own memory path.
+        memory: MemoryPath {
+            engine: false,
+            ..MemoryPath::default()
+        },
     };
     let criu = ScriptedCriu::new(Script::default());
     let f = source::migrate_with(cfg, Arc::new(criu.clone()))
@@ -279,6 +290,11 @@ async fn no_destination_no_migration() {
         dry_run: false,
         convergence: Convergence::default(),
         progress: false,
+        // The scripted CRIU does not do lazy dumps: CRIU's own memory path.
+        memory: MemoryPath {
+            engine: false,
+            ..MemoryPath::default()
+        },
     };
     let f = source::migrate_with(pid_gone, Arc::new(criu))
         .await

@@ -91,3 +91,6 @@ pub const PROBE_BYTES: u64 = 1 << 30;
 
 /// The destination reads a bandwidth probe for at most this long.
 pub const PROBE_WAIT: Duration = Duration::from_secs(10);
+
+/// At most this many bulk memory streams of haul's memory path (besides its priority stream).
+pub const MAX_MEMORY_STREAMS: u32 = 16;

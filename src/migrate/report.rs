@@ -79,6 +79,10 @@ pub struct MigrationReport {
     pub warnings: Vec<String>,
     /// Unix time the migration started.
     pub started_at_unix: f64,
+    /// How memory moved: `haul` (haul's memory path) or `criu` (CRIU's page server and
+    /// lazy-pages daemon).
+    #[serde(default)]
+    pub memory_path: String,
     /// A dry run (`--dry-run`): nothing was frozen; `preflight` says what would happen.
     #[serde(default)]
     pub dry_run: bool,

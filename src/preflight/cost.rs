@@ -64,6 +64,17 @@ pub struct CostModel {
     /// Post-copy's total time after the last page arrived (s): the lazy-pages daemon's exit
     /// and its verdict.
     pub lazy_tail_secs: f64,
+    /// haul's memory path: post-copy's downtime with no memory (s): the lazy dump, the early
+    /// restore's rest, the engine taking the userfaultfds.
+    pub engine_pc_fixed_secs: f64,
+    /// haul's memory path: downtime per resident byte (s/byte): the lazy dump's page pipes
+    /// and the restore's mappings.
+    pub engine_secs_per_resident_byte: f64,
+    /// haul's memory path: stop-and-copy's downtime with no memory (s).
+    pub engine_sc_fixed_secs: f64,
+    /// haul's memory path: the rate at which the engine fills memory (bytes/s), when the
+    /// link is faster.
+    pub engine_rate: f64,
     /// Differences up to this many seconds count as small.
     pub similar_secs: f64,
     /// Differences up to this share of the lowest estimate count as small.
@@ -87,7 +98,11 @@ impl CostModel {
     ///   731 of 32784 pages, 2.2 %; 5 % is the conservative guess) and a round's length there;
     /// - `setup_secs`: the same bench's stop-copy total minus downtime (0.107 / 0.126 / 0.161 s);
     /// - `lazy_tail_secs`: its post-copy total minus downtime minus resident / `lazy_rate`
-    ///   (0.51 / 0.34 / 0.06 s at 64 MiB / 256 MiB / 1 GiB: 0.5 s, the small sizes' figure).
+    ///   (0.51 / 0.34 / 0.06 s at 64 MiB / 256 MiB / 1 GiB: 0.5 s, the small sizes' figure);
+    /// - the `engine_*` figures: haul's memory path beside plain CRIU on the local nodes
+    ///   (results/memory-path-2026-11-30.md, medians of 3, the machine loaded, link
+    ///   1.06 GiB/s): post-copy 0.060 / 0.161 s downtime at 64 MiB / 1 GiB and every page in
+    ///   2.30 s at 1 GiB; stop-copy 0.249 / 0.560 / 1.851 s at 64 MiB / 256 MiB / 1 GiB.
     pub const CRIU_4_2_1: CostModel = CostModel {
         sc_fixed_secs: 0.41,
         dump_rate: 1.16 * GIB,
@@ -100,6 +115,10 @@ impl CostModel {
         round_secs: 0.5,
         setup_secs: 0.12,
         lazy_tail_secs: 0.5,
+        engine_pc_fixed_secs: 0.05,
+        engine_secs_per_resident_byte: 0.105 / GIB,
+        engine_sc_fixed_secs: 0.145,
+        engine_rate: 0.6 * GIB,
         similar_secs: 0.1,
         similar_ratio: 0.25,
     };
@@ -129,6 +148,12 @@ pub struct CostInputs {
     pub destination: Features,
     /// `--max-downtime` (s).
     pub max_downtime_secs: Option<f64>,
+    /// haul's memory path may move the memory (lazy pages on both nodes, not turned off):
+    /// post-copy and hybrid use it; stop-copy uses it when it is estimated cheaper than
+    /// CRIU's page-server dump (not for a sparse tree: a lazy dump's set-up grows with the
+    /// mapped size).
+    #[serde(default)]
+    pub memory_engine: bool,
 }
 
 /// One strategy's estimate.
@@ -145,6 +170,10 @@ pub struct Estimate {
     pub total_secs: f64,
     /// Why it cannot run on these nodes, if it cannot.
     pub unavailable: Option<String>,
+    /// How its memory moves: `haul` (haul's memory path) or `criu` (CRIU's page server or
+    /// lazy-pages daemon).
+    #[serde(default)]
+    pub memory_path: String,
 }
 
 impl fmt::Display for Estimate {
@@ -187,6 +216,13 @@ impl Choice {
             .find(|e| e.strategy == self.strategy)
             .expect("the chosen strategy has an estimate")
     }
+
+    /// Whether stop-and-copy is estimated cheaper over haul's memory path than over CRIU's.
+    pub fn stop_copy_engine_cheaper(&self) -> bool {
+        self.estimates
+            .iter()
+            .any(|e| e.strategy == Strategy::StopCopy && e.memory_path == "haul")
+    }
 }
 
 /// Every concrete strategy's estimate (pure).
@@ -207,41 +243,82 @@ pub fn estimates(model: &CostModel, inputs: &CostInputs) -> Vec<Estimate> {
     // Pre-copy's rounds before the freeze: the first moves everything, the others the dirty
     // set, about `round_secs` each (three of them, the VMs' typical count).
     let rounds = r / dump + 3.0 * model.round_secs;
-    let estimate = |strategy: Strategy, downtime: f64, window: Option<f64>| {
+    let estimate = |strategy: Strategy, downtime: f64, window: Option<f64>, path: &str| {
         let before = match strategy {
             Strategy::PreCopy | Strategy::Hybrid => rounds,
             _ => 0.0,
         };
-        let after = window.map_or(0.0, |w| w + model.lazy_tail_secs);
+        let tail = if path == "haul" {
+            0.0
+        } else {
+            model.lazy_tail_secs
+        };
+        let after = window.map_or(0.0, |w| w + tail);
         Estimate {
             strategy,
             downtime_secs: downtime,
             postcopy_window_secs: window,
             total_secs: model.setup_secs + before + downtime + after,
             unavailable: strategy.missing(inputs.source, inputs.destination),
+            memory_path: path.to_string(),
         }
     };
+    // haul's memory path: a lazy dump (its set-up grows with the mapped size), pages at the
+    // engine's rate.
+    let engine = model.engine_rate.min(bw);
+    let engine_setup = m * model.lazy_setup_secs_per_mapped_byte;
+    let criu_stop_copy = model.sc_fixed_secs + r / dump + r * model.restore_secs_per_byte;
+    let engine_stop_copy = model.engine_sc_fixed_secs
+        + engine_setup
+        + r * model.engine_secs_per_resident_byte
+        + r / engine;
+    let stop_copy = if inputs.memory_engine && engine_stop_copy < criu_stop_copy {
+        estimate(Strategy::StopCopy, engine_stop_copy, None, "haul")
+    } else {
+        estimate(Strategy::StopCopy, criu_stop_copy, None, "criu")
+    };
+    let (post_copy, hybrid) = if inputs.memory_engine {
+        let fixed = model.engine_pc_fixed_secs + engine_setup;
+        (
+            estimate(
+                Strategy::PostCopy,
+                fixed + r * model.engine_secs_per_resident_byte,
+                Some(r / engine),
+                "haul",
+            ),
+            estimate(
+                Strategy::Hybrid,
+                fixed + dirty * model.engine_secs_per_resident_byte,
+                Some(dirty / engine),
+                "haul",
+            ),
+        )
+    } else {
+        (
+            estimate(
+                Strategy::PostCopy,
+                lazy_setup + r * model.lazy_secs_per_resident_byte,
+                Some(r / lazy),
+                "criu",
+            ),
+            estimate(
+                Strategy::Hybrid,
+                lazy_setup + dirty * model.lazy_secs_per_resident_byte,
+                Some(dirty / lazy),
+                "criu",
+            ),
+        )
+    };
     vec![
-        estimate(
-            Strategy::StopCopy,
-            model.sc_fixed_secs + r / dump + r * model.restore_secs_per_byte,
-            None,
-        ),
+        stop_copy,
         estimate(
             Strategy::PreCopy,
             model.sc_fixed_secs + dirty / dump + r * model.restore_secs_per_byte,
             None,
+            "criu",
         ),
-        estimate(
-            Strategy::PostCopy,
-            lazy_setup + r * model.lazy_secs_per_resident_byte,
-            Some(r / lazy),
-        ),
-        estimate(
-            Strategy::Hybrid,
-            lazy_setup + dirty * model.lazy_secs_per_resident_byte,
-            Some(dirty / lazy),
-        ),
+        post_copy,
+        hybrid,
     ]
 }
 

@@ -43,8 +43,10 @@ impl SourcePreflight {
         destination: Features,
         bandwidth: Option<f64>,
         max_downtime_secs: Option<f64>,
+        memory_engine: bool,
     ) -> CostInputs {
         CostInputs {
+            memory_engine: memory_engine && source.lazy_pages && destination.lazy_pages,
             resident_bytes: self.inspection.resident(),
             mapped_bytes: self.inspection.mapped(),
             bandwidth,
@@ -110,7 +112,7 @@ impl PreflightReport {
         features: Features,
         max_downtime_secs: Option<f64>,
     ) -> Self {
-        let inputs = src.cost_inputs(features, features, None, max_downtime_secs);
+        let inputs = src.cost_inputs(features, features, None, max_downtime_secs, true);
         PreflightReport::new(
             src,
             Vec::new(),

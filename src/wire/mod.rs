@@ -99,6 +99,7 @@ variants!(
     Finished,
     Probe,
     ProbeDone,
+    ImagesDone,
     Error,
 );
 
@@ -143,6 +144,7 @@ impl pb::Message {
             Some(Finished(_)) => "Finished",
             Some(Probe(_)) => "Probe",
             Some(ProbeDone(_)) => "ProbeDone",
+            Some(ImagesDone(_)) => "ImagesDone",
             Some(Error(_)) => "Error",
         }
     }

@@ -96,6 +96,8 @@ pub enum RestoreError {
     Criu(#[source] CriuError),
     /// post-copy's lazy pages could not be set up
     Lazy(#[from] LazyError),
+    /// the held copy's memory did not all arrive: {0}
+    Incomplete(String),
     /// {0}
     Io(#[from] PathError),
 }
@@ -103,8 +105,23 @@ pub enum RestoreError {
 /// Post-copy's lazy-pages daemon and relay.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum LazyError {
-    /// cannot bind the lazy-pages relay on 127.0.0.1
+    /// cannot set up the lazy pages' local socket
     Bind(#[source] std::io::Error),
+    /// cannot start haul lazy-engine in {dir}
+    EngineSpawn {
+        /// The final round's directory.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// the memory stream {round} did not arrive within {secs} s
+    NoMemoryChannel {
+        /// The stream (lazy round).
+        round: u32,
+        /// The bound (s).
+        secs: u64,
+    },
     /// cannot start `{criu} lazy-pages`
     Spawn {
         /// The CRIU binary.
@@ -214,7 +231,9 @@ impl ServeError {
                     ErrorKind::Protocol
                 }
                 RestoreError::Io(_) => ErrorKind::Io,
-                RestoreError::Criu(_) | RestoreError::Lazy(_) => ErrorKind::Criu,
+                RestoreError::Criu(_) | RestoreError::Lazy(_) | RestoreError::Incomplete(_) => {
+                    ErrorKind::Criu
+                }
             },
             ServeError::Chunk { source, .. } => match source {
                 ChunkError::Budget { .. } => ErrorKind::Space,

@@ -1,5 +1,9 @@
-//! Post-copy on the destination: `criu lazy-pages`, connected to a relay on this node's
-//! 127.0.0.1, which carries its traffic over the source's authenticated lazy memory channel.
+//! Lazy pages on the destination, from one of two sources ([`LazyMemory`]):
+//!
+//! - haul's memory path ([`crate::memory`]): `haul lazy-engine` takes the restored tasks'
+//!   userfaultfds and fills them from the source's memory streams (one priority, N bulk);
+//! - CRIU's own: `criu lazy-pages`, connected to a relay on this node's 127.0.0.1, which
+//!   carries its traffic over the source's authenticated lazy memory channel.
 //!
 //! The relay is its own process (`haul lazy-relay`, in its own session, started from
 //! `/proc/self/exe`): the copy's memory keeps coming even if `haul serve` dies, and if the
@@ -16,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::Child;
 use tracing::{info, warn};
 
+use crate::memory::process::{self as engine, EngineProcess};
+
 use super::super::error::PathError;
 use super::super::images::RoundDir;
 use super::super::limits;
@@ -29,6 +35,105 @@ pub const TREE_PID_FILE: &str = "restored.pid";
 pub const RELAY_LOG: &str = "lazy-relay.log";
 /// The lazy-pages daemon's log (in the final round's directory).
 pub const DAEMON_LOG: &str = "lazy-pages.log";
+
+/// Where a restored copy's missing memory comes from.
+pub enum LazyMemory {
+    /// CRIU's lazy-pages daemon, relayed over the authenticated memory channel.
+    Daemon(LazyPages),
+    /// haul's own engine, on the source's memory streams.
+    Engine(EngineProcess),
+}
+
+impl LazyMemory {
+    /// haul's engine for migration `migration_id`: the lazy-pages socket the restore connects
+    /// to in `rd`, the source's memory streams (priority = lazy round 0, bulk = lazy rounds
+    /// `1..=streams`), and `haul lazy-engine` on them. With `hold`, the copy stays held until
+    /// every page is in (stop-and-copy).
+    pub async fn start_engine(
+        service: &Arc<Service>,
+        migration_id: &str,
+        rd: &RoundDir,
+        streams: u32,
+        hold: bool,
+    ) -> Result<LazyMemory, LazyError> {
+        let dir = rd.path();
+        let listener = engine::bind_lazy_socket(dir).map_err(LazyError::Bind)?;
+        let mut chans: Vec<OwnedFd> = Vec::new();
+        for round in 0..=streams.min(limits::MAX_MEMORY_STREAMS) {
+            let key = ChannelKey {
+                migration_id: migration_id.to_string(),
+                round,
+                lazy: true,
+            };
+            let s = service
+                .channels
+                .wait_for(key, limits::MEMORY_CHANNEL)
+                .await
+                .ok_or(LazyError::NoMemoryChannel {
+                    round,
+                    secs: limits::MEMORY_CHANNEL.as_secs(),
+                })?;
+            let fd: OwnedFd = s.into_std().map_err(LazyError::Bind)?.into();
+            crate::criu::worker::set_blocking(fd.as_raw_fd())
+                .map_err(|e| LazyError::Bind(std::io::Error::other(e.to_string())))?;
+            chans.push(fd);
+        }
+        let priority = chans.remove(0);
+        let child = engine::spawn(
+            dir,
+            listener,
+            priority,
+            chans,
+            &dir.join(TREE_PID_FILE),
+            hold,
+        )
+        .map_err(|source| LazyError::EngineSpawn {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(LazyMemory::Engine(child))
+    }
+
+    /// Tells the relay or engine which tree to kill should the source's pages stop coming.
+    pub fn restored_as(&self, round: &Path, pid: i32) {
+        let f = round.join(TREE_PID_FILE);
+        if let Err(e) = std::fs::write(&f, pid.to_string()) {
+            warn!("cannot write {}: {e}", f.display());
+        }
+    }
+
+    /// Stop-and-copy over the engine: waits (at most `limit`) until every page is in.
+    pub async fn wait_complete(&mut self, limit: std::time::Duration) -> Result<(), String> {
+        match self {
+            LazyMemory::Engine(e) => e.wait_complete(limit).await,
+            LazyMemory::Daemon(_) => Err("only haul's engine holds a copy until complete".into()),
+        }
+    }
+
+    /// Waits for every page to have arrived; `(true, ..)` when they did.
+    pub async fn wait(self) -> (bool, String) {
+        match self {
+            LazyMemory::Daemon(d) => d.wait().await,
+            LazyMemory::Engine(mut e) => e.wait_exit(limits::LAZY_DAEMON_FINISH).await,
+        }
+    }
+
+    /// Ends what serves nobody (the process was never restored here).
+    pub async fn stop(self) {
+        match self {
+            LazyMemory::Daemon(d) => d.stop().await,
+            LazyMemory::Engine(mut e) => e.kill().await,
+        }
+    }
+
+    /// Leaves what still fills a running copy's memory: it ends on its own.
+    pub async fn detach(self) {
+        match self {
+            LazyMemory::Daemon(d) => d.detach().await,
+            LazyMemory::Engine(_) => {}
+        }
+    }
+}
 
 /// A running lazy-pages daemon and the task that starts and waits for its relay.
 pub struct LazyPages {
@@ -127,14 +232,6 @@ impl LazyPages {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         Ok(lazy)
-    }
-
-    /// Tells the relay which tree to kill should the source's pages stop coming.
-    pub fn restored_as(&self, pid: i32) {
-        let f = self.dir.join(TREE_PID_FILE);
-        if let Err(e) = std::fs::write(&f, pid.to_string()) {
-            warn!("cannot write {}: {e}", f.display());
-        }
     }
 
     /// Waits (at most [`limits::LAZY_DAEMON_FINISH`]) for the daemon to exit after it fetched

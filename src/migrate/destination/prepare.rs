@@ -10,6 +10,7 @@ use tracing::info;
 use crate::criu::{options, CriuVersion};
 use crate::wire::pb;
 
+use super::super::error::PathError;
 use super::super::images::{self, MigrationDir};
 use super::super::limits;
 use super::super::transfer::ImageReceiver;
@@ -128,8 +129,7 @@ async fn check_here(
 ) -> Result<Vec<crate::preflight::Finding>, PrepareError> {
     let cpu = dir.sub("cpuinfo")?;
     let img = cpu.path().join("cpuinfo.img");
-    std::fs::write(&img, cpuinfo)
-        .map_err(|e| super::super::error::PathError::new("cannot write", &img, e))?;
+    std::fs::write(&img, cpuinfo).map_err(|e| PathError::new("cannot write", &img, e))?;
     let log = cpu.path().join("cpuinfo-check.log");
     service
         .criu
@@ -175,13 +175,29 @@ impl Prepared {
         Ok(())
     }
 
-    /// Ends the page server of `round`; returns the bytes of pages it wrote.
-    pub async fn end_page_server(&mut self, round: u32) -> Result<u64, PageServerError> {
+    /// Ends the page server of `round`: the bytes of pages it wrote and, for a pre-copy
+    /// round, its pagemaps (the source's lazy final dump tells unchanged pages by them).
+    pub async fn end_page_server(
+        &mut self,
+        round: u32,
+    ) -> Result<pb::PageServerEnded, PageServerError> {
         let ps = self
             .page_servers
             .remove(&round)
             .ok_or(PageServerError::NotStarted(round))?;
-        ps.end().await
+        let bytes = ps.end().await?;
+        let pagemaps = if round > 0 {
+            let dir = self.dir.round(round)?;
+            crate::memory::parents::collect(dir.path())
+                .map_err(|e| PathError::new("cannot read the pagemaps in", dir.path(), e))?
+        } else {
+            Vec::new()
+        };
+        Ok(pb::PageServerEnded {
+            round,
+            bytes,
+            pagemaps,
+        })
     }
 
     /// Stops every page server still running.

@@ -19,7 +19,7 @@ use super::super::limits;
 use super::error::ServeError;
 use super::prepare::{self, Prepared};
 use super::probe;
-use super::restore::{self, Held, Running};
+use super::restore::{self, Gated, Held, Running};
 use super::Service;
 
 /// Where one migration is, each state owning what it has started.
@@ -31,6 +31,9 @@ pub enum State {
     /// A dry run's `Begin` passed the checks: only a `Probe` and `Finish` may follow, and
     /// nothing is kept.
     DryRun(Prepared),
+    /// Over haul's memory path: the restore started early and waits at its first image read
+    /// while the final dump's images arrive, until `ImagesDone`.
+    Gated(Prepared, Gated),
     /// Restored, held at `post-restore` until the source says `Resume`.
     Held(Held),
     /// The process runs here (post-copy: its pages may still be coming).
@@ -44,6 +47,7 @@ impl State {
             State::Connected => "Connected",
             State::Prepared(_) => "Prepared",
             State::DryRun(_) => "DryRun",
+            State::Gated(..) => "Gated",
             State::Held(_) => "Held",
             State::Running(_) => "Running",
         }
@@ -60,6 +64,11 @@ impl State {
             }
             State::DryRun(p) => {
                 let _ = std::fs::remove_dir_all(p.dir.root());
+                p.id
+            }
+            State::Gated(mut p, g) => {
+                g.abandon().await;
+                p.stop_page_servers().await;
                 p.id
             }
             State::Held(h) => {
@@ -155,16 +164,7 @@ pub async fn step(
         }
         (State::Prepared(mut p), Body::EndPageServer(e)) => {
             match p.end_page_server(e.round).await {
-                Ok(bytes) => Ok(Transition::To(
-                    State::Prepared(p),
-                    Some(
-                        pb::PageServerEnded {
-                            round: e.round,
-                            bytes,
-                        }
-                        .into(),
-                    ),
-                )),
+                Ok(ended) => Ok(Transition::To(State::Prepared(p), Some(ended.into()))),
                 Err(err) => Err(fail(State::Prepared(p), err)),
             }
         }
@@ -177,6 +177,29 @@ pub async fn step(
                 Err(e) => Err(fail(State::Prepared(p), e)),
             }
         }
+        (State::Prepared(mut p), Body::Restore(r)) if r.early => {
+            // reaches the restore phase once its images are all here (Gated::open)
+            match restore::gate(service, &mut p, r).await {
+                Ok(g) => Ok(Transition::To(State::Gated(p, g), None)),
+                Err(e) => Err(fail(State::Prepared(p), e)),
+            }
+        }
+        (State::Gated(mut p, mut g), Body::ImageChunk(c)) => {
+            if c.round == 0 {
+                fault::point(Phase::ImageTransfer).await;
+            }
+            match g.receive(&mut p, &c) {
+                Ok(()) => Ok(Transition::To(State::Gated(p, g), None)),
+                Err(e) => Err(fail(State::Gated(p, g), e)),
+            }
+        }
+        (State::Gated(mut p, g), Body::ImagesDone(_)) => match g.open(&mut p).await {
+            Ok(held) => {
+                let reply = pb::RestoreHeld { pid: held.pid };
+                Ok(Transition::To(State::Held(held), Some(reply.into())))
+            }
+            Err(e) => Err(fail(State::Prepared(p), e)),
+        },
         (State::Prepared(mut p), Body::Restore(r)) => {
             fault::point(Phase::Restore).await;
             match restore::restore(service, &mut p, r).await {

@@ -57,6 +57,13 @@ pub enum SourceError {
     },
     /// the destination's lazy-pages daemon did not get every page: {0}
     LazyFailed(String),
+    /// the destination's pagemaps of pre-copy round {round} are not valid: {detail}
+    BadPagemaps {
+        /// The round.
+        round: u32,
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 impl SourceError {

@@ -66,6 +66,18 @@ impl Session {
             options::page_server_fd(&mut opts, fd.as_raw_fd());
             Memory::PageServer(fd)
         };
+        // haul's memory path: its streams, authenticated before anything is frozen, and the
+        // destination's restore started already (CRIU's start-up there overlaps the dump; it
+        // waits for ImagesDone).
+        let streams = match &memory {
+            Memory::Lazy(_) if self.memory_engine => {
+                let streams = self.open_memory_streams().await?;
+                self.ctl.send(self.engine_restore(true)).await?;
+                Some(streams)
+            }
+            _ => None,
+        };
+        let early = streams.is_some();
         let inherit: Vec<_> = match &memory {
             Memory::PageServer(fd) => vec![fd.as_raw_fd()],
             Memory::Lazy(_) => Vec::new(),
@@ -99,7 +111,7 @@ impl Session {
             b.finish_and_clear();
         }
         fault::point(Phase::Frozen).await;
-        let handed = self.while_frozen(&rd, &memory).await;
+        let handed = self.while_frozen(&rd, &memory, early).await;
         drop(memory);
         match handed {
             Err(e) => {
@@ -122,7 +134,13 @@ impl Session {
                 }
                 Ok(())
             }
-            Ok(HandOver::LazyReady(port)) => self.post_copy(op, port, t_freeze).await,
+            Ok(HandOver::LazyReady(port)) => match streams {
+                Some(streams) => {
+                    self.post_copy_engine(op, port, t_freeze, &rd, streams)
+                        .await
+                }
+                None => self.post_copy(op, port, t_freeze).await,
+            },
         }
     }
 
@@ -131,6 +149,7 @@ impl Session {
         &mut self,
         rd: &RoundDir,
         memory: &Memory,
+        early: bool,
     ) -> Result<HandOver, SourceError> {
         if let Memory::PageServer(_) = memory {
             let bytes = self.end_round(0).await?;
@@ -138,6 +157,10 @@ impl Session {
         }
         let sent = transfer::send_images(&mut self.ctl, rd.path(), 0).await?;
         self.report.image_bytes_sent += sent;
+        if early {
+            // the early restore waits for this before it reads its first image
+            self.ctl.send(pb::ImagesDone { round: 0 }).await?;
+        }
         match memory {
             // Post-copy restores only once CRIU serves the pages (the restore faults on them).
             Memory::Lazy(port) => Ok(HandOver::LazyReady(*port)),

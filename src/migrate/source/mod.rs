@@ -13,7 +13,9 @@
 //!   [`Stage`] that says where the process is at each point;
 //! - [`precopy`]: pre-dump rounds while the process runs;
 //! - [`final_dump`]: the freeze, the hand-over while frozen, and the answer to `post-dump`;
-//! - [`postcopy`]: serving the pages after the process runs on the destination;
+//! - [`postcopy`]: serving the pages after the process runs on the destination through
+//!   CRIU's lazy page server;
+//! - [`memory_path`]: the same, and stop-and-copy, through haul's own memory path;
 //! - [`progress`]: the progress bar of the final dump;
 //! - [`error`]: what can fail, and [`Whereabouts`].
 //!
@@ -26,6 +28,7 @@
 pub mod dry_run;
 pub mod error;
 pub mod final_dump;
+pub mod memory_path;
 pub mod postcopy;
 pub mod precopy;
 pub mod preflight;
@@ -75,6 +78,9 @@ pub struct SourceConfig {
     pub convergence: Convergence,
     /// Show a progress bar on stderr (only drawn on a terminal).
     pub progress: bool,
+    /// How memory moves after a lazy dump: haul's engine, or CRIU's page server and
+    /// lazy-pages daemon (`--memory-path`).
+    pub memory: crate::memory::MemoryPath,
 }
 
 /// Migrates `cfg.pid` to `cfg.destination` with this node's CRIU. On failure, says where the

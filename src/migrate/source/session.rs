@@ -65,6 +65,11 @@ pub struct Session {
     pub strategy: Strategy,
     /// The tree's resident memory when the migration began (bytes).
     pub memory_bytes: u64,
+    /// Memory moves over haul's memory path (lazy dump, haul's engine) rather than CRIU's.
+    pub memory_engine: bool,
+    /// Stop-and-copy over the memory path: the destination holds the copy until every page
+    /// is in.
+    pub hold_until_complete: bool,
     t0: Instant,
 }
 
@@ -119,6 +124,9 @@ impl Session {
         {
             info!("pre-flight: {f}");
         }
+        let memory_engine =
+            use_memory_engine(&cfg, strategy, &choice, checked.features, dst_features);
+        report.memory_path = if memory_engine { "haul" } else { "criu" }.into();
         report.preflight = Some(PreflightReport::new(&checked.tree, dst_findings, choice));
         report.strategy = strategy.name().into();
         report.strategy_reason = why;
@@ -139,6 +147,8 @@ impl Session {
             stage: Stage::Running,
             strategy,
             memory_bytes: checked.memory_bytes,
+            memory_engine,
+            hold_until_complete: memory_engine && strategy == Strategy::StopCopy,
             t0,
         })
     }
@@ -150,7 +160,10 @@ impl Session {
             Strategy::PreCopy | Strategy::Hybrid => self.pre_copy().await?,
             _ => None,
         };
-        let lazy = matches!(self.strategy, Strategy::PostCopy | Strategy::Hybrid);
+        // Over haul's memory path stop-and-copy is a lazy dump too, whose copy the destination
+        // holds until every page is in.
+        let lazy = matches!(self.strategy, Strategy::PostCopy | Strategy::Hybrid)
+            || self.hold_until_complete;
         self.final_dump(lazy, parent).await?;
         let finish = pb::Finish {
             ok: true,
@@ -256,6 +269,7 @@ impl Session {
             shell_job: t.shell_job,
             file_locks: t.file_locks,
             ext_unix_sk: t.ext_unix_sk,
+            ..Default::default()
         };
         Ok(self.ctl.send(restore).await?)
     }
@@ -357,6 +371,7 @@ pub fn pick_strategy(
         destination,
         bandwidth,
         cfg.convergence.max_downtime_secs,
+        cfg.memory.engine,
     );
     let choice = choose_strategy(&CostModel::default(), &inputs);
     let (strategy, why) = match cfg.strategy {
@@ -370,4 +385,24 @@ pub fn pick_strategy(
         });
     }
     Ok((strategy, why, choice))
+}
+
+/// Whether memory moves over haul's memory path: asked for (`--memory-path haul`, or `auto`),
+/// both nodes have lazy pages (the engine fills userfaultfds), and, for stop-and-copy (a lazy
+/// dump there: its set-up grows with the MAPPED size), the cost model finds it cheaper than
+/// CRIU's page-server dump.
+pub fn use_memory_engine(
+    cfg: &SourceConfig,
+    strategy: Strategy,
+    choice: &Choice,
+    source: Features,
+    destination: Features,
+) -> bool {
+    if !(cfg.memory.engine && source.lazy_pages && destination.lazy_pages) {
+        return false;
+    }
+    match strategy {
+        Strategy::StopCopy => cfg.memory.forced || choice.stop_copy_engine_cheaper(),
+        _ => true,
+    }
 }

@@ -25,6 +25,7 @@ fn inputs(resident: u64, mapped: u64, f: Features) -> CostInputs {
         source: f,
         destination: f,
         max_downtime_secs: None,
+        memory_engine: false,
     }
 }
 
@@ -193,6 +194,7 @@ proptest! {
             source: src,
             destination: dst,
             max_downtime_secs: target,
+            memory_engine: false,
         };
         let c = choose_strategy(&m, &i);
         let chosen = c.chosen();

@@ -1,0 +1,1084 @@
+//! The destination's lazy-pages engine: haul's own stand-in for `criu lazy-pages`.
+//!
+//! `criu restore --lazy-pages` hands it each restored task's userfaultfd over the lazy-pages
+//! socket; the source pushes every lazy page over one or more bulk streams at link speed and
+//! answers, on a separate priority stream, the pages a restored task faulted on, so a fault
+//! never waits behind the bulk transfer (QEMU's post-copy "preempt" channel). Pages land with
+//! `UFFDIO_COPY` straight from the receive buffer, up to [`wire::MAX_PAGES`] at a time.
+//!
+//! ```text
+//!   restore ──(pid, uffd)──▶ main thread ──▶ State { tasks: missing pages per task }
+//!   bulk stream 1..N ──Pages──▶ bulk threads ──UFFDIO_COPY──▶ restored tasks
+//!   uffds ──fault──▶ fault thread ──Request──▶ priority stream ──Pages──▶ fault thread ──COPY
+//! ```
+//!
+//! A copy whose memory stops coming is killed, never left to run: when a stream fails or ends
+//! while pages are still missing, the engine SIGKILLs the restored tree (its root pid is in
+//! the tree-pid file) before it closes the uffds — a released uffd makes the kernel fill every
+//! missing page with zeros. Progress goes to the status fd as lines (`tasks N`, `complete`,
+//! `failed: why`) for `haul serve`, which holds a stop-and-copy restore until `complete`.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::image::LazyImages;
+use super::ranges::{Missing, PAGE};
+use super::uffd::{Announce, Event, Fill, LazySocket, Uffd};
+use super::wire::{Header, Kind, HEADER_LEN, MAX_PAGES};
+
+/// Pages asked for around a faulting page (it and the missing pages right after it).
+pub const FAULT_CLUSTER_PAGES: u64 = 16;
+/// How long the engine waits for the restore's announcements and its "finished" word.
+pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a fill that raced with an address-space change is retried before the range is
+/// given up (the change was an unmap: nothing is missing there any more).
+const RETRIES: u32 = 2000;
+
+/// What the engine is given.
+pub struct EngineConfig {
+    /// The final dump's images (pstree, mm, pagemap) on this node.
+    pub dir: PathBuf,
+    /// The listening lazy-pages socket the restore connects to.
+    pub listener: std::os::unix::net::UnixListener,
+    /// The priority stream (requests out, faulted pages in).
+    pub priority: std::net::TcpStream,
+    /// The bulk streams (pages pushed in the background).
+    pub bulk: Vec<std::net::TcpStream>,
+    /// Status lines for `haul serve`.
+    pub status: Option<OwnedFd>,
+    /// Where `haul serve` writes the restored tree's root pid (after the restore).
+    pub tree_pid_file: PathBuf,
+    /// Stop-and-copy: the copy is held until every page is in, so the bulk streams fill it
+    /// at once. Post-copy: the bulk streams wait until the restore is finished (the process is
+    /// about to run), so the restore's last steps do not share the CPUs with the bulk
+    /// transfer; faults are served all along.
+    pub hold: bool,
+}
+
+/// What the engine did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineReport {
+    /// Tasks that got a uffd.
+    pub tasks: usize,
+    /// Lazy pages in the images.
+    pub lazy_pages: u64,
+    /// Pages filled from bulk streams.
+    pub bulk_pages: u64,
+    /// Pages filled from the priority stream.
+    pub priority_pages: u64,
+    /// Page faults that needed a request.
+    pub faults: u64,
+    /// Pages that came twice (already there when they arrived).
+    pub duplicate_pages: u64,
+    /// From the first task announced until every page was in (s).
+    pub fill_secs: f64,
+    /// CPU seconds the engine process used.
+    pub cpu_secs: f64,
+}
+
+/// Why the engine failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The images could not be read.
+    #[error(transparent)]
+    Images(#[from] super::image::ImageError),
+    /// A stream or the lazy-pages socket failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The source broke the protocol, or pages were still missing when it ended.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> EngineError {
+    move |source| EngineError::Io {
+        what: what.into(),
+        source,
+    }
+}
+
+/// One restored task.
+struct Task {
+    /// Its pid in the images (a forked child keeps its parent's: its pages are the parent's).
+    pid: u32,
+    uffd: Arc<Uffd>,
+    missing: Missing,
+    gone: bool,
+}
+
+#[derive(Default)]
+struct State {
+    tasks: Vec<Task>,
+    /// Every announcement arrived.
+    announced: bool,
+    /// (image pid, image page) asked for on the priority stream and not answered yet.
+    requested: std::collections::HashSet<(u32, u64)>,
+    report: EngineReport,
+    failed: Option<String>,
+    complete: bool,
+    /// The restore sent its "finished" word.
+    restore_finished: bool,
+    /// The engine is about to exit: the fault thread stops.
+    exiting: bool,
+    started: Option<Instant>,
+}
+
+impl State {
+    fn missing_pages(&self) -> u64 {
+        self.tasks
+            .iter()
+            .filter(|t| !t.gone)
+            .map(|t| t.missing.pages())
+            .sum()
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    /// Written to when tasks change, so the fault thread polls the new uffds.
+    wake_w: OwnedFd,
+    status: Mutex<Option<std::fs::File>>,
+    tree_pid_file: PathBuf,
+    /// Bulk streams, and how many sent their end.
+    bulk_total: usize,
+    bulk_ended: std::sync::atomic::AtomicUsize,
+    /// Clones of the streams, shut down on failure so no thread stays blocked on them.
+    streams: Vec<std::net::TcpStream>,
+}
+
+impl Shared {
+    fn status(&self, line: &str) {
+        if let Ok(mut s) = self.status.lock() {
+            if let Some(f) = s.as_mut() {
+                let _ = writeln!(f, "{line}");
+                let _ = f.flush();
+            }
+        }
+    }
+
+    fn poke(&self) {
+        // SAFETY: writes one byte from a local buffer to our own pipe.
+        let _ = unsafe { libc::write(self.wake_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+    }
+
+    /// Records a failure: the restored tree is killed first (its memory cannot be completed).
+    fn fail(&self, why: String) {
+        let mut st = self.state.lock().expect("engine state");
+        if st.complete || st.failed.is_some() {
+            return;
+        }
+        kill_tree(&self.tree_pid_file, &why);
+        st.failed = Some(why.clone());
+        drop(st);
+        for s in &self.streams {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        self.status(&format!("failed: {why}"));
+        self.changed.notify_all();
+        self.poke();
+    }
+
+    fn check_complete(&self, st: &mut State) {
+        if st.complete || st.failed.is_some() || !st.announced {
+            return;
+        }
+        if st.missing_pages() == 0 {
+            st.complete = true;
+            if let Some(t) = st.started {
+                st.report.fill_secs = t.elapsed().as_secs_f64();
+            }
+            self.status("complete");
+            self.changed.notify_all();
+        }
+    }
+
+    /// Copies `data` (the pages at image address `img` of image pid `pid`) into every live
+    /// task of that pid that still misses them. Returns (pages filled, pages already there).
+    fn fill(&self, pid: u32, img: u64, data: &[u8]) -> (u64, u64) {
+        let end = img + data.len() as u64;
+        let mut filled = 0;
+        let mut dup = 0;
+        let mut tries = 0;
+        loop {
+            let work: Vec<(usize, Arc<Uffd>, Vec<super::ranges::Run>)> = {
+                let st = self.state.lock().expect("engine state");
+                st.tasks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.pid == pid && !t.gone)
+                    .map(|(i, t)| (i, t.uffd.clone(), t.missing.by_img(img, end)))
+                    .filter(|(_, _, r)| !r.is_empty())
+                    .collect()
+            };
+            if work.is_empty() {
+                break;
+            }
+            let mut retry = false;
+            for (i, uffd, runs) in work {
+                for r in runs {
+                    let off = (r.img - img) as usize;
+                    let len = (r.end - r.start) as usize;
+                    let res = uffd.copy(r.start, &data[off..off + len]);
+                    let mut st = self.state.lock().expect("engine state");
+                    let t = &mut st.tasks[i];
+                    match res {
+                        Fill::Done => {
+                            filled += t
+                                .missing
+                                .remove(r.start, r.end)
+                                .iter()
+                                .map(|p| p.pages())
+                                .sum::<u64>();
+                        }
+                        Fill::Exists(n) => {
+                            let n = n - n % PAGE;
+                            filled += n / PAGE;
+                            t.missing.remove(r.start, r.start + n);
+                            // the page at start+n was there already: whoever put it, it is in
+                            dup += t.missing.remove(r.start + n, r.start + n + PAGE).len() as u64;
+                            retry = true;
+                        }
+                        Fill::Retry(n) => {
+                            let n = n - n % PAGE;
+                            filled += n / PAGE;
+                            t.missing.remove(r.start, r.start + n);
+                            retry = true;
+                        }
+                        Fill::Gone => {
+                            t.gone = true;
+                            t.missing = Missing::default();
+                        }
+                    }
+                }
+            }
+            if !retry {
+                break;
+            }
+            tries += 1;
+            if tries > RETRIES {
+                // The ranges were unmapped under us: nothing to fill there any more.
+                let mut st = self.state.lock().expect("engine state");
+                for t in st.tasks.iter_mut().filter(|t| t.pid == pid) {
+                    for r in t.missing.by_img(img, end) {
+                        t.missing.remove(r.start, r.end);
+                    }
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let mut st = self.state.lock().expect("engine state");
+        self.check_complete(&mut st);
+        (filled, dup)
+    }
+}
+
+/// SIGKILLs the restored tree's root named in `file` (its pid namespace ends with it).
+fn kill_tree(file: &std::path::Path, why: &str) {
+    let pid = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1);
+    match pid {
+        Some(p) => {
+            tracing::warn!(
+                "lazy engine: {why}; killing the restored copy (pid {p}) before its missing memory could be zero-filled"
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        None => tracing::warn!("lazy engine: {why} (the restore had not named its tree yet)"),
+    }
+}
+
+fn read_header(s: &mut impl Read) -> io::Result<Option<Header>> {
+    let mut b = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match s.read(&mut b[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stream ended inside a header",
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Header::decode(&b)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// A page-aligned buffer for one message's pages.
+fn page_buffer() -> Vec<u8> {
+    vec![0u8; MAX_PAGES as usize * PAGE as usize]
+}
+
+/// Runs the engine until every lazy page is in and the restore said it finished, or until it
+/// fails (the restored tree is then killed). Blocking; spawns its own threads.
+pub fn run(cfg: EngineConfig) -> Result<EngineReport, EngineError> {
+    // an early restore waits at its gate: hold it until the restore is past it
+    let gate = super::gate::GateGuard::hold(&cfg.dir);
+    let (wake_r, wake_w) = nix::unistd::pipe().map_err(|e| io_err("pipe")(e.into()))?;
+    let status = cfg.status.map(std::fs::File::from);
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State::default()),
+        changed: Condvar::new(),
+        wake_w,
+        status: Mutex::new(status),
+        tree_pid_file: cfg.tree_pid_file.clone(),
+        bulk_total: cfg.bulk.len(),
+        bulk_ended: std::sync::atomic::AtomicUsize::new(0),
+        streams: cfg
+            .bulk
+            .iter()
+            .chain(std::iter::once(&cfg.priority))
+            .filter_map(|s| s.try_clone().ok())
+            .collect(),
+    });
+    for s in cfg.bulk.iter().chain(std::iter::once(&cfg.priority)) {
+        crate::migrate::sockopt::harden(s);
+    }
+
+    // The fault thread: uffd events and the priority stream.
+    let fault = {
+        let shared = shared.clone();
+        let prio = cfg
+            .priority
+            .try_clone()
+            .map_err(io_err("priority stream"))?;
+        std::thread::Builder::new()
+            .name("lazy-faults".into())
+            .spawn(move || {
+                if let Err(e) = fault_loop(&shared, prio, wake_r) {
+                    shared.fail(format!("priority stream: {e}"));
+                }
+            })
+            .map_err(io_err("spawn"))?
+    };
+
+    // Announcements: every task of the tree, in pstree order.
+    let mut gate = gate;
+    let lazy = match accept_with_timeout(&cfg.listener, &cfg.priority, &mut gate, RESTORE_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(g) = gate {
+                g.fail();
+            }
+            shared.fail(format!(
+                "the restore never connected to the lazy-pages socket: {e}"
+            ));
+            return finish(&shared, fault, vec![]);
+        }
+    };
+    // The restore connects once it has read its images: they are all here now (an early
+    // restore is held until they are).
+    let images = match LazyImages::load(&cfg.dir) {
+        Ok(i) => i,
+        Err(e) => {
+            shared.fail(format!("{e}"));
+            return finish(&shared, fault, vec![]);
+        }
+    };
+    shared.state.lock().expect("engine state").report.lazy_pages = images.pages();
+    for _ in 0..images.tasks.len() {
+        match lazy.next_task() {
+            Ok(Announce::Task(pid, uffd)) => {
+                let lazy_ranges = images.task(pid).map(|t| t.lazy.clone()).unwrap_or_default();
+                let mut st = shared.state.lock().expect("engine state");
+                st.started.get_or_insert_with(Instant::now);
+                st.tasks.push(Task {
+                    pid,
+                    uffd: Arc::new(uffd),
+                    missing: Missing::from_ranges(lazy_ranges),
+                    gone: false,
+                });
+                st.report.tasks += 1;
+                drop(st);
+                shared.poke();
+            }
+            Ok(Announce::Zombie(_)) => {}
+            Err(e) => {
+                shared.fail(format!("lazy-pages socket: {e}"));
+                return finish(&shared, fault, vec![]);
+            }
+        }
+    }
+    {
+        let mut st = shared.state.lock().expect("engine state");
+        st.announced = true;
+        let n = st.tasks.len();
+        drop(st);
+        shared.status(&format!("tasks {n}"));
+        let mut st = shared.state.lock().expect("engine state");
+        shared.check_complete(&mut st);
+    }
+
+    // Bulk streams: one thread each.
+    let mut bulk = Vec::new();
+    let hold = cfg.hold;
+    for (i, s) in cfg.bulk.into_iter().enumerate() {
+        let shared = shared.clone();
+        bulk.push(
+            std::thread::Builder::new()
+                .name(format!("lazy-bulk-{i}"))
+                .spawn(move || {
+                    if !hold {
+                        let mut st = shared.state.lock().expect("engine state");
+                        while !st.restore_finished && st.failed.is_none() && !st.complete {
+                            st = shared.changed.wait(st).expect("engine state");
+                        }
+                    }
+                    if let Err(e) = bulk_loop(&shared, s) {
+                        shared.fail(format!("bulk stream {i}: {e}"));
+                    }
+                })
+                .map_err(io_err("spawn"))?,
+        );
+    }
+
+    // The restore's last word (it comes after the restore is complete: for a stop-and-copy,
+    // after every page is in); meanwhile pages flow.
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("lazy-restore".into())
+            .spawn(move || match lazy.wait_finished() {
+                Ok(()) => {
+                    let mut st = shared.state.lock().expect("engine state");
+                    st.restore_finished = true;
+                    shared.changed.notify_all();
+                }
+                Err(e) => shared.fail(format!("the restore did not finish: {e}")),
+            })
+            .map_err(io_err("spawn"))?;
+    }
+    finish(&shared, fault, bulk)
+}
+
+/// Accepts the restore's connection; gives up after `limit`, when the source ends the
+/// priority stream first (it gave up on the migration: no restore will come), or when
+/// `haul serve` (the parent) dies before the restore connected.
+fn accept_with_timeout(
+    l: &std::os::unix::net::UnixListener,
+    source: &std::net::TcpStream,
+    gate: &mut Option<super::gate::GateGuard>,
+    limit: Duration,
+) -> io::Result<LazySocket> {
+    // SAFETY: plain system calls; a pidfd of our parent, or -1 (then poll ignores it).
+    let parent = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getppid(), 0) } as i32;
+    let parent = (parent >= 0).then(|| {
+        // SAFETY: a fresh fd owned by nobody else.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(parent) }
+    });
+    let deadline = Instant::now() + limit;
+    loop {
+        // the gate is let go of as soon as haul serve opened it
+        if gate.as_ref().is_some_and(|g| g.opened()) {
+            if let Some(g) = gate.take() {
+                g.passed();
+            }
+        }
+        let mut pfds = [
+            libc::pollfd {
+                fd: l.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: source.as_raw_fd(),
+                events: libc::POLLRDHUP,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: parent.as_ref().map_or(-1, |p| p.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no connection"));
+        }
+        let wait = if gate.is_some() {
+            Duration::from_millis(1)
+        } else {
+            left
+        };
+        // SAFETY: a live array of three pollfds.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 3, wait.as_millis().max(1) as i32) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if pfds[0].revents & libc::POLLIN != 0 {
+            break;
+        }
+        if pfds[1].revents != 0 || pfds[2].revents != 0 {
+            let who = if pfds[2].revents != 0 {
+                "haul serve ended before the restore connected"
+            } else {
+                "the source ended its streams first"
+            };
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, who));
+        }
+    }
+    if let Some(g) = gate.take() {
+        g.passed();
+    }
+    LazySocket::accept(l)
+}
+
+/// Waits until complete or failed, then for the streams to end.
+fn finish(
+    shared: &Arc<Shared>,
+    fault: std::thread::JoinHandle<()>,
+    bulk: Vec<std::thread::JoinHandle<()>>,
+) -> Result<EngineReport, EngineError> {
+    {
+        let mut st = shared.state.lock().expect("engine state");
+        while !(st.complete && st.restore_finished) && st.failed.is_none() {
+            st = shared.changed.wait(st).expect("engine state");
+        }
+    }
+    for b in bulk {
+        let _ = b.join();
+    }
+    shared.state.lock().expect("engine state").exiting = true;
+    shared.poke();
+    let _ = fault.join();
+    let st = shared.state.lock().expect("engine state");
+    match &st.failed {
+        Some(why) => Err(EngineError::Protocol(why.clone())),
+        None => Ok(EngineReport {
+            cpu_secs: super::cpu_secs(),
+            ..st.report.clone()
+        }),
+    }
+}
+
+fn bulk_loop(shared: &Shared, mut s: std::net::TcpStream) -> io::Result<()> {
+    let mut buf = page_buffer();
+    loop {
+        let h = match read_header(&mut s)? {
+            Some(h) => h,
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the source closed the stream before its end",
+                ))
+            }
+        };
+        match h.kind {
+            Kind::Pages => {
+                let len = h.payload_len();
+                s.read_exact(&mut buf[..len])?;
+                let (n, dup) = shared.fill(h.pid, h.addr, &buf[..len]);
+                let mut st = shared.state.lock().expect("engine state");
+                st.report.bulk_pages += n;
+                st.report.duplicate_pages += dup;
+                if st.failed.is_some() {
+                    return Ok(());
+                }
+            }
+            Kind::End => {
+                // Everything this stream will carry came. Missing pages, if any, are the
+                // priority stream's to fetch (the fault thread asks once bulk is done).
+                shared
+                    .bulk_ended
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                shared.poke();
+                return Ok(());
+            }
+            k => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{k:?} on a bulk stream"),
+                ))
+            }
+        }
+    }
+}
+
+/// Polls every uffd, the wake pipe and the priority stream.
+fn fault_loop(shared: &Shared, mut prio: std::net::TcpStream, wake: OwnedFd) -> io::Result<()> {
+    let mut buf = page_buffer();
+    let mut sweep_at: Option<Instant> = None;
+    let mut prio_open = true;
+    loop {
+        let uffds: Vec<(usize, Arc<Uffd>)> = {
+            let st = shared.state.lock().expect("engine state");
+            if st.exiting || st.failed.is_some() {
+                return Ok(());
+            }
+            st.tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| !t.gone)
+                .map(|(i, t)| (i, t.uffd.clone()))
+                .collect()
+        };
+        let mut pfds: Vec<libc::pollfd> = vec![
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if prio_open { prio.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        pfds.extend(uffds.iter().map(|(_, u)| libc::pollfd {
+            fd: u.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // SAFETY: `pfds` is a live array of pollfd of the given length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if pfds[0].revents != 0 {
+            let mut b = [0u8; 64];
+            // SAFETY: drains our own nonblocking-or-ready pipe into a local buffer.
+            let _ = unsafe { libc::read(wake.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+        }
+        for (k, (i, u)) in uffds.iter().enumerate() {
+            let re = pfds[k + 2].revents;
+            if re & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                let mut st = shared.state.lock().expect("engine state");
+                st.tasks[*i].gone = true;
+                st.tasks[*i].missing = Missing::default();
+                shared.check_complete(&mut st);
+                continue;
+            }
+            if re & libc::POLLIN != 0 {
+                while let Some(ev) = u.read_event()? {
+                    handle_event(shared, &mut prio, *i, u, ev)?;
+                }
+            }
+        }
+        if pfds[1].revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            match read_header(&mut prio)? {
+                None if shared.state.lock().expect("engine state").complete => {
+                    // done with it; keep serving faults on holes until the engine exits
+                    prio_open = false;
+                }
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the source closed it with pages missing",
+                    ))
+                }
+                Some(h) if h.kind == Kind::Pages => {
+                    let len = h.payload_len();
+                    prio.read_exact(&mut buf[..len])?;
+                    let (n, dup) = shared.fill(h.pid, h.addr, &buf[..len]);
+                    let mut st = shared.state.lock().expect("engine state");
+                    for p in 0..u64::from(h.npages) {
+                        st.requested.remove(&(h.pid, h.addr + p * PAGE));
+                    }
+                    st.report.priority_pages += n;
+                    st.report.duplicate_pages += dup;
+                }
+                Some(h) if h.kind == Kind::Refused => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the source has no lazy pages at {:#x} of task {}",
+                            h.addr, h.pid
+                        ),
+                    ))
+                }
+                Some(h) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{:?} on the priority stream", h.kind),
+                    ))
+                }
+            }
+        }
+        // Once every bulk stream is done, fetch whatever is still missing (pages a remap or a
+        // fork moved out of the bulk order) over the priority stream.
+        let now = Instant::now();
+        if sweep_at.map_or(true, |t| now >= t) {
+            sweep_at = Some(now + Duration::from_millis(50));
+            sweep(shared, &mut prio)?;
+        }
+    }
+}
+
+/// Asks for missing pages nobody asked for yet, when the bulk streams have all ended.
+fn sweep(shared: &Shared, prio: &mut std::net::TcpStream) -> io::Result<()> {
+    let asks: Vec<Header> = {
+        let mut st = shared.state.lock().expect("engine state");
+        let ended = shared.bulk_ended.load(std::sync::atomic::Ordering::SeqCst);
+        if !st.announced || ended < shared.bulk_total {
+            return Ok(());
+        }
+        let mut asks = Vec::new();
+        let mut want = Vec::new();
+        for t in st.tasks.iter().filter(|t| !t.gone) {
+            for r in t.missing.iter() {
+                let mut a = r.img;
+                let end = r.img + (r.end - r.start);
+                while a < end {
+                    let n = ((end - a) / PAGE).min(u64::from(MAX_PAGES));
+                    want.push((t.pid, a, n));
+                    a += n * PAGE;
+                }
+            }
+        }
+        for (pid, a, n) in want {
+            if st.requested.contains(&(pid, a)) {
+                continue;
+            }
+            for p in 0..n {
+                st.requested.insert((pid, a + p * PAGE));
+            }
+            asks.push(Header::request(pid, a, n as u32));
+            if asks.len() >= 64 {
+                break;
+            }
+        }
+        asks
+    };
+    for h in asks {
+        prio.write_all(&h.encode())?;
+    }
+    Ok(())
+}
+
+fn handle_event(
+    shared: &Shared,
+    prio: &mut std::net::TcpStream,
+    i: usize,
+    u: &Arc<Uffd>,
+    ev: Event,
+) -> io::Result<()> {
+    let mut st = shared.state.lock().expect("engine state");
+    match ev {
+        Event::PageFault { addr } => {
+            let page = addr & !(PAGE - 1);
+            let t = &st.tasks[i];
+            match t.missing.lookup(page) {
+                Some(img) => {
+                    let pid = t.pid;
+                    // the faulting page and the missing pages right after it
+                    let mut n = 1u64;
+                    while n < FAULT_CLUSTER_PAGES
+                        && t.missing.lookup(page + n * PAGE) == Some(img + n * PAGE)
+                    {
+                        n += 1;
+                    }
+                    st.report.faults += 1;
+                    if st.requested.insert((pid, img)) {
+                        for p in 1..n {
+                            st.requested.insert((pid, img + p * PAGE));
+                        }
+                        drop(st);
+                        prio.write_all(&Header::request(pid, img, n as u32).encode())?;
+                    }
+                }
+                None => {
+                    // Not a lazy page (absent at dump time: zeros), or it just arrived.
+                    drop(st);
+                    match u.zero(page, PAGE) {
+                        Fill::Exists(_) => {
+                            let _ = u.wake(page, PAGE);
+                        }
+                        Fill::Gone => {
+                            let mut st = shared.state.lock().expect("engine state");
+                            st.tasks[i].gone = true;
+                            st.tasks[i].missing = Missing::default();
+                            shared.check_complete(&mut st);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Event::Fork { uffd } => {
+            let parent = &st.tasks[i];
+            let child = Task {
+                pid: parent.pid,
+                uffd: Arc::new(uffd),
+                missing: parent.missing.clone(),
+                gone: false,
+            };
+            st.tasks.push(child);
+            st.report.tasks += 1;
+        }
+        Event::Remap { from, to, len } => st.tasks[i].missing.remap(from, to, len),
+        Event::Remove { start, end } => {
+            let _ = u.unregister(start, end - start);
+            st.tasks[i].missing.remove(start, end);
+            shared.check_complete(&mut st);
+        }
+        Event::Unmap { start, end } => {
+            st.tasks[i].missing.remove(start, end);
+            shared.check_complete(&mut st);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine against a scripted source and a scripted restore, on this process's own
+    //! memory: a private mapping registered with a uffd stands in for a restored task.
+    use super::*;
+    use crate::criu::pb;
+    use crate::memory::image::{encode_image, MM_MAGIC, PAGEMAP_MAGIC, PE_LAZY, PSTREE_MAGIC};
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use prost::Message;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::unix::net::UnixStream;
+
+    const PAGES: u64 = 64;
+
+    struct Scene {
+        _dir: tempfile::TempDir,
+        region: u64,
+        uffd: Uffd,
+        restore: UnixStream,
+        bulk: TcpStream,
+        prio: TcpStream,
+        engine: std::thread::JoinHandle<Result<EngineReport, EngineError>>,
+        victim: std::process::Child,
+    }
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    fn pattern(page: u64) -> u8 {
+        (page % 251) as u8 + 1
+    }
+
+    /// None when userfaultfd is not available here (a visible skip).
+    fn scene() -> Option<Scene> {
+        let uffd = match Uffd::open_own(false) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("SKIP: userfaultfd unavailable: {e}");
+                return None;
+            }
+        };
+        let len = (PAGES * PAGE) as usize;
+        // SAFETY: a fresh private anonymous mapping (left mapped: the test process ends soon).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let region = p as u64;
+        uffd.register(region, len as u64).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pstree = pb::PstreeEntry {
+            pid: 1,
+            ppid: 0,
+            pgid: 1,
+            sid: 1,
+            threads: vec![1],
+        };
+        std::fs::write(
+            d.join("pstree.img"),
+            encode_image(PSTREE_MAGIC, &[pstree.encode_to_vec()]),
+        )
+        .unwrap();
+        let mm = pb::MmEntry {
+            vmas: vec![pb::VmaEntry {
+                start: region,
+                end: region + len as u64,
+                pgoff: 0,
+                shmid: 0,
+                prot: 3,
+                flags: 0x22,
+                status: 0,
+                fd: -1,
+            }],
+        };
+        std::fs::write(
+            d.join("mm-1.img"),
+            encode_image(MM_MAGIC, &[mm.encode_to_vec()]),
+        )
+        .unwrap();
+        let pm = pb::PagemapEntry {
+            vaddr: region,
+            compat_nr_pages: PAGES as u32,
+            in_parent: None,
+            flags: Some(PE_LAZY),
+            nr_pages: Some(PAGES),
+        };
+        std::fs::write(
+            d.join("pagemap-1.img"),
+            encode_image(
+                PAGEMAP_MAGIC,
+                &[
+                    pb::PagemapHead { pages_id: 1 }.encode_to_vec(),
+                    pm.encode_to_vec(),
+                ],
+            ),
+        )
+        .unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(d.join("lazy.sock")).unwrap();
+        let restore = UnixStream::connect(d.join("lazy.sock")).unwrap();
+        let (bulk_src, bulk_dst) = pair();
+        let (prio_src, prio_dst) = pair();
+        let victim = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(d.join("tree.pid"), victim.id().to_string()).unwrap();
+        let cfg = EngineConfig {
+            dir: d.to_path_buf(),
+            listener,
+            priority: prio_dst,
+            bulk: vec![bulk_dst],
+            status: None,
+            tree_pid_file: d.join("tree.pid"),
+            hold: true,
+        };
+        let engine = std::thread::spawn(move || run(cfg));
+        // the restore announces task 1 with (a duplicate of) the uffd
+        let pid = 1i32.to_ne_bytes();
+        std::io::Write::write_all(&mut &restore, &pid).unwrap();
+        let fds = [uffd.as_raw_fd()];
+        sendmsg::<()>(
+            restore.as_raw_fd(),
+            &[std::io::IoSlice::new(&[0u8])],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        Some(Scene {
+            _dir: dir,
+            region,
+            uffd,
+            restore,
+            bulk: bulk_src,
+            prio: prio_src,
+            engine,
+            victim,
+        })
+    }
+
+    fn send_pages(s: &mut TcpStream, region: u64, first: u64, n: u64) {
+        let mut msg = Header::pages(1, region + first * PAGE, n as u32)
+            .encode()
+            .to_vec();
+        for p in first..first + n {
+            msg.extend(std::iter::repeat(pattern(p)).take(PAGE as usize));
+        }
+        s.write_all(&msg).unwrap();
+    }
+
+    fn finish_restore(restore: &UnixStream) {
+        std::io::Write::write_all(
+            &mut &*restore,
+            &super::super::uffd::RESTORE_FINISHED.to_ne_bytes(),
+        )
+        .unwrap();
+    }
+
+    fn region_ok(region: u64) -> bool {
+        // SAFETY: called only once every page is present (no fault can block).
+        let mem =
+            unsafe { std::slice::from_raw_parts(region as *const u8, (PAGES * PAGE) as usize) };
+        (0..PAGES).all(|p| {
+            mem[(p * PAGE) as usize..((p + 1) * PAGE) as usize]
+                .iter()
+                .all(|&b| b == pattern(p))
+        })
+    }
+
+    #[test]
+    fn bulk_pages_fill_the_task_and_a_fault_is_answered_first() {
+        let Some(mut sc) = scene() else { return };
+        // a thread touches the last page before any bulk page came: it must be asked for
+        let region = sc.region;
+        let toucher = std::thread::spawn(move || {
+            // SAFETY: the page faults into the engine, which fills it; then it is readable.
+            unsafe { std::ptr::read_volatile((region + (PAGES - 1) * PAGE) as *const u8) }
+        });
+        let mut hb = [0u8; HEADER_LEN];
+        sc.prio.read_exact(&mut hb).unwrap();
+        let req = Header::decode(&hb).unwrap();
+        assert_eq!(req.kind, Kind::Request);
+        assert_eq!(req.addr, region + (PAGES - 1) * PAGE);
+        send_pages(&mut sc.prio, region, PAGES - 1, u64::from(req.npages));
+        assert_eq!(toucher.join().unwrap(), pattern(PAGES - 1));
+        // the rest in two bulk messages, one of them overlapping the faulted page
+        send_pages(&mut sc.bulk, region, 0, 32);
+        send_pages(&mut sc.bulk, region, 32, 32);
+        sc.bulk.write_all(&Header::end(64).encode()).unwrap();
+        finish_restore(&sc.restore);
+        let rep = sc.engine.join().unwrap().unwrap();
+        assert!(region_ok(region));
+        assert_eq!(rep.tasks, 1);
+        assert_eq!(rep.faults, 1);
+        // each page counted once: filled from a stream, or found there already
+        assert_eq!(
+            rep.priority_pages + rep.bulk_pages + rep.duplicate_pages,
+            PAGES
+        );
+        assert!(rep.bulk_pages >= PAGES - 1);
+        assert!(
+            sc.victim.try_wait().unwrap().is_none(),
+            "a complete copy is left alone"
+        );
+        let _ = sc.victim.kill();
+        drop(sc.uffd);
+    }
+
+    #[test]
+    fn a_source_that_dies_mid_stream_gets_the_copy_killed() {
+        let Some(mut sc) = scene() else { return };
+        send_pages(&mut sc.bulk, sc.region, 0, 8);
+        // the source is gone: both streams end with 56 pages missing
+        drop(sc.bulk);
+        drop(sc.prio);
+        let r = sc.engine.join().unwrap();
+        assert!(r.is_err(), "the engine must fail");
+        let st = sc.victim.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "the copy was killed");
+        drop(sc.uffd);
+    }
+}
