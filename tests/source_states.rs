@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use haul::criu::scripted::{Script, ScriptedCriu, DUMP_IMAGES};
 use haul::criu::Criu;
-use haul::migrate::convergence::Convergence;
+use haul::migrate::converge::{Convergence, ThrottleSetting};
 use haul::migrate::destination::{self, ServeConfig};
 use haul::migrate::source::{self, SourceConfig, SourceFailure, Whereabouts};
 use haul::migrate::strategy::Strategy;
@@ -51,6 +51,8 @@ async fn migrate(strategy: Strategy, src: Script, dst: Script, same_key: bool) -
         strategy,
         tree: Default::default(),
         convergence: Convergence::default(),
+        throttle: ThrottleSetting::Auto,
+        pre_dump_mode: None,
         progress: false,
     };
     let outcome = source::migrate_with(cfg, Arc::new(source.clone())).await;
@@ -244,6 +246,8 @@ async fn no_destination_no_migration() {
         strategy: Strategy::StopCopy,
         tree: Default::default(),
         convergence: Convergence::default(),
+        throttle: ThrottleSetting::Auto,
+        pre_dump_mode: None,
         progress: false,
     };
     let criu = ScriptedCriu::new(Script::default());
@@ -263,6 +267,8 @@ async fn no_destination_no_migration() {
         strategy: Strategy::StopCopy,
         tree: Default::default(),
         convergence: Convergence::default(),
+        throttle: ThrottleSetting::Auto,
+        pre_dump_mode: None,
         progress: false,
     };
     let f = source::migrate_with(pid_gone, Arc::new(criu))

@@ -26,6 +26,10 @@ pub enum SourceError {
     },
     /// pre-copy did not converge: {0}; raise --max-downtime, or use --on-timeout proceed or --strategy post-copy
     NotConverged(String),
+    /// --pre-dump-mode read cannot run here: {0}
+    PreDumpMode(String),
+    /// the throttle could not be released before the final dump, so nothing was dumped: {0}
+    ThrottleNotReleased(#[source] crate::throttle::ThrottleError),
     /// CRIU's dump ended without its post-dump notification (is this CRIU >= 4.1?)
     NoPostDump,
     /// CRIU's lazy dump ended before it served pages

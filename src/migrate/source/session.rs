@@ -135,12 +135,17 @@ impl Session {
             .ctl
             .request(finish, limits::REPLY.named("the destination's goodbye"))
             .await?;
+        self.keep_report();
+        Ok(())
+    }
+
+    /// Writes the report into the migration's directory (kept for inspection, as the images).
+    fn keep_report(&mut self) {
         self.report.total_secs = self.t0.elapsed().as_secs_f64();
         let path = self.dir.root().join("report.json");
         if let Ok(json) = serde_json::to_vec_pretty(&self.report) {
             let _ = std::fs::write(&path, json);
         }
-        Ok(())
     }
 
     /// The report of a finished migration.
@@ -151,6 +156,8 @@ impl Session {
     /// Ends a failed migration: says where the process is, and tells the destination.
     pub async fn fail(mut self, error: SourceError) -> SourceFailure {
         let whereabouts = self.whereabouts();
+        self.report.failure = Some(format!("{}; {whereabouts}", chain(&error)));
+        self.keep_report();
         let finish = pb::Finish {
             ok: false,
             reason: chain(&error),
