@@ -3,11 +3,22 @@
 //!
 //! ```text
 //! after round i (pages_i written, bytes_i sent in secs_i, at throttle level L_i):
-//!   bw_i        = bytes_i / secs_i                          the link as the round saw it
+//!   bw_i        = bytes_i / secs_i                          the round's bandwidth
+//!   link_i      = max(bw_1 .. bw_i)                         the link, as the best round showed it
+//!   fixed_i     = secs_i - bytes_i / link_i                 the round's fixed part
 //!   rate_i      = pages_i * 4096 / (start_i - start_{i-1})  dirtied while round i-1 ran (at L_{i-1})
 //!   rate0_i     = rate_i / (1 - L_{i-1})                    model: dirtying scales with CPU share
-//!   est_i       = rate0_i * (1 - L_i) * secs_i / bw_i       what a final dump now would move, in s
+//!   est_i       = rate0_i * (1 - L_i) * secs_i / link_i     what a final dump now would move, in s
 //! ```
+//!
+//! A round is a fixed part (CRIU starting, seizing the tree, the page server's set-up; about
+//! 6 s a round in the TCG guests, milliseconds on hardware) plus its bytes over the link. The
+//! largest round, usually the first, is the least diluted by the fixed part, so its bandwidth
+//! stands for the link's (an underestimate by its own fixed part: on the safe side). The
+//! estimated downtime is the memory part only (as cloud-hypervisor's: bytes left over
+//! bandwidth); the final dump adds its own fixed part and the restore. The fixed part still
+//! matters to the stop rule: the tree keeps dirtying during it, so no round can shrink the
+//! dirty set below `rate x fixed` (see [`super::decide_round`]).
 //!
 //! Round 1 has no dirty rate (it moved all memory); its estimate is its own pages over its
 //! bandwidth.
@@ -47,14 +58,18 @@ pub struct RoundEstimate {
     pub pages_written: u64,
     /// Bandwidth the round saw: bytes / wall time (bytes/s).
     pub bandwidth: f64,
+    /// The link's bandwidth: the best any round so far saw (bytes/s).
+    pub link_bandwidth: f64,
+    /// The round's fixed part: its time the bytes do not explain, `secs - bytes / link` (s).
+    pub fixed_secs: f64,
     /// Dirty rate over the interval before this round's freeze (bytes/s); unknown for round 1.
     pub dirty_rate: Option<f64>,
     /// The level in force during that interval.
     pub dirty_rate_throttle: Option<ThrottleLevel>,
     /// The dirty rate the tree would have unthrottled (model: proportional to CPU share).
     pub unthrottled_rate: Option<f64>,
-    /// What a final dump right now would move, over this round's bandwidth (s). Round 1
-    /// (dirty rate unknown): its own pages over its bandwidth.
+    /// What a final dump right now would move, over the link's bandwidth (s). Round 1 (dirty
+    /// rate unknown): its own pages over the link's bandwidth.
     pub est_downtime_secs: f64,
 }
 
@@ -64,19 +79,21 @@ impl RoundEstimate {
         self.unthrottled_rate.map(|r| r * level.remaining())
     }
 
-    /// One log line: `round=3 throttle=40% pages=1234 bw=12.3MiB/s dirty_rate=30.1MiB/s
-    /// est_downtime=0.412s`.
+    /// One log line: `round=3 throttle=40% pages=1234 bw=12.3MiB/s link=20.1MiB/s fixed=0.20s
+    /// dirty_rate=30.1MiB/s est_downtime=0.412s`.
     pub fn log_line(&self) -> String {
         let mib = |b: f64| b / 1_048_576.0;
         let rate = self
             .dirty_rate
             .map_or_else(|| "-".to_string(), |r| format!("{:.1}MiB/s", mib(r)));
         format!(
-            "round={} throttle={} pages={} bw={:.1}MiB/s dirty_rate={rate} est_downtime={:.3}s",
+            "round={} throttle={} pages={} bw={:.1}MiB/s link={:.1}MiB/s fixed={:.2}s dirty_rate={rate} est_downtime={:.3}s",
             self.round,
             self.throttle,
             self.pages_written,
             mib(self.bandwidth),
+            mib(self.link_bandwidth),
+            self.fixed_secs,
             self.est_downtime_secs
         )
     }
@@ -84,6 +101,7 @@ impl RoundEstimate {
 
 /// The figures of every round (pure).
 pub fn estimates(rounds: &[PreCopyRound]) -> Vec<RoundEstimate> {
+    let mut link = 0.0f64;
     rounds
         .iter()
         .enumerate()
@@ -93,6 +111,12 @@ pub fn estimates(rounds: &[PreCopyRound]) -> Vec<RoundEstimate> {
                 r.bytes as f64 / r.secs.max(1e-6)
             } else {
                 0.0
+            };
+            link = link.max(bandwidth);
+            let fixed_secs = if link > 0.0 {
+                (r.secs - r.bytes as f64 / link).max(0.0)
+            } else {
+                r.secs
             };
             let prev = i.checked_sub(1).map(|p| rounds[p]);
             let interval = prev.map(|p| (r.started_secs - p.started_secs).max(1e-6));
@@ -107,8 +131,8 @@ pub fn estimates(rounds: &[PreCopyRound]) -> Vec<RoundEstimate> {
             };
             let est_downtime_secs = if est_bytes <= 0.0 {
                 0.0
-            } else if bandwidth > 0.0 {
-                est_bytes / bandwidth
+            } else if link > 0.0 {
+                est_bytes / link
             } else {
                 f64::INFINITY
             };
@@ -117,6 +141,8 @@ pub fn estimates(rounds: &[PreCopyRound]) -> Vec<RoundEstimate> {
                 throttle: r.throttle,
                 pages_written: r.pages_written,
                 bandwidth,
+                link_bandwidth: link,
+                fixed_secs,
                 dirty_rate,
                 dirty_rate_throttle,
                 unthrottled_rate,
@@ -164,13 +190,17 @@ mod tests {
         assert_eq!(e[1].dirty_rate_throttle, Some(l30));
         let r0 = e[1].unthrottled_rate.unwrap();
         assert!((r0 - 20.0 * MIB / 0.7).abs() < 1.0);
-        // at 50 % during round 2 (2 s) at 50 MiB/s: r0 * 0.5 * 2 / 50MiB
-        let want = r0 * 0.5 * 2.0 / (50.0 * MIB);
+        // the link: round 1's 64 MiB/s (round 2 saw 50 MiB/s: 100 MiB in 2 s, 0.44 s of it
+        // fixed); at 50 % during round 2 (2 s): r0 * 0.5 * 2 / 64 MiB
+        assert!((e[1].link_bandwidth - 64.0 * MIB).abs() < 1.0);
+        assert!((e[1].fixed_secs - (2.0 - 100.0 / 64.0)).abs() < 1e-9);
+        assert_eq!(e[0].fixed_secs, 0.0, "the best round defines the link");
+        let want = r0 * 0.5 * 2.0 / (64.0 * MIB);
         assert!((e[1].est_downtime_secs - want).abs() < 1e-9);
         let line = e[1].log_line();
         assert!(
             line.starts_with(
-                "round=2 throttle=50% pages=25600 bw=50.0MiB/s dirty_rate=20.0MiB/s est_downtime="
+                "round=2 throttle=50% pages=25600 bw=50.0MiB/s link=64.0MiB/s fixed=0.44s dirty_rate=20.0MiB/s est_downtime="
             ),
             "{line}"
         );
