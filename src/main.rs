@@ -103,8 +103,9 @@ enum Cmd {
         #[arg(long, default_value = "auto", value_name = "off|auto|MAX%")]
         throttle: ThrottleSetting,
         /// Pre-copy: how pre-dumps copy memory: `splice` (CRIU's parasite, while the tree is
-        /// frozen) or `read` (process_vm_readv, after it resumes). Default: splice (measured
-        /// the faster in the VMs, results/vm/throttle-2026-11-30/).
+        /// frozen; the default) or `read` (process_vm_readv, after it resumes). `read` was
+        /// slower in the VMs and is refused with CRIU <= 4.2.1, whose read pre-dumps through a
+        /// page server restore a broken process (results/vm/throttle-2026-11-30/).
         #[arg(long, value_name = "splice|read")]
         pre_dump_mode: Option<PreDumpMode>,
         /// No progress bar.

@@ -82,6 +82,25 @@ async fn migrate(
     throttle: ThrottleSetting,
     fails_at: Option<usize>,
 ) -> Run {
+    migrate_in(
+        pid,
+        pages,
+        convergence,
+        throttle,
+        fails_at,
+        PreDumpMode::Splice,
+    )
+    .await
+}
+
+async fn migrate_in(
+    pid: i32,
+    pages: &[u64],
+    convergence: Convergence,
+    throttle: ThrottleSetting,
+    fails_at: Option<usize>,
+    mode: PreDumpMode,
+) -> Run {
     let img = tempfile::tempdir().unwrap();
     let key = Key::generate();
     let listener = destination::bind("127.0.0.1:0".parse().unwrap())
@@ -119,7 +138,7 @@ async fn migrate(
         tree: Default::default(),
         convergence,
         throttle,
-        pre_dump_mode: Some(PreDumpMode::Splice),
+        pre_dump_mode: Some(mode),
         progress: false,
     };
     let outcome = source::migrate_with(cfg, Arc::new(source.clone())).await;
@@ -245,6 +264,7 @@ async fn without_a_target_the_rounds_follow_phaul_and_nothing_is_throttled() {
             "PRE_DUMP",
             "PRE_DUMP",
             "DUMP",
+            "NOTIFY(ok)",
             "NOTIFY(ok)"
         ]
     );
@@ -406,4 +426,27 @@ async fn a_cancel_at_the_cap_releases_the_throttle() {
     assert!(kept.rounds.iter().all(|r| r.throttle <= cap));
     assert_eq!(kept.throttle.expect("engaged").max_level, cap);
     assert!(!run.source.requests().iter().any(|r| r == "DUMP"));
+}
+
+#[tokio::test]
+async fn read_pre_dumps_are_refused_with_this_criu() {
+    let _one = SERIAL.lock().await;
+    let child = Sleeper::start();
+    let run = migrate_in(
+        child.pid(),
+        &[16384],
+        Convergence::default(),
+        ThrottleSetting::Auto,
+        None,
+        PreDumpMode::Read,
+    )
+    .await;
+    let f = match &run.outcome {
+        Ok(r) => panic!("the migration succeeded: {r:?}"),
+        Err(f) => f,
+    };
+    assert!(matches!(f.error, SourceError::PreDumpMode(_)), "{f}");
+    assert!(f.to_string().contains("restore a broken process"), "{f}");
+    assert_eq!(f.whereabouts, Whereabouts::Untouched(child.pid()));
+    assert_eq!(run.source.requests(), ["CPUINFO_DUMP"], "no pre-dump");
 }

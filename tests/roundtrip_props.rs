@@ -578,7 +578,7 @@ fn pre_dump_mode() -> impl Strategy<Value = PreDumpMode> {
 
 fn report() -> impl Strategy<Value = MigrationReport> {
     let round = (
-        (any::<u32>(), dump_stats(), any::<u64>(), vec(finite(), 4)),
+        (any::<u32>(), dump_stats(), any::<u64>(), vec(finite(), 6)),
         (level(), option::of(finite()), option::of(level())),
         (option::of(pre_dump_mode()), text()),
     )
@@ -591,6 +591,8 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                     secs: f[0],
                     bandwidth: f[1],
                     est_downtime_secs: f[2],
+                    link_bandwidth: f[4],
+                    fixed_secs: f[5],
                     throttle,
                     dirty_rate: rate,
                     dirty_rate_throttle: rate_level,

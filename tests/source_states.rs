@@ -99,7 +99,7 @@ async fn stop_copy_goes_through_every_state() {
     assert!(report.downtime_secs > 0.0);
     assert_eq!(
         run.source.requests(),
-        ["CPUINFO_DUMP", "DUMP", "NOTIFY(ok)"],
+        ["CPUINFO_DUMP", "DUMP", "NOTIFY(ok)", "NOTIFY(ok)"],
         "post-dump is acknowledged once the destination runs the process"
     );
     assert_eq!(
@@ -150,7 +150,13 @@ async fn pre_copy_rounds_give_the_final_dump_a_parent() {
     );
     assert_eq!(
         run.source.requests(),
-        ["CPUINFO_DUMP", "PRE_DUMP", "DUMP", "NOTIFY(ok)"]
+        [
+            "CPUINFO_DUMP",
+            "PRE_DUMP",
+            "DUMP",
+            "NOTIFY(ok)",
+            "NOTIFY(ok)"
+        ]
     );
     let dst = run.destination.requests();
     assert_eq!(
@@ -179,7 +185,7 @@ async fn a_failed_restore_resumes_the_process_on_the_source() {
     );
     assert_eq!(
         run.source.requests(),
-        ["CPUINFO_DUMP", "DUMP", "NOTIFY(no)"],
+        ["CPUINFO_DUMP", "DUMP", "NOTIFY(ok)", "NOTIFY(no)"],
         "post-dump answered no: CRIU resumes the tasks"
     );
     assert_eq!(run.source.open_operations(), 0);

@@ -6,12 +6,13 @@
 //!
 //! What it does per request: CPUINFO_DUMP writes a `cpuinfo.img`; PRE_DUMP takes
 //! [`Script::pre_dump_secs`], writes a `stats-dump` with the round's [`Script::round_pages`]
-//! (nothing when that is empty) and succeeds, unless it is [`Script::pre_dump_fails_at`]; DUMP (not lazy) writes two small image files, notifies `post-dump`, and
-//! succeeds when that is answered with success or fails as CRIU does (the tasks resume) when
-//! it is answered with failure; PAGE_SERVER_CHLD answers at once and WAIT_PID says status 0;
-//! RESTORE notifies `post-restore` and succeeds. A page server (PAGE_SERVER_CHLD) leaves a
-//! sparse `pages-1.img` of its round's [`Script::round_pages`], so the destination reports
-//! those bytes for the round. A lazy DUMP is not scripted (it fails).
+//! (nothing when that is empty) and succeeds, unless it is [`Script::pre_dump_fails_at`];
+//! DUMP (not lazy) writes two small image files, notifies `pre-dump` and `post-dump`, and
+//! succeeds when those are answered with success or fails as CRIU does (the tasks resume)
+//! when one is answered with failure; PAGE_SERVER_CHLD answers at once and WAIT_PID says
+//! status 0; RESTORE notifies `post-restore` and succeeds. A page server (PAGE_SERVER_CHLD)
+//! leaves a sparse `pages-1.img` of its round's [`Script::round_pages`], so the destination
+//! reports those bytes for the round. A lazy DUMP is not scripted (it fails).
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -228,6 +229,10 @@ impl CriuService for ScriptedCriu {
                 if written.is_err() {
                     events.push_back(Err(("DUMP", "cannot write the images (scripted)")));
                 } else {
+                    events.push_back(Ok(Event::Notify(Notification {
+                        hook: Hook::PreDump,
+                        pid: None,
+                    })));
                     events.push_back(Ok(Event::Notify(Notification {
                         hook: Hook::PostDump,
                         pid: None,

@@ -25,6 +25,12 @@ pub struct RoundReport {
     /// rate, at the level of the next round) over this round's bandwidth
     /// (`converge::estimate`).
     pub est_downtime_secs: f64,
+    /// The link's bandwidth: the best any round so far saw (bytes/s).
+    #[serde(default)]
+    pub link_bandwidth: f64,
+    /// The round's fixed part: its time the bytes do not explain (s).
+    #[serde(default)]
+    pub fixed_secs: f64,
     /// The throttle level in force while the round ran (0: none).
     #[serde(default)]
     pub throttle: ThrottleLevel,

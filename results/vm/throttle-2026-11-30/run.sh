@@ -12,6 +12,7 @@
 #   criu      plain CRIU: pre-dump --track-mem rounds to a page server on dst (P.Haul's rules,
 #             and haul's plateau rule, decide when they stop), dump --prev-images-dir, images
 #             copied, restore on dst
+#   criu-read the same with pre-dump --pre-dump-mode read
 #   splice, read   haul pid --strategy pre-copy --pre-dump-mode M (no target: P.Haul's rules)
 #   auto-read haul pid ... --throttle auto --pre-dump-mode read
 #   fail-serve     --throttle auto; haul serve killed (SIGKILL) during a throttled round
@@ -74,7 +75,7 @@ criu_case() {
     while :; do
         port=$((27600 + n))
         g dst page-server "$name" "$n" "$port" "$parent" >/dev/null || return 1
-        line=$(g src criu-round "$name" "$n" pre-dump "$port" "$parent") || return 1
+        line=$("${SSH[@]}" src "CRIU_PRE_DUMP_MODE=${CRIU_MODE:-} tw-guest criu-round $name $n pre-dump $port $parent") || return 1
         echo "$line"
         pages=$(sed -n 's/.*pages_written=\([0-9]*\).*/\1/p' <<<"$line")
         if [ "${pages:-0}" -le 64 ]; then stop="only $pages pages dirty"
@@ -89,7 +90,6 @@ criu_case() {
     port=$((27600 + n)) go=$((27700 + n))
     g dst page-server "$name" "$n" "$port" "$parent" >/dev/null || return 1
     g dst restore-on-go "$name" "$n" "$go" >/dev/null || return 1
-    sleep 3 # python's start-up under TCG
     g src criu-round "$name" "$n" dump "$port" "$parent" "$go" || return 1
     for _ in $(seq 1 120); do
         line=$("${SSH[@]}" dst "cat /srv/haul-shared/tw/$name/restore.result 2>/dev/null") && [ -n "$line" ] && break
@@ -156,6 +156,7 @@ one_case() { # one_case CASE: runs it, writing OUT/CASE/results.txt
         off) haul_case "$c" --strategy pre-copy --max-downtime "$T" --throttle off ;;
         splice | read) haul_case "$c" --strategy pre-copy --pre-dump-mode "$base" ;;
         criu) criu_case "$c" ;;
+        criu-read) CRIU_MODE=read criu_case "$c" ;;
         fail-serve) fail_case "$c" serve ;;
         fail-term) fail_case "$c" term ;;
         fail-kill) fail_case "$c" kill ;;

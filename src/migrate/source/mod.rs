@@ -64,8 +64,8 @@ pub struct SourceConfig {
     /// Pre-copy: whether, and how far, the rounds may slow the tree toward the downtime
     /// target (`--throttle`; only with `convergence.max_downtime_secs`).
     pub throttle: ThrottleSetting,
-    /// Pre-copy: how the pre-dumps copy memory (`--pre-dump-mode`); `None`:
-    /// [`PreDumpMode::preferred`] on this kernel.
+    /// Pre-copy: how the pre-dumps copy memory (`--pre-dump-mode`); `None`: splice
+    /// ([`PreDumpMode`] says why).
     pub pre_dump_mode: Option<PreDumpMode>,
     /// Show a progress bar on stderr (only drawn on a terminal).
     pub progress: bool,

@@ -8,16 +8,21 @@
 //! round N: [level L_N] PRE_DUMP(track_mem, parent, ps.fd, pre_dump_mode)   limit lifted while seized
 //!          stats-dump + the page server's bytes -> PreCopyRound -> estimates -> one log line
 //!          decide_round: Continue{L_N+1} | FinalDump | PostCopyRest | Proceed | Cancel
-//! end (every path, also errors): throttle released, then the final dump (or the failure)
+//! final dump: DUMP ... CRIU's `pre-dump` notification: throttle released, then answered;
+//!             CRIU seizes the tree and records its cgroups only after that
+//! any failure: throttle released first thing (here, or in `Session::fail`)
 //! ```
 //!
 //! The throttle is engaged at the first level above zero, so a tree that converges alone is
 //! never moved; the CPU quota's baseline is the tree's CPU use since the rounds began, less
-//! the time CRIU kept it frozen. It is released when the rounds end, whichever way: before
-//! the final dump, because CRIU records each task's cgroups in the images and would re-create
-//! haul's throttled cgroup on the destination; and first thing on any failure, so the process
-//! left on the source runs at full speed in its own cgroups. A haul killed meanwhile leaves a
-//! journal that the next `haul pid` on the node undoes ([`sweep_stale_throttles`]).
+//! the time CRIU kept it frozen. It is held until the final dump's `pre-dump` notification:
+//! released any earlier, the tree dirties at full speed while the last page server starts and
+//! CRIU sets up (seconds in the TCG guests: the final dump then wrote 2.5 times the last
+//! round's pages), and any later, CRIU would record haul's cgroup in the images and the
+//! destination would re-create it, throttle and all. On any failure it is released first
+//! thing, so the process left on the source runs at full speed in its own cgroups. A haul
+//! killed meanwhile leaves a journal that the next `haul pid` on the node undoes
+//! ([`sweep_stale_throttles`]).
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -42,50 +47,65 @@ use super::SourceError;
 
 impl Session {
     /// Pre-dump rounds until the stop rule ends them; returns the last round's directory name
-    /// (the final dump's parent). The throttle, if one was engaged, is released before this
-    /// returns, on success and on failure alike.
+    /// (the final dump's parent). A throttle the rounds engaged is left in
+    /// [`Session::throttle`] for the final dump to release; on failure it is released before
+    /// this returns.
     pub async fn pre_copy(&mut self) -> Result<Option<String>, SourceError> {
         let mode = self.pre_dump_mode()?;
         self.report.pre_dump_mode = Some(mode);
         self.report.throttle_setting = self.cfg.throttle.to_string();
-        let mut brake = Brake::new(&self.cfg, self.cfg.pid);
+        let mut throttle = PreCopyThrottle::new(&self.cfg, self.cfg.pid);
         let mut policy = PreCopyPolicy {
             convergence: self.cfg.convergence,
             throttle: self.cfg.throttle,
-            can_throttle: brake.mechanism.is_some(),
+            can_throttle: throttle.mechanism.is_some(),
             // Post-copy may take the rest when the user let haul choose (auto, which resolved
             // to hybrid because both nodes have lazy pages) or asked for hybrid: either way the
             // strategy is hybrid now, whose final dump is lazy anyway.
             postcopy_fallback: self.strategy == Strategy::Hybrid,
             ..Default::default()
         };
-        let rounds = self.rounds(mode, &mut policy, &mut brake).await;
-        // First thing, whatever happened in the rounds.
-        let released = brake.release();
-        self.report.throttle = brake.report();
-        self.report.throttle_note = brake.note.clone();
-        self.report.warnings.append(&mut brake.warnings);
-        match (rounds, released) {
-            (Ok(parent), Ok(())) => Ok(parent),
-            // Never dump from inside haul's cgroup: the destination would re-create it.
-            (Ok(_), Err(e)) => Err(SourceError::ThrottleNotReleased(e)),
-            (Err(e), Ok(())) => Err(e),
-            (Err(e), Err(r)) => {
-                error!("{r}");
-                self.report.warnings.push(r.to_string());
-                Err(e)
-            }
+        let rounds = self.rounds(mode, &mut policy, &mut throttle).await;
+        self.report.throttle_note = throttle.note.clone();
+        self.report.warnings.append(&mut throttle.warnings);
+        if throttle.guard.is_some() {
+            self.throttle = Some(throttle);
+        }
+        if rounds.is_err() {
+            self.release_throttle_after_failure();
+        }
+        rounds
+    }
+
+    /// Releases pre-copy's throttle, if one is held, and records it in the report; the final
+    /// dump calls this at CRIU's `pre-dump` notification. A release that fails is an error:
+    /// the tree must not be dumped from inside haul's cgroup (its guard's `Drop` tries again).
+    pub fn release_throttle(&mut self) -> Result<(), ThrottleError> {
+        let Some(mut t) = self.throttle.take() else {
+            return Ok(());
+        };
+        let released = t.release();
+        self.report.throttle = t.report();
+        self.report.warnings.append(&mut t.warnings);
+        released
+    }
+
+    /// [`Session::release_throttle`] on the way out of a failure: a release that fails too is
+    /// logged and kept in the report's warnings (the original failure is what `haul pid` says).
+    pub fn release_throttle_after_failure(&mut self) {
+        if let Err(e) = self.release_throttle() {
+            error!("{e}");
+            self.report.warnings.push(e.to_string());
         }
     }
 
-    /// `--pre-dump-mode`, or the preferred one on this kernel.
+    /// `--pre-dump-mode` (splice when not given), if haul may use it with this CRIU.
     fn pre_dump_mode(&self) -> Result<PreDumpMode, SourceError> {
-        let vm_read = options::vm_read_supported();
-        match (self.cfg.pre_dump_mode, vm_read) {
-            (Some(PreDumpMode::Read), Err(why)) => Err(SourceError::PreDumpMode(why)),
-            (Some(m), _) => Ok(m),
-            (None, r) => Ok(PreDumpMode::preferred(r.is_ok())),
+        let mode = self.cfg.pre_dump_mode.unwrap_or_default();
+        if let Some(v) = self.report.source_criu {
+            mode.check(v).map_err(SourceError::PreDumpMode)?;
         }
+        Ok(mode)
     }
 
     /// The rounds themselves.
@@ -93,13 +113,13 @@ impl Session {
         &mut self,
         mode: PreDumpMode,
         policy: &mut PreCopyPolicy,
-        brake: &mut Brake,
+        throttle: &mut PreCopyThrottle,
     ) -> Result<Option<String>, SourceError> {
         let mut parent: Option<String> = None;
         let mut rounds: Vec<PreCopyRound> = Vec::new();
         let t_pre = Instant::now();
         for round in 1.. {
-            let level = brake.level();
+            let level = throttle.level();
             let started_secs = t_pre.elapsed().as_secs_f64();
             let t = Instant::now();
             let rd = self.dir.round(round)?;
@@ -119,7 +139,7 @@ impl Session {
                 .criu
                 .start_request(req, &[fd.as_raw_fd()], Some(log))
                 .await?;
-            match &brake.guard {
+            match &throttle.guard {
                 Some(g) => g.around_pre_dump(op.run_to_end()).await?,
                 None => op.run_to_end().await?,
             };
@@ -138,7 +158,7 @@ impl Session {
                 .last()
                 .expect("one estimate per round");
             let frozen_secs = f64::from(st.frozen_time_us) / 1e6;
-            brake.frozen_secs += frozen_secs;
+            throttle.frozen_secs += frozen_secs;
             let verdict = decide_round(policy, &rounds);
             info!(
                 "{} frozen={frozen_secs:.3}s skipped={} mode={mode}",
@@ -155,6 +175,8 @@ impl Session {
                 secs,
                 bandwidth: est.bandwidth,
                 est_downtime_secs: est.est_downtime_secs,
+                link_bandwidth: est.link_bandwidth,
+                fixed_secs: est.fixed_secs,
                 throttle: level,
                 dirty_rate: est.dirty_rate,
                 dirty_rate_throttle: est.dirty_rate_throttle,
@@ -164,11 +186,14 @@ impl Session {
             });
             parent = Some(images::round_name(round));
             match verdict {
-                Verdict::Continue { throttle, why } => {
+                Verdict::Continue {
+                    throttle: next,
+                    why,
+                } => {
                     info!("pre-copy goes on after round {round}: {why}");
-                    if throttle != level {
+                    if next != level {
                         let name = self.report.migration_id.clone();
-                        if let Err(why) = brake.set(throttle, &name) {
+                        if let Err(why) = throttle.set(next, &name) {
                             warn!("{why}; the rounds go on unthrottled");
                             policy.can_throttle = false;
                         }
@@ -203,9 +228,11 @@ fn verdict_text(v: &Verdict) -> String {
     }
 }
 
-/// The throttle of one pre-copy: engaged at the first level above zero, released on every
-/// way out of the rounds (and by [`Throttle`]'s own `Drop` should this be dropped first).
-struct Brake {
+/// The throttle of one pre-copy: engaged at the first level above zero, released at the
+/// final dump's `pre-dump` notification or first thing on a failure (and by [`Throttle`]'s
+/// own `Drop` should this be dropped first, e.g. when a signal drops the migration).
+#[derive(Debug)]
+pub struct PreCopyThrottle {
     root_pid: i32,
     /// How this node slows a tree, when pre-copy may throttle at all.
     mechanism: Option<Mechanism>,
@@ -220,9 +247,9 @@ struct Brake {
     warnings: Vec<String>,
 }
 
-impl Brake {
+impl PreCopyThrottle {
     /// Finds the mechanism when pre-copy may throttle (a target, and `--throttle` not off).
-    fn new(cfg: &super::SourceConfig, root_pid: i32) -> Brake {
+    fn new(cfg: &super::SourceConfig, root_pid: i32) -> PreCopyThrottle {
         let (mechanism, note) = if cfg.convergence.max_downtime_secs.is_none() {
             (
                 None,
@@ -239,7 +266,7 @@ impl Brake {
                 Err(e) => (None, format!("this node cannot throttle: {e}")),
             }
         };
-        Brake {
+        PreCopyThrottle {
             root_pid,
             mechanism,
             guard: None,

@@ -58,6 +58,9 @@ pub struct Session {
     pub strategy: Strategy,
     /// The tree's resident memory when the migration began (bytes).
     pub memory_bytes: u64,
+    /// Pre-copy's throttle, from its first level above zero until the final dump's `pre-dump`
+    /// notification or a failure, whichever comes first.
+    pub throttle: Option<super::precopy::PreCopyThrottle>,
     t0: Instant,
 }
 
@@ -114,6 +117,7 @@ impl Session {
             stage: Stage::Running,
             strategy,
             memory_bytes: checked.memory_bytes,
+            throttle: None,
             t0,
         })
     }
@@ -155,6 +159,8 @@ impl Session {
 
     /// Ends a failed migration: says where the process is, and tells the destination.
     pub async fn fail(mut self, error: SourceError) -> SourceFailure {
+        // First thing: the process that stays here runs at full speed in its own cgroups.
+        self.release_throttle_after_failure();
         let whereabouts = self.whereabouts();
         self.report.failure = Some(format!("{}; {whereabouts}", chain(&error)));
         self.keep_report();
