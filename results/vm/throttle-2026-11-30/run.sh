@@ -19,6 +19,7 @@
 #   fail-term      --throttle auto; haul pid gets SIGTERM during a throttled round
 #   fail-kill      --throttle auto; haul pid gets SIGKILL during a throttled round; then a
 #                  second haul pid (to a closed port) sweeps what the first left
+#   link      raw TCP throughput between the guests (linkbw.py; 64 MiB, python and bash senders)
 #
 # Environment: T (ms, default 1000), SPEC (default 64m:64m:0), MTOUCH ("--rate 16m
 # --cpu-per-page 50 --no-hugepages"), SETTLE (s before the migration, 12), AFTER (s after, 10).
@@ -103,28 +104,20 @@ criu_case() {
     g dst cleanup "$name" >/dev/null
 }
 
-# wait_throttled NAME SECS: until haul pid has engaged the throttle and SECS more have passed
-wait_throttled() {
-    for _ in $(seq 1 300); do
-        "${SSH[@]}" src "grep -q 'throttling pid' /srv/haul-shared/tw/$1/haul-pid.log 2>/dev/null" && { sleep "$2"; return 0; }
-        sleep 1
-    done
-    return 1
-}
-
 # fail_case NAME HOW: a throttled migration that fails mid-way
 fail_case() {
     local name=$1 how=$2 out=$OUT/$1 kill
     g src launch "$name" "$SPEC" "$MTOUCH"
     sleep "$SETTLE"
     g src state "$name" | sed 's/^result state/result before/'
+    # in the guest (no ssh round trips): the throttle engaged, one second more (the first
+    # throttled round lasts several), the toucher's state, then the fault
+    local wait="R=/srv/haul-shared/tw/$name; for i in \$(seq 1 3000); do grep -q 'throttling pid' \$R/haul-pid.log 2>/dev/null && break; sleep 0.1; done; sleep 1; tw-guest state $name | sed 's/^result state/result throttled/'"
     case $how in
-    serve) kill="${SSH[*]} dst 'systemctl kill -s KILL haul-serve.service'" ;;
-    term) kill="${SSH[*]} src 'kill -TERM \$(cat /srv/haul-shared/tw/$name/haul.pid)'" ;;
-    kill) kill="${SSH[*]} src 'kill -KILL \$(cat /srv/haul-shared/tw/$name/haul.pid)'" ;;
+    serve) ("${SSH[@]}" src "$wait" && echo "result fault how=serve unix_ms=$(date +%s%3N)" &&
+        "${SSH[@]}" dst 'systemctl kill -s KILL haul-serve.service') & ;;
+    term | kill) ("${SSH[@]}" src "$wait; echo result fault how=$how unix_ms=\$(date +%s%3N); kill -$(tr a-z A-Z <<<"$how") \$(cat \$R/haul.pid)") & ;;
     esac
-    (wait_throttled "$name" 3 && g src state "$name" | sed 's/^result state/result throttled/' &&
-        echo "result fault how=$how unix_ms=$(date +%s%3N)" && eval "$kill") &
     local watcher=$!
     g src haul "$name" --strategy pre-copy --max-downtime "$T" --throttle auto
     wait "$watcher"
@@ -144,6 +137,21 @@ fail_case() {
     [ "$how" = serve ] && "${SSH[@]}" dst 'systemctl restart haul-serve.service'
 }
 
+# link_case: raw TCP between the guests, 64 MiB: a python sender, then bash's /dev/tcp with
+# head -c (a python receiver on dst each time)
+link_case() {
+    local how
+    for how in python bash; do
+        "${SSH[@]}" dst 'timeout 300 python3 /usr/local/bin/linkbw.py serve 5001' | sed "s/^/result link-recv how=$how /" &
+        sleep 3
+        case $how in
+        python) "${SSH[@]}" src 'python3 /usr/local/bin/linkbw.py send 192.168.77.2 5001 64' | sed 's/^/# /' ;;
+        bash) "${SSH[@]}" src 't0=$(date +%s%3N); head -c 64M /dev/zero >/dev/tcp/192.168.77.2/5001; echo "# bash sent 64 MiB in $(($(date +%s%3N) - t0)) ms"' ;;
+        esac
+        wait
+    done
+}
+
 one_case() { # one_case CASE: runs it, writing OUT/CASE/results.txt
     local c=$1 base=${1%-r[0-9]*}
     mkdir -p "$OUT/$c"
@@ -157,6 +165,7 @@ one_case() { # one_case CASE: runs it, writing OUT/CASE/results.txt
         splice | read) haul_case "$c" --strategy pre-copy --pre-dump-mode "$base" ;;
         criu) criu_case "$c" ;;
         criu-read) CRIU_MODE=read criu_case "$c" ;;
+        link) link_case ;;
         fail-serve) fail_case "$c" serve ;;
         fail-term) fail_case "$c" term ;;
         fail-kill) fail_case "$c" kill ;;
@@ -176,7 +185,7 @@ OUT=$1
 shift
 mkdir -p "$OUT"
 for n in src dst; do
-    timeout 60 scp -q -F "$STATE/ssh_config" "$HERE/tw-guest" "$n:/usr/local/bin/tw-guest" || { echo "cannot reach $n" >&2; exit 1; }
+    timeout 60 scp -q -F "$STATE/ssh_config" "$HERE/tw-guest" "$HERE/linkbw.py" "$n:/usr/local/bin/" || { echo "cannot reach $n" >&2; exit 1; }
 done
 for c in "$@"; do
     log "case $c (waiting for $LOCK)"
