@@ -136,6 +136,11 @@ async fn migrate_in(
         img_path: img.path().join("src"),
         strategy: Strategy::PreCopy,
         tree: Default::default(),
+        ghost_limit: None,
+        // The tree shares the kernel with the destination (its pids are taken there); the
+        // pre-flight tests are elsewhere.
+        ignore_preflight: true,
+        dry_run: false,
         convergence,
         throttle,
         pre_dump_mode: Some(mode),

@@ -1,61 +1,126 @@
-//! Two real VMs: `vagrant/e2e.sh --with-haul` builds (or reuses) the Debian guest image, boots
-//! both guests under QEMU with an NFS share, migrates mtouch from src to dst with every
-//! strategy the guest kernel supports (it tracks dirty memory: pre-copy and hybrid run there),
-//! checks each on dst, collects the reports, and tears everything down.
+//! Two real VMs through Vagrant: `haul-harness`'s `vagrant` provider (libvirt in a network
+//! namespace of the run, the box built locally from Debian's packages, `vagrant up` of src
+//! and dst sharing NFS), the scenario harness/scenarios/vagrant.toml: mtouch moved from src
+//! to dst with every strategy (the guests' kernel tracks dirty memory, so pre-copy and hybrid
+//! run there), each beside its plain-CRIU twin, each checked on dst; the results file and the
+//! report with its plots; everything destroyed at the end.
 //!
-//! Several minutes: it runs when `CI` or `HAUL_VM_TESTS` is set, and skips otherwise (with the
-//! reason printed). Needs root and the host's CRIU >= 4.1 (scripts/setup.sh).
+//! Minutes under TCG: it runs when `CI` or `HAUL_VM_TESTS` is set and is reported as ignored
+//! otherwise. Needs root and the host's CRIU >= 4.1 (scripts/setup.sh) and haul's binaries
+//! (`cargo build --release --workspace`, which the test command's build does).
+//! `HAUL_VM_PROVIDER=qemu` runs the same through plain QEMU (vagrant/vm.sh) instead.
 
 use std::path::Path;
-use std::process::Command;
 
-#[test]
-fn every_strategy_migrates_between_two_vms() {
-    if std::env::var_os("CI").is_none() && std::env::var_os("HAUL_VM_TESTS").is_none() {
-        eprintln!(
-            "skipped: the two-VM end-to-end run takes minutes; set HAUL_VM_TESTS=1 (CI sets CI)"
-        );
-        return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: VMs and their network need root");
-        return;
-    }
+use haul_harness::cancel::CancelToken;
+use haul_harness::provider::ProviderConfig;
+use haul_harness::record::{Outcome, Tool};
+use haul_harness::runner::{self, RunOptions};
+use haul_harness::scenario::Scenario;
+use haul_test_support::{test, Need};
+
+fn binaries() -> Option<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release");
+    haul_harness::HAUL_PROGRAMS
+        .iter()
+        .map(|b| dir.join(b))
+        .find(|p| !p.is_file())
+        .map(|p| format!("needs {} (cargo build --release --workspace)", p.display()))
+}
+
+fn every_strategy_and_its_twin_migrate_between_two_vagrant_vms() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("target").join("vm-e2e");
+    let scenario = Scenario::load(root.join("harness/scenarios/vagrant.toml")).unwrap();
+    let out = root.join("target/vm-e2e");
     let _ = std::fs::remove_dir_all(&out);
-    let status = Command::new("bash")
-        .arg(root.join("vagrant/e2e.sh"))
-        .args(["--with-haul", "--limit", "1200", "--out"])
-        .arg(&out)
-        .current_dir(root)
-        .status()
-        .expect("run vagrant/e2e.sh");
-    let summary = std::fs::read_to_string(out.join("summary")).unwrap_or_default();
-    eprintln!("{summary}");
-    assert!(
-        status.success(),
-        "vagrant/e2e.sh failed ({status}); logs in {}",
-        out.display()
+    let cancel = CancelToken::new();
+    cancel.on_signals().unwrap();
+    let provider = std::env::var("HAUL_VM_PROVIDER")
+        .ok()
+        .map(|k| ProviderConfig::default_of(&k).unwrap());
+    let opts = RunOptions {
+        results_dir: out.join("runs"),
+        provider,
+        bin_dir: Some(root.join("target/release")),
+        cancel,
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    let summary = runner::run(&scenario, &opts).unwrap_or_else(|e| panic!("the VM run: {e}"));
+    let report =
+        haul_harness::report::write(std::slice::from_ref(&summary.path), &out.join("report"))
+            .unwrap();
+    eprintln!(
+        "VM run: {} migrations in {:.0} s; results {}; report {}",
+        summary.records.len(),
+        t.elapsed().as_secs_f64(),
+        summary.path.display(),
+        report.display()
     );
-    let last = summary
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("e2e:"))
-        .unwrap_or("");
-    assert!(
-        last.ends_with(" 0 failed") && !last.contains(" 0 passed"),
-        "{last}"
-    );
-    // one line per migration: "<name>\tok|FAIL\t<figures>"
-    let results = std::fs::read_to_string(out.join("results.tsv")).unwrap_or_default();
-    eprintln!("{results}");
-    for strategy in ["stop-copy", "pre-copy", "post-copy", "hybrid"] {
-        let name = format!("haul-{strategy}\t");
-        let line = results.lines().find(|l| l.starts_with(&name));
-        assert!(
-            line.is_some_and(|l| l.split('\t').nth(1) == Some("ok")),
-            "haul {strategy} did not pass between the VMs:\n{results}"
-        );
+    for r in &summary.records {
+        eprintln!("{}", runner::progress_line(r));
     }
+    for (method, tool) in [
+        ("haul stop-copy", Tool::Haul),
+        ("haul post-copy", Tool::Haul),
+        ("haul pre-copy", Tool::Haul),
+        ("haul hybrid", Tool::Haul),
+        ("criu stop-copy", Tool::Criu),
+        ("criu post-copy", Tool::Criu),
+        ("criu pre-copy", Tool::Criu),
+    ] {
+        let r = summary
+            .records
+            .iter()
+            .find(|r| r.method == method)
+            .unwrap_or_else(|| panic!("no {method} record"));
+        assert_eq!(r.tool, tool);
+        assert_eq!(
+            r.outcome,
+            Outcome::Ok,
+            "{method} between the VMs: {:?}",
+            r.error
+        );
+        assert!(
+            r.check.passed && r.check.mismatches == 0,
+            "{method}: {:?}",
+            r.check
+        );
+        assert!(r.check.destination_pid.is_some() && !r.check.left_on_source);
+        assert!(r.figures.observed_downtime_secs.is_some() && r.figures.total_secs.is_some());
+        if tool == Tool::Haul {
+            assert!(
+                r.ratio_to_twin.contains_key("observed_downtime_secs"),
+                "{method}"
+            );
+        }
+        if method.ends_with("pre-copy") {
+            assert!(
+                !r.figures.rounds.is_empty(),
+                "{method} made no pre-dump round"
+            );
+        }
+    }
+    assert!(
+        summary.records[0].env.provider == opts.provider.as_ref().map_or("vagrant", |p| p.kind())
+    );
+    assert!(summary.records[0].env.link_bytes_per_sec.is_some());
+    let md = std::fs::read_to_string(&report).unwrap();
+    assert!(md.contains("| 64m:64m:10000 | haul pre-copy |"), "{md}");
+    for plot in [
+        "downtime-vs-size.png",
+        "haul-vs-criu.svg",
+        "precopy-rounds.png",
+    ] {
+        assert!(out.join("report").join(plot).is_file(), "{plot}");
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    haul_test_support::run(vec![test!(
+        every_strategy_and_its_twin_migrate_between_two_vagrant_vms,
+        Need::OptIn(&["CI", "HAUL_VM_TESTS"]),
+        Need::Root,
+        Need::Check(binaries)
+    )])
 }

@@ -82,3 +82,12 @@ pub const MAX_PARKED: usize = 64;
 
 /// Extra free space the destination requires beyond the announced memory size (bytes).
 pub const SPACE_MARGIN: u64 = 64 << 20;
+
+/// The source writes into a bandwidth probe for this long.
+pub const PROBE_SECS: Duration = Duration::from_millis(300);
+
+/// A bandwidth probe carries at most this many bytes.
+pub const PROBE_BYTES: u64 = 1 << 30;
+
+/// The destination reads a bandwidth probe for at most this long.
+pub const PROBE_WAIT: Duration = Duration::from_secs(10);

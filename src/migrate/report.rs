@@ -131,6 +131,13 @@ pub struct MigrationReport {
     /// process is.
     #[serde(default)]
     pub failure: Option<String>,
+    /// A dry run (`--dry-run`): nothing was frozen; `preflight` says what would happen.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Pre-flight on both nodes: findings, the options it turned on, every strategy's
+    /// estimate and `auto`'s choice.
+    #[serde(default)]
+    pub preflight: Option<crate::preflight::PreflightReport>,
 }
 
 impl MigrationReport {

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{removable, run_local, Node, Output, Provider, ProviderError};
-use crate::netns::NodePair;
+use super::{removable, Node, Output, Provider, ProviderError};
+use crate::cancel::CancelToken;
+use crate::node::{run_local, NodeError};
+use haul_test_support::NodePair;
 
 /// The `[provider]` table for `kind = "local"`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -70,6 +72,7 @@ pub struct LocalNode {
     criu: String,
     work_dir: String,
     children: Mutex<Vec<Child>>,
+    cancel: CancelToken,
 }
 
 impl LocalNode {
@@ -133,12 +136,12 @@ impl Node for LocalNode {
         argv: &[String],
         stdin: Option<&[u8]>,
         timeout: Duration,
-    ) -> Result<Output, ProviderError> {
-        run_local(self.command(argv), stdin, timeout)
+    ) -> Result<Output, NodeError> {
+        run_local(self.command(argv), stdin, timeout, &self.cancel)
     }
 
-    fn spawn(&self, argv: &[String], log: &str) -> Result<i32, ProviderError> {
-        let io = |source| ProviderError::Io {
+    fn spawn(&self, argv: &[String], log: &str) -> Result<i32, NodeError> {
+        let io = |source| NodeError::Io {
             what: format!("cannot open {log}"),
             source,
         };
@@ -154,7 +157,7 @@ impl Node for LocalNode {
             .stdout(f)
             .stderr(f2)
             .spawn()
-            .map_err(|source| ProviderError::Spawn {
+            .map_err(|source| NodeError::Spawn {
                 program: argv.first().cloned().unwrap_or_default(),
                 source,
             })?;
@@ -175,8 +178,8 @@ impl Node for LocalNode {
         }
     }
 
-    fn read_file(&self, path: &str) -> Result<Vec<u8>, ProviderError> {
-        std::fs::read(path).map_err(|source| ProviderError::Io {
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, NodeError> {
+        std::fs::read(path).map_err(|source| NodeError::Io {
             what: format!("cannot read {path}"),
             source,
         })
@@ -197,13 +200,17 @@ pub struct LocalProvider {
 
 impl LocalProvider {
     /// Make the namespaces and directories; needs root.
-    pub fn new(config: &LocalConfig, tag: &str) -> Result<LocalProvider, ProviderError> {
+    pub fn new(
+        config: &LocalConfig,
+        cx: &super::ProvisionContext,
+    ) -> Result<LocalProvider, ProviderError> {
+        let tag = cx.tag.as_str();
         if !nix::unistd::geteuid().is_root() {
             return Err(ProviderError::Config(
                 "the local provider needs root (network namespaces, CRIU)".into(),
             ));
         }
-        let bin_dir = match &config.bin_dir {
+        let bin_dir = match config.bin_dir.as_ref().or(cx.host_bin_dir.as_ref()) {
             Some(d) => d.clone(),
             None => source_tree()
                 .map(|t| t.join("target/release").display().to_string())
@@ -213,7 +220,7 @@ impl LocalProvider {
                     )
                 })?,
         };
-        for p in ["haul", "mtouch", "haul-launch"] {
+        for p in crate::HAUL_PROGRAMS {
             if !Path::new(&bin_dir).join(p).is_file() {
                 return Err(ProviderError::Config(format!(
                     "{bin_dir}/{p} is missing: build it (cargo build --release -p haul -p haul-workloads)"
@@ -231,7 +238,7 @@ impl LocalProvider {
             )));
         }
         let pair = NodePair::new("hx")?;
-        let node = |role, n: &crate::netns::Node, sub: &str| LocalNode {
+        let node = |role, n: &haul_test_support::Node, sub: &str| LocalNode {
             role,
             netns: n.netns.clone(),
             addr: n.addr.clone(),
@@ -239,6 +246,7 @@ impl LocalProvider {
             criu: criu.clone(),
             work_dir: format!("{root}/{sub}"),
             children: Mutex::new(Vec::new()),
+            cancel: cx.cancel.clone(),
         };
         let a = node("source", &pair.a, "a");
         let b = node("destination", &pair.b, "b");
@@ -251,7 +259,7 @@ impl LocalProvider {
             keep: false,
         };
         for d in [&p.a.work_dir, &p.b.work_dir, &p.shared] {
-            std::fs::create_dir_all(d).map_err(|source| ProviderError::Io {
+            std::fs::create_dir_all(d).map_err(|source| NodeError::Io {
                 what: format!("cannot make {d}"),
                 source,
             })?;

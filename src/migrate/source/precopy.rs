@@ -130,7 +130,7 @@ impl Session {
             if let Some(p) = &parent {
                 opts.parent_img = Some(format!("../{p}"));
             }
-            self.cfg.tree.apply(&mut opts);
+            self.assessment.apply(&mut opts);
             options::page_server_fd(&mut opts, fd.as_raw_fd());
             options::pre_dump_mode(&mut opts, mode);
             let req = client::new_request(CriuReqType::PreDump, Some(opts));
@@ -140,9 +140,10 @@ impl Session {
                 .start_request(req, &[fd.as_raw_fd()], Some(log))
                 .await?;
             match &throttle.guard {
-                Some(g) => g.around_pre_dump(op.run_to_end()).await?,
-                None => op.run_to_end().await?,
-            };
+                Some(g) => g.around_pre_dump(op.run_to_end()).await,
+                None => op.run_to_end().await,
+            }
+            .map_err(SourceError::from_criu)?;
             drop(fd);
             let bytes = self.end_round(round).await?;
             let st = stats::read_dump(rd.path()).unwrap_or_default();
