@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use haul::criu::options::PreDumpMode;
 use haul::criu::{Criu, MIN_CRIU_VERSION};
+use haul::migrate::converge::ThrottleSetting;
 use haul::migrate::destination::{self, ServeConfig};
 use haul::migrate::source::{self, SourceConfig};
 use haul::migrate::{Strategy, DEFAULT_IMG_PATH};
@@ -117,7 +119,20 @@ enum Cmd {
         /// Pre-copy: when --max-downtime is never met within --max-rounds, `cancel` (nothing is
         /// frozen, the process stays on the source) or `proceed` (final dump anyway).
         #[arg(long, default_value = "proceed")]
-        on_timeout: haul::migrate::convergence::OnTimeout,
+        on_timeout: haul::migrate::converge::OnTimeout,
+        /// Pre-copy: slow the tree (a CPU quota, else freezing it part of each 100 ms, in a
+        /// cgroup of haul's for the migration) so that the rounds reach --max-downtime, as QEMU's
+        /// auto-converge does: `auto` (up to 99 %, only as far as the target needs), `off`, or
+        /// the highest level allowed (`60%`). Only toward a --max-downtime target; released
+        /// before the final dump and on every failure.
+        #[arg(long, default_value = "auto", value_name = "off|auto|MAX%")]
+        throttle: ThrottleSetting,
+        /// Pre-copy: how pre-dumps copy memory: `splice` (CRIU's parasite, while the tree is
+        /// frozen; the default) or `read` (process_vm_readv, after it resumes). `read` was
+        /// slower in the VMs and is refused with CRIU <= 4.2.1, whose read pre-dumps through a
+        /// page server restore a broken process (results/vm/throttle-2026-11-30/).
+        #[arg(long, value_name = "splice|read")]
+        pre_dump_mode: Option<PreDumpMode>,
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
@@ -273,8 +288,15 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             max_rounds,
             max_downtime,
             on_timeout,
+            throttle,
+            pre_dump_mode,
             no_progress,
         } => {
+            if let (ThrottleSetting::UpTo(cap), None) = (throttle, max_downtime) {
+                anyhow::bail!(
+                    "--throttle {cap} needs --max-downtime MS, the downtime the throttle works toward (QEMU's default is 300)"
+                );
+            }
             let key = Key::load(&key)?;
             let destination = if destination.contains(':') {
                 destination
@@ -297,12 +319,14 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 ghost_limit,
                 dry_run,
                 ignore_preflight,
-                convergence: haul::migrate::convergence::Convergence {
+                convergence: haul::migrate::converge::Convergence {
                     max_rounds,
                     max_downtime_secs: max_downtime.map(|ms| ms as f64 / 1000.0),
                     on_timeout,
                     ..Default::default()
                 },
+                throttle,
+                pre_dump_mode,
                 progress: !no_progress,
                 memory: haul::memory::MemoryPath {
                     engine: memory_path != "criu",
@@ -311,10 +335,15 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     via_criu: !no_criu_splice,
                 },
             };
-            // SourceFailure's message is the whole chain and where the process is.
-            let rep = source::migrate(cfg)
-                .await
-                .map_err(|f| anyhow::anyhow!("{f}"))?;
+            // SourceFailure's message is the whole chain and where the process is. A signal
+            // drops the migration: a throttle it holds is released on the way out, and CRIU
+            // resumes a tree it froze once its socket closes (as when haul pid is killed).
+            let rep = tokio::select! {
+                r = source::migrate(cfg) => r.map_err(|f| anyhow::anyhow!("{f}"))?,
+                sig = interrupted() => anyhow::bail!(
+                    "stopped by {sig}: a throttle haul held was released (pid {pid} runs at full speed in its own cgroups); CRIU resumes a tree it had frozen, unless the destination already runs it (check both nodes)"
+                ),
+            };
             let mut code = ExitCode::SUCCESS;
             match &rep.preflight {
                 Some(p) if rep.dry_run => {
@@ -403,6 +432,23 @@ fn lazy_engine(cmd: Cmd) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The first SIGINT, SIGTERM or SIGHUP, by name (never, where none can be caught).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
     }
 }
 

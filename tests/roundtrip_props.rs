@@ -14,14 +14,16 @@
 
 use std::path::Path;
 
+use haul::criu::options::PreDumpMode;
 use haul::criu::options::{self, TreeOptions};
 use haul::criu::{stats, CriuVersion, DumpStats, Features, RestoreStats};
 use haul::migrate::control::Control;
-use haul::migrate::convergence::OnTimeout;
+use haul::migrate::converge::{OnTimeout, ThrottleLevel, MAX_PERCENT};
 use haul::migrate::images::{new_migration_id, valid_migration_id};
 use haul::migrate::report::{MigrationReport, RoundReport};
 use haul::migrate::strategy::Strategy as Migration;
 use haul::migrate::transfer::{is_image, send_images, ImageReceiver, CHUNK};
+use haul::throttle::ThrottleReport;
 use haul::wire::auth::{self, Purpose};
 use haul::wire::frame::{Conn, Header, HEADER_LEN};
 use haul::wire::names::MAX_NAME;
@@ -612,25 +614,74 @@ fn restore_stats() -> impl Strategy<Value = RestoreStats> {
     })
 }
 
+fn level() -> impl Strategy<Value = ThrottleLevel> {
+    (0u8..=MAX_PERCENT).prop_map(|p| ThrottleLevel::new(p).unwrap())
+}
+
+fn pre_dump_mode() -> impl Strategy<Value = PreDumpMode> {
+    prop_oneof![Just(PreDumpMode::Splice), Just(PreDumpMode::Read)]
+}
+
 fn report() -> impl Strategy<Value = MigrationReport> {
-    let round = (any::<u32>(), dump_stats(), any::<u64>(), vec(finite(), 3)).prop_map(
-        |(round, stats, bytes, f)| RoundReport {
-            round,
-            stats,
-            bytes,
-            secs: f[0],
-            bandwidth: f[1],
-            est_downtime_secs: f[2],
-        },
-    );
+    let round = (
+        (any::<u32>(), dump_stats(), any::<u64>(), vec(finite(), 6)),
+        (level(), option::of(finite()), option::of(level())),
+        (option::of(pre_dump_mode()), text()),
+    )
+        .prop_map(
+            |((round, stats, bytes, f), (throttle, rate, rate_level), (mode, verdict))| {
+                RoundReport {
+                    round,
+                    stats,
+                    bytes,
+                    secs: f[0],
+                    bandwidth: f[1],
+                    est_downtime_secs: f[2],
+                    link_bandwidth: f[4],
+                    fixed_secs: f[5],
+                    throttle,
+                    dirty_rate: rate,
+                    dirty_rate_throttle: rate_level,
+                    frozen_secs: f[3],
+                    pre_dump_mode: mode,
+                    verdict,
+                }
+            },
+        );
+    let throttle = (
+        text(),
+        level(),
+        level(),
+        option::of(finite()),
+        vec(text(), 0..2),
+    )
+        .prop_map(
+            |(mechanism, level, max_level, baseline_cpus, warnings)| ThrottleReport {
+                mechanism,
+                cgroup: "/sys/fs/cgroup/haul-x".into(),
+                baseline_cpus,
+                level,
+                max_level,
+                processes: 1,
+                threads: 2,
+                warnings,
+                ..Default::default()
+            },
+        );
     (
         (text(), any::<i32>(), any::<i32>(), vec(text(), 5)),
         (option::of(criu_version()), option::of(criu_version())),
         (vec(finite(), 6), option::of(finite())),
         (dump_stats(), restore_stats(), vec(round, 0..4)),
         (any::<[u64; 3]>(), vec(text(), 0..3)),
+        (
+            option::of(text()),
+            option::of(throttle),
+            option::of(pre_dump_mode()),
+            option::of(text()),
+        ),
     )
-        .prop_map(|(ids, criu, secs, stats, counts)| {
+        .prop_map(|(ids, criu, secs, stats, counts, pre)| {
             let (migration_id, pid, destination_pid, t) = ids;
             MigrationReport {
                 migration_id,
@@ -659,6 +710,12 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                 destination_img_dir: t[1].clone(),
                 warnings: counts.1,
                 started_at_unix: secs.0[5],
+                fallback: pre.0,
+                throttle_setting: t[2].clone(),
+                throttle: pre.1,
+                throttle_note: t[3].clone(),
+                pre_dump_mode: pre.2,
+                failure: pre.3,
                 dry_run: false,
                 preflight: None,
                 memory_path: t[2].clone(),

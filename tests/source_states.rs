@@ -9,7 +9,7 @@ use std::sync::Arc;
 use haul::criu::scripted::{Script, ScriptedCriu, DUMP_IMAGES};
 use haul::criu::Criu;
 use haul::memory::MemoryPath;
-use haul::migrate::convergence::Convergence;
+use haul::migrate::converge::{Convergence, ThrottleSetting};
 use haul::migrate::destination::{self, ServeConfig};
 use haul::migrate::source::{self, SourceConfig, SourceFailure, Whereabouts};
 use haul::migrate::strategy::Strategy;
@@ -57,6 +57,8 @@ async fn migrate(strategy: Strategy, src: Script, dst: Script, same_key: bool) -
         ignore_preflight: true,
         dry_run: false,
         convergence: Convergence::default(),
+        throttle: ThrottleSetting::Auto,
+        pre_dump_mode: None,
         progress: false,
         // The scripted CRIU does not do lazy dumps: CRIU's own memory path.
         memory: MemoryPath {
@@ -108,7 +110,7 @@ async fn stop_copy_goes_through_every_state() {
     assert!(report.downtime_secs > 0.0);
     assert_eq!(
         run.source.requests(),
-        ["CPUINFO_DUMP", "DUMP", "NOTIFY(ok)"],
+        ["CPUINFO_DUMP", "DUMP", "NOTIFY(ok)", "NOTIFY(ok)"],
         "post-dump is acknowledged once the destination runs the process"
     );
     assert_eq!(
@@ -159,7 +161,13 @@ async fn pre_copy_rounds_give_the_final_dump_a_parent() {
     );
     assert_eq!(
         run.source.requests(),
-        ["CPUINFO_DUMP", "PRE_DUMP", "DUMP", "NOTIFY(ok)"]
+        [
+            "CPUINFO_DUMP",
+            "PRE_DUMP",
+            "DUMP",
+            "NOTIFY(ok)",
+            "NOTIFY(ok)"
+        ]
     );
     let dst = run.destination.requests();
     assert_eq!(
@@ -188,7 +196,7 @@ async fn a_failed_restore_resumes_the_process_on_the_source() {
     );
     assert_eq!(
         run.source.requests(),
-        ["CPUINFO_DUMP", "DUMP", "NOTIFY(no)"],
+        ["CPUINFO_DUMP", "DUMP", "NOTIFY(ok)", "NOTIFY(no)"],
         "post-dump answered no: CRIU resumes the tasks"
     );
     assert_eq!(run.source.open_operations(), 0);
@@ -260,6 +268,8 @@ async fn no_destination_no_migration() {
         ignore_preflight: true,
         dry_run: false,
         convergence: Convergence::default(),
+        throttle: ThrottleSetting::Auto,
+        pre_dump_mode: None,
         progress: false,
         // The scripted CRIU does not do lazy dumps: CRIU's own memory path.
         memory: MemoryPath {
@@ -289,6 +299,8 @@ async fn no_destination_no_migration() {
         ignore_preflight: true,
         dry_run: false,
         convergence: Convergence::default(),
+        throttle: ThrottleSetting::Auto,
+        pre_dump_mode: None,
         progress: false,
         // The scripted CRIU does not do lazy dumps: CRIU's own memory path.
         memory: MemoryPath {

@@ -520,9 +520,10 @@ fn a_killed_haul_is_swept() {
     assert_restored(w.pid(), &before);
 }
 
-/// CRIU's parasite runs inside the tree: the limit is lifted while the tree is seized and put
-/// back once it runs again. Here the test itself seizes the root the way CRIU does
-/// (PTRACE_SEIZE + PTRACE_INTERRUPT, then PTRACE_DETACH).
+/// CRIU's parasite runs inside the tree: the limit is lifted while the tree is seized (not
+/// before: a tree freed while CRIU starts up dirties memory unthrottled) and put back once it
+/// runs again. Here the test itself seizes the root the way CRIU does (PTRACE_SEIZE +
+/// PTRACE_INTERRUPT, then PTRACE_DETACH).
 #[test]
 fn the_limit_is_lifted_while_the_tree_is_seized() {
     let _s = serial();
@@ -543,7 +544,8 @@ fn the_limit_is_lifted_while_the_tree_is_seized() {
     let (during, after_detach) = rt.block_on(t.around_pre_dump(async {
         let cg2 = cg.clone();
         tokio::task::spawn_blocking(move || {
-            let lifted_at_start = cg2.cpu_limit().unwrap().is_none();
+            std::thread::sleep(Duration::from_millis(30));
+            let held_before_the_seize = cg2.cpu_limit().unwrap().is_some();
             // SAFETY: ptrace on a process of the tree this test started; the calls carry no
             // pointers (addr and data 0) except waitpid's status, which points to a local.
             unsafe {
@@ -561,12 +563,15 @@ fn the_limit_is_lifted_while_the_tree_is_seized() {
             }
             std::thread::sleep(Duration::from_millis(50));
             let back = cg2.cpu_limit().unwrap();
-            (lifted_at_start && lifted_while_seized, back)
+            (held_before_the_seize && lifted_while_seized, back)
         })
         .await
         .unwrap()
     }));
-    assert!(during, "lifted before and while the tree was seized");
+    assert!(
+        during,
+        "held until the tree was seized, lifted while it was"
+    );
     assert_eq!(after_detach, throttled, "put back once the tree runs again");
     assert_eq!(cg.cpu_limit().unwrap(), throttled);
     t.release().unwrap();

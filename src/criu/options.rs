@@ -4,6 +4,7 @@ use std::os::fd::RawFd;
 
 use serde::{Deserialize, Serialize};
 
+use super::client::CriuVersion;
 use super::pb;
 
 /// CRIU's log verbosity for every request haul makes (4 = debug: the logs are kept for
@@ -72,25 +73,27 @@ pub fn page_server_addr(opts: &mut pb::CriuOpts, address: &str, port: u16) {
 /// How a pre-dump copies memory (`criu_opts.pre_dump_mode`, field 61; `--pre-dump-mode`).
 ///
 /// From CRIU's source (criu/mem.c, criu/page-xfer.c, criu/cr-dump.c):
-/// - `splice` (CRIU's default): the parasite, running inside the frozen tasks, vmsplices
-///   every dirty page into pipes; the tasks stay frozen until all of it is in the pipes, then
-///   the pipes drain to the page server after they resume. The parasite also adds PROT_READ to
-///   unreadable mappings for the copy.
+/// - `splice` (CRIU's default, and haul's): the parasite, running inside the frozen tasks,
+///   vmsplices every dirty page into pipes; the tasks stay frozen until all of it is in the
+///   pipes, then the pipes drain to the page server after they resume. The parasite also adds
+///   PROT_READ to unreadable mappings for the copy.
 /// - `read` (`VM_READ`): while frozen, only the mappings and the pagemap are collected and the
 ///   dirty bits are reset; the tasks resume, and CRIU copies the pages with
-///   `process_vm_readv(2)` from its own process (a page unmapped meanwhile is skipped). Frozen
-///   time per round no longer grows with the dirty set, and the copying CPU time is CRIU's,
-///   not charged to the tree's cgroup (which matters when the tree is throttled). Mappings
-///   without PROT_READ are left to the final dump. A page the tree writes after the freeze may
-///   be read in its newer state; it is dirty again, so the next round or the final dump sends
-///   it once more: the images stay consistent.
+///   `process_vm_readv(2)` from its own process into a buffer, then vmsplices that (a page
+///   unmapped meanwhile is skipped). Mappings without PROT_READ are left to the final dump.
 ///
-/// What `read` needs: a CRIU with the option (added around 3.14; 4.2.1 here has it; the
-/// guests' 3.17.1 is to be confirmed with `criu --help | grep pre-dump-mode`; a CRIU without it
-/// ignores the unknown RPC field and splices), a kernel with `process_vm_readv` (CONFIG_CROSS_MEMORY_ATTACH, in every
-/// Debian kernel; probe with [`vm_read_supported`]), and ptrace access to the tree, which a
-/// root CRIU has anyway (Yama's `ptrace_scope` 3 would stop CRIU altogether). CRIU itself does
-/// not check for it: an unsupported kernel fails the pre-dump at the first read.
+/// Measured in the VMs (results/vm/throttle-2026-11-30/): `read` is both slower and unsafe
+/// there. Its rounds moved 3.0 MiB/s against splice's 4.7 MiB/s (the copy through a buffer
+/// costs CPU the single-CPU guest lacks) and froze the tree no less (0.2-0.4 s a round
+/// either way, the freeze being mostly seizing and collecting mappings under TCG). And with
+/// CRIU 4.2.1, `read` pre-dumps sent through a page server, as haul's always are, restore a
+/// broken process: it died within a second of the restore, every time, with haul and with
+/// plain CRIU alike (a page server on the same node reproduces it; the same pre-dumps into
+/// local images restore intact). Hence [`PreDumpMode::check`].
+///
+/// What `read` needs besides: a kernel with `process_vm_readv` (CONFIG_CROSS_MEMORY_ATTACH,
+/// in every Debian kernel; [`vm_read_supported`]) and ptrace access to the tree, which a root
+/// CRIU has anyway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PreDumpMode {
@@ -109,15 +112,36 @@ impl PreDumpMode {
         }
     }
 
-    /// The default when the user names none: `read` where the kernel has `process_vm_readv`
-    /// (CRIU documents it as the one with less frozen time; to be confirmed by the VM
-    /// measurement of issue #15), else `splice`.
-    pub fn preferred(vm_read_ok: bool) -> PreDumpMode {
-        if vm_read_ok {
-            PreDumpMode::Read
-        } else {
-            PreDumpMode::Splice
+    /// Whether haul may use this mode with `criu` on this kernel: `read` is refused with a CRIU
+    /// up to [`READ_BROKEN_UP_TO`] (its pre-dumps through a page server restore a broken
+    /// process) and on a kernel without `process_vm_readv`; `Err` says why.
+    pub fn check(self, criu: CriuVersion) -> Result<(), String> {
+        if self == PreDumpMode::Splice {
+            return Ok(());
         }
+        let (major, minor, sublevel) = READ_BROKEN_UP_TO;
+        let broken = CriuVersion {
+            major,
+            minor,
+            sublevel,
+        };
+        if criu <= broken {
+            return Err(format!(
+                "CRIU {criu}'s read pre-dumps through a page server (haul's rounds always use one) restore a broken process: the migrated toucher died right after the restore in the VM runs, with haul and with plain CRIU (results/vm/throttle-2026-11-30/); use --pre-dump-mode splice"
+            ));
+        }
+        vm_read_supported()
+    }
+}
+
+/// The newest CRIU whose `read` pre-dumps through a page server were seen to restore a
+/// broken process (4.2.1, the newest measured).
+pub const READ_BROKEN_UP_TO: (i32, i32, i32) = (4, 2, 1);
+
+impl Default for PreDumpMode {
+    /// `splice`: faster in the VMs, and sound (see [`PreDumpMode`]).
+    fn default() -> Self {
+        PreDumpMode::Splice
     }
 }
 
@@ -193,8 +217,19 @@ mod tests {
             assert_eq!(m.name().parse::<PreDumpMode>(), Ok(m));
         }
         assert!("fast".parse::<PreDumpMode>().is_err());
-        assert_eq!(PreDumpMode::preferred(true), PreDumpMode::Read);
-        assert_eq!(PreDumpMode::preferred(false), PreDumpMode::Splice);
+        assert_eq!(PreDumpMode::default(), PreDumpMode::Splice);
+        let v = |major, minor, sublevel| CriuVersion {
+            major,
+            minor,
+            sublevel,
+        };
+        assert_eq!(PreDumpMode::Splice.check(v(4, 2, 1)), Ok(()));
+        let refused = PreDumpMode::Read.check(v(4, 2, 1)).unwrap_err();
+        assert!(refused.contains("restore a broken process"), "{refused}");
+        assert!(PreDumpMode::Read.check(v(3, 17, 1)).is_err());
+        if vm_read_supported().is_ok() {
+            assert_eq!(PreDumpMode::Read.check(v(4, 3, 0)), Ok(()));
+        }
     }
 
     #[test]

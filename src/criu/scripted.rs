@@ -4,11 +4,15 @@
 //! operations that were started but never finished (a leaked `criu swrk` worker in real
 //! life).
 //!
-//! What it does per request: CPUINFO_DUMP writes a `cpuinfo.img`; PRE_DUMP writes nothing
-//! and succeeds; DUMP (not lazy) writes two small image files, notifies `post-dump`, and
-//! succeeds when that is answered with success or fails as CRIU does (the tasks resume) when
-//! it is answered with failure; PAGE_SERVER_CHLD answers at once and WAIT_PID says status 0;
-//! RESTORE notifies `post-restore` and succeeds. A lazy DUMP is not scripted (it fails).
+//! What it does per request: CPUINFO_DUMP writes a `cpuinfo.img`; PRE_DUMP takes
+//! [`Script::pre_dump_secs`], writes a `stats-dump` with the round's [`Script::round_pages`]
+//! (nothing when that is empty) and succeeds, unless it is [`Script::pre_dump_fails_at`];
+//! DUMP (not lazy) writes two small image files, notifies `pre-dump` and `post-dump`, and
+//! succeeds when those are answered with success or fails as CRIU does (the tasks resume)
+//! when one is answered with failure; PAGE_SERVER_CHLD answers at once and WAIT_PID says
+//! status 0; RESTORE notifies `post-restore` and succeeds. A page server (PAGE_SERVER_CHLD)
+//! leaves a sparse `pages-1.img` of its round's [`Script::round_pages`], so the destination
+//! reports those bytes for the round. A lazy DUMP is not scripted (it fails).
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -33,6 +37,16 @@ pub struct Script {
     pub restored_pid: i32,
     /// DUMP fails before `post-dump` (as when CRIU cannot dump a resource of the tree).
     pub dump_fails: bool,
+    /// Pages each pre-dump round writes, round 1 first (the last entry repeats): the source's
+    /// PRE_DUMP number k reports entry k in its `stats-dump`, the destination's page server
+    /// number k writes that many pages. Empty: no stats, no pages.
+    pub round_pages: Vec<u64>,
+    /// CRIU's frozen time each PRE_DUMP reports (µs).
+    pub pre_dump_frozen_us: u32,
+    /// How long each PRE_DUMP takes (s).
+    pub pre_dump_secs: f64,
+    /// PRE_DUMP number k (1-based) fails, as when its page server went away.
+    pub pre_dump_fails_at: Option<usize>,
 }
 
 /// The image files a scripted DUMP writes (name, contents).
@@ -44,6 +58,8 @@ pub struct ScriptedCriu {
     script: Script,
     requests: Arc<Mutex<Vec<String>>>,
     open: Arc<AtomicUsize>,
+    /// PRE_DUMP and PAGE_SERVER_CHLD requests so far (each side counts its own).
+    rounds: Arc<AtomicUsize>,
 }
 
 impl ScriptedCriu {
@@ -53,7 +69,14 @@ impl ScriptedCriu {
             script,
             requests: Arc::default(),
             open: Arc::default(),
+            rounds: Arc::default(),
         }
+    }
+
+    /// Round `k`'s pages (1-based; the last entry repeats).
+    fn pages_of(&self, k: usize) -> Option<u64> {
+        let p = &self.script.round_pages;
+        p.get(k - 1).or(p.last()).copied()
     }
 
     /// The requests made so far, by type name (`RESTORE`, `PAGE_SERVER_CHLD`, `NOTIFY(ok)`...).
@@ -148,8 +171,18 @@ impl CriuService for ScriptedCriu {
         };
         let mut events = VecDeque::new();
         let kind = CriuReqType::try_from(req.r#type).ok();
+        let mut delay = None;
+        let dir = req.opts.as_ref().map(|o| o.images_dir_fd).unwrap_or(-1);
         match kind {
             Some(CriuReqType::PageServerChld) => {
+                let k = self.rounds.fetch_add(1, Ordering::SeqCst) + 1;
+                if let Some(pages) = self.pages_of(k) {
+                    if let Err(e) = sparse_pages(dir, pages) {
+                        events
+                            .push_back(Err(("PAGE_SERVER_CHLD", "cannot write pages (scripted)")));
+                        tracing::warn!("{e}");
+                    }
+                }
                 let mut r = ok(CriuReqType::PageServer);
                 r.ps = Some(pb::CriuPageServerInfo {
                     pid: Some(0),
@@ -158,7 +191,28 @@ impl CriuService for ScriptedCriu {
                 events.push_back(Ok(Event::Done(r)));
             }
             Some(CriuReqType::PreDump) => {
-                events.push_back(Ok(Event::Done(ok(CriuReqType::PreDump))));
+                let k = self.rounds.fetch_add(1, Ordering::SeqCst) + 1;
+                delay = Some(std::time::Duration::from_secs_f64(
+                    self.script.pre_dump_secs,
+                ));
+                let stats = self.pages_of(k).map(|pages| {
+                    let entry = pb::StatsEntry {
+                        dump: Some(pb::DumpStatsEntry {
+                            frozen_time: self.script.pre_dump_frozen_us,
+                            pages_written: pages,
+                            ..Default::default()
+                        }),
+                        restore: None,
+                    };
+                    write_image(dir, "stats-dump", &super::stats::encode(&entry))
+                });
+                if self.script.pre_dump_fails_at == Some(k) {
+                    events.push_back(Err(("PRE_DUMP", "pre-dump failed (scripted)")));
+                } else if let Some(Err(_)) = stats {
+                    events.push_back(Err(("PRE_DUMP", "cannot write stats-dump (scripted)")));
+                } else {
+                    events.push_back(Ok(Event::Done(ok(CriuReqType::PreDump))));
+                }
             }
             Some(CriuReqType::Dump)
                 if req.opts.as_ref().and_then(|o| o.lazy_pages) == Some(true) =>
@@ -169,13 +223,16 @@ impl CriuService for ScriptedCriu {
                 events.push_back(Err(("DUMP", "dump failed (scripted)")));
             }
             Some(CriuReqType::Dump) => {
-                let dir = req.opts.as_ref().map(|o| o.images_dir_fd).unwrap_or(-1);
                 let written = DUMP_IMAGES
                     .iter()
                     .try_for_each(|(name, data)| write_image(dir, name, data));
                 if written.is_err() {
                     events.push_back(Err(("DUMP", "cannot write the images (scripted)")));
                 } else {
+                    events.push_back(Ok(Event::Notify(Notification {
+                        hook: Hook::PreDump,
+                        pid: None,
+                    })));
                     events.push_back(Ok(Event::Notify(Notification {
                         hook: Hook::PostDump,
                         pid: None,
@@ -205,6 +262,7 @@ impl CriuService for ScriptedCriu {
             request: name,
             events,
             refused: false,
+            delay,
         };
         Box::pin(async move { Ok(Box::new(op) as Box<dyn CriuOperation>) })
     }
@@ -219,6 +277,13 @@ fn write_image(dir_fd: RawFd, name: &str, data: &[u8]) -> Result<(), CriuError> 
     })
 }
 
+/// A sparse `pages-1.img` of `pages` pages in the directory open as `dir_fd` (what a page
+/// server leaves; only its length is read).
+fn sparse_pages(dir_fd: RawFd, pages: u64) -> std::io::Result<()> {
+    let path = PathBuf::from(format!("/proc/self/fd/{dir_fd}")).join("pages-1.img");
+    std::fs::File::create(path)?.set_len(pages * 4096)
+}
+
 /// One scripted operation.
 struct ScriptedOperation {
     criu: ScriptedCriu,
@@ -227,10 +292,13 @@ struct ScriptedOperation {
     events: VecDeque<Result<Event, (&'static str, &'static str)>>,
     /// A notification was answered `false`: CRIU fails the operation.
     refused: bool,
+    /// Time the operation takes before its first event.
+    delay: Option<std::time::Duration>,
 }
 
 impl CriuOperation for ScriptedOperation {
     fn next(&mut self) -> BoxFuture<'_, Result<Event, CriuError>> {
+        let delay = self.delay.take();
         let e = if self.refused {
             Err(ScriptedCriu::refused(
                 &self.request,
@@ -243,7 +311,12 @@ impl CriuOperation for ScriptedOperation {
                 None => Err(ScriptedCriu::refused("operation", "already answered")),
             }
         };
-        Box::pin(async move { e })
+        Box::pin(async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            e
+        })
     }
 
     fn request(&mut self, req: pb::CriuReq) -> BoxFuture<'_, Result<pb::CriuResp, CriuError>> {

@@ -6,8 +6,8 @@
 //! - [`control`]: the control channel both sides speak (typed sends, named waits);
 //! - [`limits`]: every time and size bound, in one place;
 //! - [`strategy`]: which way memory moves, and how `auto` chooses;
-//! - [`convergence`]: when pre-copy's rounds stop;
-//! - [`converge`]: pre-copy forced to converge: throttle levels, dirty rate, estimated downtime, the stop rule and its fallback;
+//! - [`converge`]: when pre-copy's rounds stop and how hard they throttle the tree: P.Haul's
+//!   rules, dirty rate, estimated downtime, throttle levels, the fallback;
 //! - [`images`]: the per-migration image directories on both nodes;
 //! - [`transfer`]: image files over the control channel;
 //! - [`relay`]: post-copy page traffic between CRIU's local endpoints, over an authenticated channel;
@@ -18,7 +18,6 @@
 
 pub mod control;
 pub mod converge;
-pub mod convergence;
 pub mod destination;
 pub mod error;
 pub mod images;

@@ -2,7 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::criu::options::PreDumpMode;
 use crate::criu::{CriuVersion, DumpStats, RestoreStats};
+use crate::throttle::ThrottleReport;
+
+use super::converge::ThrottleLevel;
 
 /// One pre-dump round (pre-copy, hybrid).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -17,8 +21,35 @@ pub struct RoundReport {
     pub secs: f64,
     /// Measured bandwidth (bytes/s).
     pub bandwidth: f64,
-    /// Estimated downtime if the final dump came next (s).
+    /// Estimated downtime if the final dump came next (s): what is dirty now (by the dirty
+    /// rate, at the level of the next round) over this round's bandwidth
+    /// (`converge::estimate`).
     pub est_downtime_secs: f64,
+    /// The link's bandwidth: the best any round so far saw (bytes/s).
+    #[serde(default)]
+    pub link_bandwidth: f64,
+    /// The round's fixed part: its time the bytes do not explain (s).
+    #[serde(default)]
+    pub fixed_secs: f64,
+    /// The throttle level in force while the round ran (0: none).
+    #[serde(default)]
+    pub throttle: ThrottleLevel,
+    /// The rate the tree dirtied memory at before this round's freeze (bytes/s): the round's
+    /// pages over the time since the previous round started; `None` for round 1.
+    #[serde(default)]
+    pub dirty_rate: Option<f64>,
+    /// The throttle level in force while that dirtying happened.
+    #[serde(default)]
+    pub dirty_rate_throttle: Option<ThrottleLevel>,
+    /// Time CRIU kept the tree frozen in this round (s, CRIU's `frozen_time`).
+    #[serde(default)]
+    pub frozen_secs: f64,
+    /// How the pre-dump copied memory.
+    #[serde(default)]
+    pub pre_dump_mode: Option<PreDumpMode>,
+    /// What the stop rule decided after the round, and why.
+    #[serde(default)]
+    pub verdict: String,
 }
 
 /// Everything measured in one migration.
@@ -65,6 +96,23 @@ pub struct MigrationReport {
     pub rounds: Vec<RoundReport>,
     /// Why the pre-dump rounds stopped (pre-copy, hybrid).
     pub convergence: String,
+    /// When the rounds stopped without meeting `--max-downtime` (post-copy for the rest, or
+    /// the final dump anyway): why.
+    #[serde(default)]
+    pub fallback: Option<String>,
+    /// `--throttle` as given (`off`, `auto`, `60%`).
+    #[serde(default)]
+    pub throttle_setting: String,
+    /// The throttle, if pre-copy engaged one: mechanism, haul's cgroup, baseline CPU use,
+    /// levels, CPU limit, and its release (always before the final dump).
+    #[serde(default)]
+    pub throttle: Option<ThrottleReport>,
+    /// Why the throttle was, or was not, engaged.
+    #[serde(default)]
+    pub throttle_note: String,
+    /// How the pre-dumps copied memory (pre-copy, hybrid).
+    #[serde(default)]
+    pub pre_dump_mode: Option<PreDumpMode>,
     /// Pages written by all dumps (rounds and final).
     pub pages_sent: u64,
     /// Bytes sent over memory channels.
@@ -83,6 +131,10 @@ pub struct MigrationReport {
     /// lazy-pages daemon).
     #[serde(default)]
     pub memory_path: String,
+    /// A failed migration's report (kept in the image directory): what failed and where the
+    /// process is.
+    #[serde(default)]
+    pub failure: Option<String>,
     /// A dry run (`--dry-run`): nothing was frozen; `preflight` says what would happen.
     #[serde(default)]
     pub dry_run: bool,
@@ -107,11 +159,44 @@ impl MigrationReport {
             "strategy {} ({}); pages {}; destination pid {}\n",
             self.strategy, self.strategy_reason, self.pages_sent, self.destination_pid
         ));
+        if let Some(line) = self.throttle_line() {
+            s.push_str(&line);
+            s.push('\n');
+        }
+        if let Some(f) = &self.fallback {
+            s.push_str(&format!("pre-copy missed its downtime target: {f}\n"));
+        }
         if let Some(w) = self.postcopy_window_secs {
             s.push_str(&format!(
                 "post-copy window {w:.2} sec (the source served the remaining pages; losing it then would lose the process)\n"
             ));
         }
         s
+    }
+
+    /// The summary's line about pre-copy's rounds and the throttle (`None` without rounds).
+    pub fn throttle_line(&self) -> Option<String> {
+        if self.rounds.is_empty() {
+            return None;
+        }
+        let mode = self
+            .pre_dump_mode
+            .map(|m| format!(" ({m} pre-dumps)"))
+            .unwrap_or_default();
+        let throttle = match &self.throttle {
+            Some(t) => {
+                let released = match &t.release {
+                    Some(r) => format!("released before the final dump in {:.2} s", r.secs),
+                    None => "NOT released (see the warnings)".into(),
+                };
+                format!("up to {} ({}), {released}", t.max_level, t.mechanism)
+            }
+            None => format!("never engaged: {}", self.throttle_note),
+        };
+        Some(format!(
+            "pre-copy {} rounds{mode}; throttle {}: {throttle}",
+            self.rounds.len(),
+            self.throttle_setting
+        ))
     }
 }

@@ -1,5 +1,5 @@
 //! Migration strategies and how `auto` picks one. When pre-copy's rounds stop is
-//! [`super::convergence`].
+//! [`super::converge`].
 
 use std::fmt;
 use std::str::FromStr;

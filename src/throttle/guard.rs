@@ -327,18 +327,24 @@ impl Throttle {
     }
 
     /// Runs one pre-dump (`pre_dump`, e.g. `op.run_to_end()`) with the limit lifted while
-    /// CRIU has the tree seized: lifted before, put back as soon as the root's tracer is gone
-    /// again (CRIU let the tasks run and copies on: in `read` mode that is most of the round)
-    /// or when `pre_dump` ends, whichever comes first. Errors lifting or re-applying are kept
-    /// as warnings in the report (the round then runs at a different level; the next
+    /// CRIU has the tree seized: CRIU's parasite runs inside the tree's tasks and would be
+    /// slowed with them. A CPU quota is lifted once the root is seen traced (polled every
+    /// millisecond), not before: CRIU takes a while to start and seize, and a tree freed before
+    /// then dirties memory at full speed for nothing (seen in the VMs: a second of it per round
+    /// at 97 %). A freezer duty cycle is paused before the request instead, so that CRIU never
+    /// meets a frozen cgroup. Either is put back as soon as the root's tracer is gone again
+    /// (CRIU let the tasks run and copies on: in `read` mode that is most of the round) or
+    /// when `pre_dump` ends, whichever comes first. Errors lifting or re-applying are kept as
+    /// warnings in the report (the round then runs at a different level; the next
     /// [`Throttle::set_level`] sets it again). Also unthrottled rounds go through here: the
     /// time the tree spends seized is left out of the baseline CPU measurement.
     pub async fn around_pre_dump<F: Future>(&self, pre_dump: F) -> F::Output {
         let throttled = !self.level().is_none();
-        if throttled {
-            if let Err(e) = self.lift() {
-                self.warn(format!("lifting the throttle for a pre-dump: {e}"));
-            }
+        let lift_on_seize = self.mechanism.kind.is_cpu_quota();
+        let mut lifted = false;
+        if throttled && !lift_on_seize {
+            self.lift_or_warn();
+            lifted = true;
         }
         let mut pre_dump = std::pin::pin!(pre_dump);
         let mut traced_since: Option<Instant> = None;
@@ -352,7 +358,7 @@ impl Throttle {
                         if let Some(t) = traced_since {
                             self.lock().seized += t.elapsed();
                         }
-                        if throttled {
+                        if lifted {
                             self.reapply_or_warn();
                         }
                     }
@@ -361,10 +367,16 @@ impl Throttle {
                 _ = tick.tick(), if !released => {
                     let traced = tracer_pid(self.root_pid).is_some_and(|t| t != 0);
                     match (traced, traced_since) {
-                        (true, None) => traced_since = Some(Instant::now()),
+                        (true, None) => {
+                            traced_since = Some(Instant::now());
+                            if throttled && !lifted {
+                                self.lift_or_warn();
+                                lifted = true;
+                            }
+                        }
                         (false, Some(t)) => {
                             self.lock().seized += t.elapsed();
-                            if throttled {
+                            if lifted {
                                 self.reapply_or_warn();
                             }
                             released = true;
@@ -373,6 +385,12 @@ impl Throttle {
                     }
                 }
             }
+        }
+    }
+
+    fn lift_or_warn(&self) {
+        if let Err(e) = self.lift() {
+            self.warn(format!("lifting the throttle for a pre-dump: {e}"));
         }
     }
 

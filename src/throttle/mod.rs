@@ -14,6 +14,7 @@
 //!                         (all threads) -> cgroup.procs; children forked later are born inside
 //! set_level(L)            quota = (1 - L) x the tree's measured CPU use; or freeze L% of time
 //! around_pre_dump(fut)    limit lifted while CRIU has the tree seized (its parasite runs in it)
+//!                         (a CPU quota once the root is seen traced; a duty cycle paused before)
 //! release() / Drop        limit lifted, every task back to its own original cgroup (per
 //!                         thread on v1), new children to their ancestor's, rmdir, journal gone
 //! sweep_stale(dir)        the same from the journal, for a haul that was killed
@@ -25,28 +26,19 @@
 //! the images and, by default, re-creates them on restore with their limits (its "soft"
 //! cgroup mode), so a tree dumped inside haul's cgroup would be restored throttled.
 //!
-//! ## Wiring into the pre-copy loop (`migrate::source`)
+//! ## Where the pre-copy loop uses it (`migrate::source::precopy`)
 //!
 //! ```text
-//! at start of `haul pid` / `haul serve`: sweep_stale(Path::new(journal::DEFAULT_DIR))
-//! before round 1:
-//!   mech   = throttle::mechanism()                        (Err: can_throttle = false)
-//!   policy = PreCopyPolicy { convergence, throttle: --throttle, can_throttle,
-//!            postcopy_fallback: converge::postcopy_fallback_allowed(requested, src, dst), .. }
-//!   guard  = policy.cap().and(mech.ok()).map(|m| Throttle::engage(ThrottleConfig::new(pid, id, m)))
-//!            (an engage error: warn, go on unthrottled, can_throttle = false)
-//! each round:
-//!   level = guard.level() (NONE without a guard); started = t0.elapsed()
-//!   options::pre_dump_mode(&mut opts, mode)
-//!   guard.around_pre_dump(op.run_to_end()).await            (or op.run_to_end() without a guard)
-//!   rounds.push(PreCopyRound { pages_written, bytes, secs, started_secs: started, throttle: level })
-//!   info!(converge::estimates(&rounds).last().log_line())
-//!   match converge::decide_round(&policy, &rounds):
-//!     Continue { throttle, .. } -> guard.set_level(throttle)
-//!     FinalDump    -> guard.release(), final dump (lazy only for --strategy hybrid)
-//!     PostCopyRest -> guard.release(), lazy final dump
-//!     Cancel       -> guard.release(), Err(NotConverged)
-//! every failure path: guard.release() first thing (Drop does it too, later)
+//! start of `haul pid`: sweep_stale(journal::DEFAULT_DIR)      a killed haul's throttle undone
+//! before round 1: mechanism() when --max-downtime is given and --throttle is not off
+//! each round:  guard.around_pre_dump(PRE_DUMP)               (plain PRE_DUMP without a guard)
+//! converge::decide_round -> Continue { throttle: L }:
+//!     first L > 0: Throttle::engage(ThrottleConfig { baseline_cpus: the tree's CPU use since
+//!                  round 1 began, less CRIU's frozen time, .. })   (error: warn, go on unthrottled)
+//!     set_level(L)
+//! rounds end, any way (final dump, post-copy for the rest, cancel, an error): release(), its
+//!     report into the migration report; a release that fails stops the migration before the
+//!     final dump (the tree would be dumped inside haul's cgroup)
 //! ```
 //!
 //! Modules: [`layout`] (which hierarchies, which mechanism), [`cgroup`] (one directory's

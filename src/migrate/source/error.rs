@@ -35,8 +35,14 @@ pub enum SourceError {
     },
     /// pre-copy did not converge: {0}; raise --max-downtime, or use --on-timeout proceed or --strategy post-copy
     NotConverged(String),
+    /// --pre-dump-mode read cannot run here: {0}
+    PreDumpMode(String),
+    /// the throttle could not be released before the final dump, so the dump was refused and the tree runs on here: {0}
+    ThrottleNotReleased(#[source] crate::throttle::ThrottleError),
     /// CRIU's dump ended without its post-dump notification (is this CRIU >= 4.1?)
     NoPostDump,
+    /// CRIU's dump reached post-dump without its pre-dump notification while pre-copy's throttle was held, so the tree was dumped inside haul's cgroup: the dump was refused and CRIU resumes the tree (is this CRIU >= 4.1?)
+    NoPreDump,
     /// CRIU's lazy dump ended before it served pages
     LazyDumpEnded,
     /// cannot reach CRIU's lazy-pages server on 127.0.0.1:{port}

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use crate::criu::pb::CriuReqType;
 use crate::criu::service::{CriuOperation, Until};
-use crate::criu::{client, options, stats, Hook};
+use crate::criu::{client, options, stats, Event, Hook};
 use crate::fault::{self, Phase};
 use crate::wire::pb;
 
@@ -93,6 +93,17 @@ impl Session {
         let t_freeze = Instant::now();
         self.stage = Stage::Frozen;
         let mut op = self.criu.start_request(req, &inherit, Some(log)).await?;
+        if self.throttle.is_some() {
+            if let Err(e) = self.release_throttle_at_pre_dump(&mut op).await {
+                // Answered with failure: CRIU gives up before it seizes the tree.
+                nack(op).await;
+                self.stage = Stage::Resumed;
+                if let Some(b) = bar {
+                    b.abandon();
+                }
+                return Err(e);
+            }
+        }
         // Wait for post-dump: everything dumped, tasks frozen.
         let reached = op.run_until(&Hook::PostDump).await;
         if !matches!(reached, Ok(Until::Reached(_))) {
@@ -142,6 +153,27 @@ impl Session {
                 None => self.post_copy(op, port, t_freeze).await,
             },
         }
+    }
+
+    /// Waits for the final dump's `pre-dump` notification (CRIU has started and is about to
+    /// seize the tree; it records the tree's cgroups only later) and releases pre-copy's
+    /// throttle before answering it (see [`super::precopy`]). On error the notification is
+    /// left for the caller to refuse.
+    async fn release_throttle_at_pre_dump(
+        &mut self,
+        op: &mut Box<dyn CriuOperation>,
+    ) -> Result<(), SourceError> {
+        loop {
+            match op.next().await? {
+                Event::Notify(n) if n.hook == Hook::PreDump => break,
+                Event::Notify(n) if n.hook == Hook::PostDump => return Err(SourceError::NoPreDump),
+                Event::Notify(_) => op.ack(true).await?,
+                Event::Done(_) => return Err(SourceError::NoPostDump),
+            }
+        }
+        self.release_throttle()
+            .map_err(SourceError::ThrottleNotReleased)?;
+        Ok(op.ack(true).await?)
     }
 
     /// The part of the final dump that happens while the tasks are frozen.

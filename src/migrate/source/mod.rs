@@ -40,12 +40,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::criu::options::TreeOptions;
+use crate::criu::options::{PreDumpMode, TreeOptions};
 use crate::criu::service::CriuService;
 use crate::criu::Criu;
 use crate::wire::Key;
 
-use super::convergence::Convergence;
+use super::converge::{Convergence, ThrottleSetting};
 use super::report::MigrationReport;
 use super::strategy::Strategy;
 
@@ -76,6 +76,12 @@ pub struct SourceConfig {
     pub ignore_preflight: bool,
     /// Pre-copy: when the rounds stop (rounds, dirty-set rules, downtime target, on-timeout).
     pub convergence: Convergence,
+    /// Pre-copy: whether, and how far, the rounds may slow the tree toward the downtime
+    /// target (`--throttle`; only with `convergence.max_downtime_secs`).
+    pub throttle: ThrottleSetting,
+    /// Pre-copy: how the pre-dumps copy memory (`--pre-dump-mode`); `None`: splice
+    /// ([`PreDumpMode`] says why).
+    pub pre_dump_mode: Option<PreDumpMode>,
     /// Show a progress bar on stderr (only drawn on a terminal).
     pub progress: bool,
     /// How memory moves after a lazy dump: haul's engine, or CRIU's page server and
@@ -84,9 +90,10 @@ pub struct SourceConfig {
 }
 
 /// Migrates `cfg.pid` to `cfg.destination` with this node's CRIU. On failure, says where the
-/// process is.
+/// process is. First undoes what a killed haul's throttle left on this node.
 pub async fn migrate(cfg: SourceConfig) -> Result<MigrationReport, SourceFailure> {
     let pid = cfg.pid;
+    precopy::sweep_stale_throttles();
     match Criu::locate() {
         Ok(criu) => migrate_with(cfg, Arc::new(criu)).await,
         Err(e) => Err(SourceFailure {

@@ -70,6 +70,9 @@ pub struct Session {
     /// Stop-and-copy over the memory path: the destination holds the copy until every page
     /// is in.
     pub hold_until_complete: bool,
+    /// Pre-copy's throttle, from its first level above zero until the final dump's `pre-dump`
+    /// notification or a failure, whichever comes first.
+    pub throttle: Option<super::precopy::PreCopyThrottle>,
     t0: Instant,
 }
 
@@ -149,6 +152,7 @@ impl Session {
             memory_bytes: checked.memory_bytes,
             memory_engine,
             hold_until_complete: memory_engine && strategy == Strategy::StopCopy,
+            throttle: None,
             t0,
         })
     }
@@ -173,12 +177,17 @@ impl Session {
             .ctl
             .request(finish, limits::REPLY.named("the destination's goodbye"))
             .await?;
+        self.keep_report();
+        Ok(())
+    }
+
+    /// Writes the report into the migration's directory (kept for inspection, as the images).
+    fn keep_report(&mut self) {
         self.report.total_secs = self.t0.elapsed().as_secs_f64();
         let path = self.dir.root().join("report.json");
         if let Ok(json) = serde_json::to_vec_pretty(&self.report) {
             let _ = std::fs::write(&path, json);
         }
-        Ok(())
     }
 
     /// The report of a finished migration.
@@ -188,7 +197,11 @@ impl Session {
 
     /// Ends a failed migration: says where the process is, and tells the destination.
     pub async fn fail(mut self, error: SourceError) -> SourceFailure {
+        // First thing: the process that stays here runs at full speed in its own cgroups.
+        self.release_throttle_after_failure();
         let whereabouts = self.whereabouts();
+        self.report.failure = Some(format!("{}; {whereabouts}", chain(&error)));
+        self.keep_report();
         let finish = pb::Finish {
             ok: false,
             reason: chain(&error),
