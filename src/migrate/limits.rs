@@ -36,6 +36,14 @@ pub const REPLY: Wait = Wait {
     limit: Duration::from_secs(600),
 };
 
+/// After a send failed, how long a side still reads for the peer's last word (its `Error`,
+/// sent before it closed): long enough for a frame already on its way, short enough not to
+/// hold a failing migration (the process may be frozen).
+pub const PEER_LAST_WORD: Wait = Wait {
+    what: "the peer's error after a failed send",
+    limit: Duration::from_millis(500),
+};
+
 /// The destination waits this long for the source's next command before it gives up on the
 /// migration (pre-copy rounds of a large tree come slowly).
 pub const IDLE: Wait = Wait {
