@@ -22,6 +22,7 @@ use haul::migrate::images::{new_migration_id, valid_migration_id};
 use haul::migrate::report::{MigrationReport, RoundReport};
 use haul::migrate::strategy::Strategy as Migration;
 use haul::migrate::transfer::{is_image, send_images, ImageReceiver, CHUNK};
+use haul::sync::stats::{SyncReport, SyncRoundReport};
 use haul::wire::auth::{self, Purpose};
 use haul::wire::frame::{Conn, Header, HEADER_LEN};
 use haul::wire::names::MAX_NAME;
@@ -138,16 +139,17 @@ fn body() -> impl Strategy<Value = Body> {
             .boxed(),
         (
             option::of(wire_criu_version()),
-            option::of((any::<bool>(), any::<bool>())),
+            option::of((any::<bool>(), any::<bool>(), any::<bool>())),
             any::<u64>(),
             text(),
         )
             .prop_map(|(criu_version, f, free_bytes, img_dir)| {
                 Body::Ready(pb::Ready {
                     criu_version,
-                    features: f.map(|(mem_track, lazy_pages)| pb::Features {
+                    features: f.map(|(mem_track, lazy_pages, file_sync)| pb::Features {
                         mem_track,
                         lazy_pages,
+                        file_sync,
                     }),
                     free_bytes,
                     img_dir,
@@ -583,8 +585,9 @@ fn report() -> impl Strategy<Value = MigrationReport> {
         (vec(finite(), 6), option::of(finite())),
         (dump_stats(), restore_stats(), vec(round, 0..4)),
         (any::<[u64; 3]>(), vec(text(), 0..3)),
+        option::of(sync_report()),
     )
-        .prop_map(|(ids, criu, secs, stats, counts)| {
+        .prop_map(|(ids, criu, secs, stats, counts, sync)| {
             let (migration_id, pid, destination_pid, t) = ids;
             MigrationReport {
                 migration_id,
@@ -613,7 +616,50 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                 destination_img_dir: t[1].clone(),
                 warnings: counts.1,
                 started_at_unix: secs.0[5],
+                sync,
             }
+        })
+}
+
+fn sync_report() -> impl Strategy<Value = SyncReport> {
+    let round = (
+        any::<u32>(),
+        any::<bool>(),
+        any::<[u64; 8]>(),
+        vec(finite(), 3),
+    )
+        .prop_map(|(round, final_round, n, f)| SyncRoundReport {
+            round,
+            final_round,
+            files: n[0],
+            entries: n[1],
+            removed: n[2],
+            payload_bytes: n[3],
+            literal_bytes: n[4],
+            delta_bytes: n[5],
+            wire_bytes: n[6],
+            written_bytes: n[7],
+            scan_secs: f[0],
+            secs: f[1],
+            apply_secs: f[2],
+        });
+    (
+        vec(text(), 0..3),
+        any::<[u64; 2]>(),
+        vec(round, 0..4),
+        text(),
+        vec(finite(), 2),
+        option::of(finite()),
+    )
+        .prop_map(|(roots, n, rounds, decision, f, share)| SyncReport {
+            roots,
+            data_bytes: n[0],
+            entries: n[1],
+            rounds,
+            decision,
+            final_round_secs: f[0],
+            frozen_before_final_secs: f[1],
+            final_share_of_downtime: share,
         })
 }
 

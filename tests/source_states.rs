@@ -36,6 +36,7 @@ async fn migrate(strategy: Strategy, src: Script, dst: Script, same_key: bool) -
         img_path: tmp.path().join("dst"),
         criu: Criu::at("/nonexistent/criu"),
         max_migrations: Some(1),
+        sync: Default::default(),
     };
     let served = tokio::spawn(destination::serve_with(
         listener,
@@ -52,6 +53,7 @@ async fn migrate(strategy: Strategy, src: Script, dst: Script, same_key: bool) -
         tree: Default::default(),
         convergence: Convergence::default(),
         progress: false,
+        sync: Default::default(),
     };
     let outcome = source::migrate_with(cfg, Arc::new(source.clone())).await;
     // The destination counts only migrations that succeeded: after a failure it goes on
@@ -245,6 +247,7 @@ async fn no_destination_no_migration() {
         tree: Default::default(),
         convergence: Convergence::default(),
         progress: false,
+        sync: Default::default(),
     };
     let criu = ScriptedCriu::new(Script::default());
     let f = source::migrate_with(cfg, Arc::new(criu.clone()))
@@ -264,6 +267,7 @@ async fn no_destination_no_migration() {
         tree: Default::default(),
         convergence: Convergence::default(),
         progress: false,
+        sync: Default::default(),
     };
     let f = source::migrate_with(pid_gone, Arc::new(criu))
         .await

@@ -112,6 +112,7 @@ fuzz_target!(|input: Input| {
         img_path: tmp.path().join("img"),
         criu: Criu::at("/nonexistent/criu"),
         max_migrations: None,
+        sync: Default::default(),
     };
     rt.block_on(async {
         let (a, b) = tokio::io::duplex(1 << 20);

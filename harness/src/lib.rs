@@ -7,6 +7,7 @@
 //! | module | concern |
 //! |---|---|
 //! | [`netns`] | two network namespaces joined by a veth pair (the `local` provider's nodes) |
+//! | [`mntns`] | node-local disks on one machine: a mount namespace per node (`--sync` scenarios) |
 //! | [`provider`] | the node interface and its providers: `local`, `ssh`, `vagrant` |
 //! | [`scenario`] | scenario files (TOML): workloads, their parameters, strategies, repetitions, provider |
 //! | [`workload`] | starting `mtouch` on a node, finding it after the move, its self-check |
@@ -22,6 +23,7 @@
 pub mod baseline;
 pub mod compare;
 pub mod group;
+pub mod mntns;
 pub mod netns;
 pub mod plot;
 pub mod provider;

@@ -79,6 +79,9 @@ pub struct MigrationReport {
     pub warnings: Vec<String>,
     /// Unix time the migration started.
     pub started_at_unix: f64,
+    /// File sync (`--sync`): rounds, bytes, files, the frozen final round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<crate::sync::stats::SyncReport>,
 }
 
 impl MigrationReport {
@@ -100,6 +103,9 @@ impl MigrationReport {
             s.push_str(&format!(
                 "post-copy window {w:.2} sec (the source served the remaining pages; losing it then would lose the process)\n"
             ));
+        }
+        if let Some(sync) = &self.sync {
+            s.push_str(&sync.summary());
         }
         s
     }

@@ -37,6 +37,8 @@ pub struct Held {
     t0: Instant,
     /// Post-copy's daemon and relay.
     lazy: Option<LazyPages>,
+    /// The synced trees, in place: committed with `Resume`, rolled back otherwise.
+    sync: super::sync::FileSync,
 }
 
 /// The process runs on this node.
@@ -123,6 +125,7 @@ pub async fn restore(
         pid,
         t0,
         lazy,
+        sync: std::mem::take(&mut prepared.sync),
     })
 }
 
@@ -154,15 +157,18 @@ impl Held {
             pid: held_pid,
             t0,
             lazy,
+            sync,
         } = self;
         op.finish().await;
         let resp = match ran {
             Ok(r) => r,
             Err(e) => {
                 stop(lazy).await;
+                super::sync::rollback(sync, "the restore failed").await;
                 return Err(RestoreError::Criu(e));
             }
         };
+        super::sync::commit(sync).await;
         let wall = t0.elapsed().as_secs_f64();
         let pid = resp.restore.map(|r| r.pid).unwrap_or(held_pid);
         let st = stats::read_restore(round.path()).unwrap_or_default();
@@ -186,5 +192,6 @@ impl Held {
         let _ = tokio::time::timeout(limits::CRIU_SETTLE, self.op.next()).await;
         self.op.finish().await;
         stop(self.lazy).await;
+        super::sync::rollback(self.sync, why).await;
     }
 }

@@ -52,6 +52,7 @@ impl State {
             State::Connected => return,
             State::Prepared(mut p) => {
                 p.stop_page_servers().await;
+                super::sync::rollback(std::mem::take(&mut p.sync), why).await;
                 p.id
             }
             State::Held(h) => {
@@ -158,8 +159,19 @@ pub async fn step(
                 Err(e) => Err(fail(State::Prepared(p), e)),
             }
         }
+        (State::Prepared(mut p), body) if super::sync::is_sync(&body) => {
+            let img_dir = p.dir.root().to_path_buf();
+            match super::sync::step(service, &mut p.sync, &p.id, &img_dir, body).await {
+                Ok(reply) => Ok(Transition::To(State::Prepared(p), reply)),
+                Err(e) => Err(fail(State::Prepared(p), e)),
+            }
+        }
         (State::Prepared(mut p), Body::Restore(r)) => {
             fault::point(Phase::Restore).await;
+            // the synced trees in place before CRIU opens the process's files
+            if let Err(e) = super::sync::install(&mut p.sync).await {
+                return Err(fail(State::Prepared(p), e));
+            }
             match restore::restore(service, &mut p, r).await {
                 Ok(held) => {
                     let reply = pb::RestoreHeld { pid: held.pid };

@@ -48,6 +48,8 @@ pub enum SourceError {
     },
     /// the destination's lazy-pages daemon did not get every page: {0}
     LazyFailed(String),
+    /// {0}
+    Sync(#[from] super::sync::FileSyncError),
 }
 
 impl From<SendError> for SourceError {

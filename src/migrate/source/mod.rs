@@ -11,6 +11,7 @@
 //! - [`precopy`]: pre-dump rounds while the process runs;
 //! - [`final_dump`]: the freeze, the hand-over while frozen, and the answer to `post-dump`;
 //! - [`postcopy`]: serving the pages after the process runs on the destination;
+//! - [`sync`]: `--sync` trees copied before the freeze and once more while frozen;
 //! - [`progress`]: the progress bar of the final dump;
 //! - [`error`]: what can fail, and [`Whereabouts`].
 //!
@@ -27,6 +28,7 @@ pub mod precopy;
 pub mod preflight;
 pub mod progress;
 pub mod session;
+pub mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -63,6 +65,8 @@ pub struct SourceConfig {
     pub convergence: Convergence,
     /// Show a progress bar on stderr (only drawn on a terminal).
     pub progress: bool,
+    /// File sync (`--sync`): the trees that travel with the process; none: shared storage.
+    pub sync: sync::SyncOptions,
 }
 
 /// Migrates `cfg.pid` to `cfg.destination` with this node's CRIU. On failure, says where the

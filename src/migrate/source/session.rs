@@ -58,6 +58,8 @@ pub struct Session {
     pub strategy: Strategy,
     /// The tree's resident memory when the migration began (bytes).
     pub memory_bytes: u64,
+    /// File sync (`--sync`): see [`super::sync`].
+    pub sync: super::sync::FileSync,
     t0: Instant,
 }
 
@@ -85,6 +87,7 @@ impl Session {
         };
         let wait = limits::REPLY.named("the destination's pre-flight checks");
         let ready: pb::Ready = ctl.request(begin, wait).await?;
+        let sync = super::sync::FileSync::new(ready.features.is_some_and(|f| f.file_sync));
         let dst_version: CriuVersion = ready.criu_version.unwrap_or_default().into();
         report.destination_criu = Some(dst_version);
         report.destination_img_dir = ready.img_dir;
@@ -114,6 +117,7 @@ impl Session {
             stage: Stage::Running,
             strategy,
             memory_bytes: checked.memory_bytes,
+            sync,
             t0,
         })
     }
@@ -121,12 +125,18 @@ impl Session {
     /// Pre-copy rounds (where the strategy has them), the final dump, `Finish`; the report
     /// is written into the migration's directory.
     pub async fn run(&mut self) -> Result<(), SourceError> {
+        self.sync_before_freeze().await?;
         let parent = match self.strategy {
-            Strategy::PreCopy | Strategy::Hybrid => self.pre_copy().await?,
+            Strategy::PreCopy | Strategy::Hybrid => {
+                let parent = self.pre_copy().await?;
+                self.sync_catch_up().await?;
+                parent
+            }
             _ => None,
         };
         let lazy = matches!(self.strategy, Strategy::PostCopy | Strategy::Hybrid);
         self.final_dump(lazy, parent).await?;
+        self.sync_account();
         let finish = pb::Finish {
             ok: true,
             reason: String::new(),
