@@ -110,6 +110,8 @@ pub fn canonical_roots(paths: &[PathBuf]) -> Result<Vec<PathBuf>, FileSyncError>
                     source: std::io::Error::other("not a directory (--sync names directories)"),
                 });
             }
+            crate::sync::path::RootPath::from_path(&c)
+                .map_err(|e| SyncError::path(format!("--sync {}", p.display()), e))?;
             Ok(c)
         })
         .collect()
