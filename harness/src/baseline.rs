@@ -177,6 +177,7 @@ pub fn migrate(
         image_bytes_sent: None,
         strategy_used: Some("plain CRIU (stop-copy)".into()),
         rounds: vec![],
+        ..Figures::default()
     };
     Ok(Migrated {
         figures,

@@ -19,7 +19,7 @@ use crate::provider::{
 };
 use crate::record::{
     self, Check, Environment, Figures, Method, NodeInfo, Outcome, Record, RecordError, Round,
-    Writer, FIGURES, SCHEMA,
+    SyncRound, Writer, FIGURES, SCHEMA,
 };
 use crate::scenario::{Scenario, WorkloadCase};
 use crate::workload::{self, Workload, WorkloadError};
@@ -201,6 +201,39 @@ pub fn figures_from_report(v: &serde_json::Value) -> Figures {
         pages_sent: u("pages_sent"),
         memory_bytes_sent: u("memory_bytes_sent"),
         image_bytes_sent: u("image_bytes_sent"),
+        sync_bytes: v
+            .pointer("/sync/rounds")
+            .and_then(|r| r.as_array())
+            .map(|rs| {
+                rs.iter()
+                    .filter_map(|r| r.get("payload_bytes").and_then(|x| x.as_u64()))
+                    .sum()
+            }),
+        sync_final_secs: v.pointer("/sync/final_round_secs").and_then(|x| x.as_f64()),
+        sync_final_share: v
+            .pointer("/sync/final_share_of_downtime")
+            .and_then(|x| x.as_f64()),
+        sync_rounds: v
+            .pointer("/sync/rounds")
+            .and_then(|r| r.as_array())
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| {
+                        let u = |k: &str| r.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+                        SyncRound {
+                            round: u("round") as u32,
+                            final_round: r
+                                .get("final_round")
+                                .and_then(|x| x.as_bool())
+                                .unwrap_or(false),
+                            bytes: u("payload_bytes"),
+                            files: u("files"),
+                            secs: r.get("secs").and_then(|x| x.as_f64()).unwrap_or(0.0),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         strategy_used: v
             .get("strategy")
             .and_then(|s| s.as_str())
@@ -366,6 +399,41 @@ impl<'a> Runner<'a> {
         format!("{}/{seq:03}-{what}", self.provider.shared_dir())
     }
 
+    /// A synced workload's working directory: on the nodes' own disks (the provider's, else
+    /// the scenario's `node_local_dir`).
+    fn node_local_dir(&self, seq: u32, what: &str) -> Result<String, String> {
+        let base = self
+            .provider
+            .node_local_dir()
+            .map(str::to_string)
+            .or_else(|| self.scenario.node_local_dir.clone())
+            .ok_or_else(|| {
+                format!(
+                    "the workload syncs its files, but the {} provider has no node-local directory: set node_local_dir in the scenario",
+                    self.provider.kind()
+                )
+            })?;
+        if !provider::removable(&base) {
+            return Err(format!(
+                "node_local_dir {base} must be absolute and contain a directory named haul-harness*"
+            ));
+        }
+        Ok(format!("{base}/{seq:03}-{what}"))
+    }
+
+    /// Removes a synced workload's directory from both nodes' disks.
+    fn remove_node_local(&self, dir: &str) {
+        if !provider::removable(dir) {
+            return;
+        }
+        for n in [self.provider.source(), self.provider.destination()] {
+            let _ = n.sh(
+                &format!("rm -rf {}", shell_quote(dir)),
+                Duration::from_secs(120),
+            );
+        }
+    }
+
     /// Start the workload and wait until it settled.
     fn start_workload(&self, case: &WorkloadCase, dir: &str) -> Result<Workload, WorkloadError> {
         let src = self.provider.source();
@@ -438,11 +506,11 @@ impl<'a> Runner<'a> {
             match w.stop_and_check(node, check_timeout) {
                 Ok(v) => {
                     a.check.finished = v.finished;
-                    a.check.mismatches = v.reported_mismatches.unwrap_or(v.mismatches as u64);
+                    a.check.mismatches = v.mismatches;
                     a.check.touches = v.touches;
-                    a.check.passed = v.passed();
+                    a.check.passed = v.passed;
                     a.figures.observed_downtime_secs = Some(v.largest_gap.as_secs_f64());
-                    if !v.passed() {
+                    if !v.passed {
                         a.error
                             .get_or_insert_with(|| format!("the workload's check failed: {v}"));
                     }
@@ -470,7 +538,25 @@ impl<'a> Runner<'a> {
     pub fn haul_once(&self, case: &WorkloadCase, strategy: &str, seq: u32) -> Attempt {
         let mut a = Attempt::default();
         let (src, dst) = (self.provider.source(), self.provider.destination());
-        let dir = self.migration_dir(seq, strategy);
+        let dir = if case.sync {
+            let made = self.node_local_dir(seq, strategy).and_then(|d| {
+                src.sh_ok(
+                    &format!("mkdir -p {}", shell_quote(&d)),
+                    Duration::from_secs(60),
+                )
+                .map(|_| d)
+                .map_err(|e| e.to_string())
+            });
+            match made {
+                Ok(d) => d,
+                Err(e) => {
+                    a.error = Some(e);
+                    return a;
+                }
+            }
+        } else {
+            self.migration_dir(seq, strategy)
+        };
         let w = match self.start_workload(case, &dir) {
             Ok(w) => w,
             Err(e) => {
@@ -494,6 +580,10 @@ impl<'a> Runner<'a> {
             report.clone(),
             "--no-progress".into(),
         ];
+        let mut argv = argv;
+        if case.sync {
+            argv.extend(["--sync".into(), dir.clone()]);
+        }
         let mut dest_pid = None;
         let serve_log = format!("{}/serve.log", dst.work_dir());
         let serve_mark: u64 = dst
@@ -544,6 +634,9 @@ impl<'a> Runner<'a> {
             Err(e) => a.error = Some(e.to_string()),
         }
         self.check_after(&w, case, dest_pid, &mut a);
+        if case.sync {
+            self.remove_node_local(&dir);
+        }
         self.clean_images(&[
             format!("{}/img", src.work_dir()),
             format!("{}/img", dst.work_dir()),
@@ -792,6 +885,11 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<RunSummary, RunErro
         record::utc(record::now_unix() as u64, true),
         rev
     );
+    // a local provider gives synced workloads node-local disks of their own
+    let mut config = config;
+    if let ProviderConfig::Local(c) = &mut config {
+        c.node_local |= scenario.syncs();
+    }
     eprintln!("provisioning the {} provider", config.kind());
     let mut prov = provider::provision(&config, &stem)?;
     prov.keep_files(opts.keep);

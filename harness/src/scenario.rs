@@ -19,7 +19,20 @@
 //! pre = "all"                # bytes to pre-touch: "all", a size ("64m") or a share ("25%")
 //! pauses = [100000]          # microseconds between touches (the HOWTO's dirty rate)
 //! pattern = "random"
+//!
+//! [[workloads]]              # migration without shared storage (issue #18)
+//! name = "files"
+//! program = "file-churn"     # rewrites and appends to SIZE of files in its working directory
+//! sizes = ["200m"]
+//! rates = ["4m"]             # bytes of files changed per second
+//! sync = true                # its working directory is node-local; `haul pid --sync` carries it
 //! ```
+//!
+//! A workload with `sync = true` works in a directory each node keeps on its own disk: the
+//! `local` provider makes one with a mount namespace per node ([`crate::mntns`]); for `ssh`
+//! and `vagrant` nodes the scenario names it (`node_local_dir`, a path on each host's own
+//! disk whose name contains `haul-harness`). Plain CRIU has no file sync: such scenarios run
+//! without the baseline.
 //!
 //! [`Scenario::cases`] expands the workloads into [`WorkloadCase`]s (duplicates across
 //! entries are dropped), each of which runs `repetitions` times per strategy.
@@ -113,6 +126,11 @@ pub struct Scenario {
     /// The nodes.
     #[serde(default)]
     pub provider: ProviderConfig,
+    /// A directory at the same path on both nodes that each keeps on its own disk, for
+    /// workloads with `sync = true` on `ssh` and `vagrant` nodes (the `local` provider makes
+    /// its own). Its path must contain a component starting with `haul-harness`.
+    #[serde(default)]
+    pub node_local_dir: Option<String>,
     /// The workloads.
     pub workloads: Vec<WorkloadSpec>,
 }
@@ -123,10 +141,10 @@ pub struct Scenario {
 pub struct WorkloadSpec {
     /// A name for the entry (shown in reports).
     pub name: String,
-    /// The program; only `mtouch` for now.
+    /// The program: `mtouch` (memory), or `file-churn` (files in its working directory).
     #[serde(default = "default_program")]
     pub program: String,
-    /// Memory sizes (`64m`, `1g`, ...).
+    /// Memory sizes (`64m`, `1g`, ...); file-churn: bytes of files.
     pub sizes: Vec<String>,
     /// Pre-touched memory: `all`, a size, or a percentage of the size.
     #[serde(default = "default_pre")]
@@ -143,7 +161,13 @@ pub struct WorkloadSpec {
     /// More arguments for the program (e.g. `--no-hugepages`).
     #[serde(default)]
     pub args: Vec<String>,
+    /// Its working directory is node-local and travels with `haul pid --sync`.
+    #[serde(default)]
+    pub sync: bool,
 }
+
+/// The programs a scenario can run.
+pub const PROGRAMS: [&str; 2] = ["mtouch", "file-churn"];
 
 fn default_program() -> String {
     "mtouch".into()
@@ -174,6 +198,9 @@ pub struct WorkloadCase {
     pub pattern: String,
     /// More arguments.
     pub args: Vec<String>,
+    /// Node-local working directory, synced (`haul pid --sync`).
+    #[serde(default)]
+    pub sync: bool,
 }
 
 impl WorkloadCase {
@@ -187,8 +214,17 @@ impl WorkloadCase {
         )
     }
 
-    /// A short label: `256m:256m:100000` or `256m:256m@4m/s`, plus the pattern when not random.
+    /// A short label: `256m:256m:100000` or `256m:256m@4m/s`, plus the pattern when not random;
+    /// file-churn: `files 200m@4m/s`, plus ` sync` for a synced working directory.
     pub fn label(&self) -> String {
+        if self.program == "file-churn" {
+            return format!(
+                "files {}@{}/s{}",
+                human_size(self.size_bytes),
+                self.rate.as_deref().unwrap_or("4m"),
+                if self.sync { " sync" } else { "" }
+            );
+        }
         let mut s = match &self.rate {
             Some(r) => format!(
                 "{}:{}@{r}/s",
@@ -203,8 +239,17 @@ impl WorkloadCase {
         s
     }
 
-    /// The workload's arguments after the log file name.
+    /// The workload's arguments (mtouch: after the log file name).
     pub fn argv(&self) -> Vec<String> {
+        if self.program == "file-churn" {
+            let mut v = vec!["--size".into(), human_size(self.size_bytes)];
+            if let Some(r) = &self.rate {
+                v.push("--rate".into());
+                v.push(r.clone());
+            }
+            v.extend(self.args.iter().cloned());
+            return v;
+        }
         let mut v = vec![self.spec()];
         if let Some(r) = &self.rate {
             v.push("--rate".into());
@@ -309,11 +354,25 @@ impl Scenario {
             .map_err(|why| self.invalid(format!("[provider]: {why}")))?;
         for w in &self.workloads {
             let bad = |why: String| self.invalid(format!("workload {:?}: {why}", w.name));
-            if w.program != "mtouch" {
+            if !PROGRAMS.contains(&w.program.as_str()) {
                 return Err(bad(format!(
-                    "program {:?} is not supported (only mtouch, whose log gives the observed downtime)",
-                    w.program
+                    "program {:?} is not supported ({}: their logs give the observed downtime and the check)",
+                    w.program,
+                    PROGRAMS.join(", ")
                 )));
+            }
+            if w.sync && self.baseline {
+                return Err(bad(
+                    "sync = true needs baseline = false (plain CRIU has no file sync)".into(),
+                ));
+            }
+            if w.program == "file-churn" && (w.rates.is_empty() || !w.pauses.is_empty()) {
+                return Err(bad(
+                    "file-churn takes rates (bytes of files changed per second), not pauses".into(),
+                ));
+            }
+            if w.program == "file-churn" && w.rates.iter().any(|r| r == "max") {
+                return Err(bad("file-churn needs a rate, not max".into()));
             }
             if w.sizes.is_empty() {
                 return Err(bad("no sizes".into()));
@@ -369,6 +428,7 @@ impl Scenario {
                         rate,
                         pattern: w.pattern.clone(),
                         args: w.args.clone(),
+                        sync: w.sync,
                     };
                     let key = (case.argv(), case.program.clone());
                     if seen.insert(key) {
@@ -378,6 +438,11 @@ impl Scenario {
             }
         }
         out
+    }
+
+    /// Whether a workload works in a node-local directory that `--sync` carries.
+    pub fn syncs(&self) -> bool {
+        self.workloads.iter().any(|w| w.sync)
     }
 
     /// Number of migrations a run makes (unsupported strategies included, which take no time).
@@ -514,6 +579,39 @@ pattern = "hot:10"
             let e = Scenario::parse(&text, "test").unwrap_err().to_string();
             assert!(e.contains(want), "{to}: {e}");
         }
+    }
+
+    #[test]
+    fn file_churn_with_sync() {
+        let text = r#"
+name = "files"
+baseline = false
+strategies = ["stop-copy"]
+[[workloads]]
+name = "files"
+program = "file-churn"
+sizes = ["200m"]
+rates = ["4m", "16m"]
+sync = true
+"#;
+        let s = Scenario::parse(text, "test").unwrap();
+        assert!(s.syncs());
+        let c = s.cases();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].argv(), ["--size", "200m", "--rate", "4m"]);
+        assert_eq!(c[0].label(), "files 200m@4m/s sync");
+        assert_eq!(c[1].dirty_rate(), Some(16.0 * 1048576.0));
+        let e = Scenario::parse(&text.replace("baseline = false\n", ""), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plain CRIU has no file sync"), "{e}");
+        let e = Scenario::parse(
+            &text.replace("rates = [\"4m\", \"16m\"]", "pauses = [1]"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("takes rates"), "{e}");
     }
 
     #[test]
