@@ -539,13 +539,15 @@ impl<'a> Runner<'a> {
         let mut a = Attempt::default();
         let (src, dst) = (self.provider.source(), self.provider.destination());
         let dir = if case.sync {
+            // the directory on the source; its parent on the destination (where the synced
+            // tree is made)
             let made = self.node_local_dir(seq, strategy).and_then(|d| {
-                src.sh_ok(
-                    &format!("mkdir -p {}", shell_quote(&d)),
-                    Duration::from_secs(60),
-                )
-                .map(|_| d)
-                .map_err(|e| e.to_string())
+                let parent = d.rsplit_once('/').map_or("/", |(p, _)| p).to_string();
+                let t = Duration::from_secs(60);
+                src.sh_ok(&format!("mkdir -p {}", shell_quote(&d)), t)
+                    .and_then(|_| dst.sh_ok(&format!("mkdir -p {}", shell_quote(&parent)), t))
+                    .map(|_| d)
+                    .map_err(|e| e.to_string())
             });
             match made {
                 Ok(d) => d,

@@ -430,7 +430,7 @@ impl Scenario {
                         args: w.args.clone(),
                         sync: w.sync,
                     };
-                    let key = (case.argv(), case.program.clone());
+                    let key = (case.argv(), case.program.clone(), case.sync);
                     if seen.insert(key) {
                         out.push(case);
                     }

@@ -37,7 +37,8 @@ pub struct Held {
     t0: Instant,
     /// Post-copy's daemon and relay.
     lazy: Option<LazyPages>,
-    /// The synced trees, in place: committed with `Resume`, rolled back otherwise.
+    /// The synced trees, in place: kept with `Resume` (committed once the migration closes),
+    /// rolled back otherwise.
     sync: super::sync::FileSync,
 }
 
@@ -51,6 +52,9 @@ pub struct Running {
     pub pid: i32,
     /// Post-copy: the daemon still fetching pages.
     pub lazy: Option<LazyPages>,
+    /// The synced trees, in place, committed when the migration closes (after `Restored`
+    /// went out, so that removing what the trees held before is not part of the downtime).
+    pub sync: super::sync::FileSync,
 }
 
 /// Restores the final round's images and holds the tree at `post-restore`. On failure the
@@ -168,7 +172,6 @@ impl Held {
                 return Err(RestoreError::Criu(e));
             }
         };
-        super::sync::commit(sync).await;
         let wall = t0.elapsed().as_secs_f64();
         let pid = resp.restore.map(|r| r.pid).unwrap_or(held_pid);
         let st = stats::read_restore(round.path()).unwrap_or_default();
@@ -178,7 +181,16 @@ impl Held {
             stats: Some(st.into()),
             restore_wall_secs: wall,
         };
-        Ok((Running { id, dir, pid, lazy }, restored))
+        Ok((
+            Running {
+                id,
+                dir,
+                pid,
+                lazy,
+                sync,
+            },
+            restored,
+        ))
     }
 
     /// Anything but `Resume`: CRIU kills the copy (`post-restore` answered with failure);

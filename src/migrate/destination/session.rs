@@ -60,10 +60,12 @@ impl State {
                 h.discard(why).await;
                 id
             }
-            State::Running(r) => {
-                if let Some(l) = r.lazy {
+            State::Running(mut r) => {
+                if let Some(l) = r.lazy.take() {
                     l.detach().await;
                 }
+                // the process runs here on these files, whatever ended the session
+                super::sync::commit(std::mem::take(&mut r.sync)).await;
                 r.id
             }
         };

@@ -10,12 +10,15 @@
 //!            SyncMessage* ──▶ SyncReceiver::handle (confined writes)      ◀── RoundApplied per round
 //! Restore:   install(): the staged copy moves into each root (old entries aside), then CRIU
 //! Held:      discard ──▶ rollback (old entries back, the copy removed)
-//!            Resume ──▶ commit (old entries removed) once post-restore is acknowledged
-//! any failure before that (the source gone, an error, a refused path): State::close rolls back
+//!            Resume ──▶ post-restore acknowledged: the copy stays, it is the process's now
+//! Running:   closed (Finish, or the source gone) ──▶ commit (old entries removed), after
+//!            `Restored` went out so that removing them is not part of the downtime
+//! any failure before Running (the source gone, an error, a refused path): State::close or
+//! Held::discard rolls back
 //! ```
 //!
 //! [`FileSync`] lives in the state that owns the migration ([`super::prepare::Prepared`],
-//! then [`super::restore::Held`]), so whatever ends a migration early ends its sync the same
+//! then [`super::restore::Held`] and [`super::restore::Running`]), so whatever ends a migration early ends its sync the same
 //! way. Everything that touches files runs on a blocking thread. `haul serve
 //! --keep-partial-sync` keeps a failed migration's staging directories for inspection
 //! (the roots themselves get back what they held).

@@ -142,6 +142,20 @@ impl Session {
             .into());
         }
         let roots = canonical_roots(&self.cfg.sync.paths)?;
+        let img = std::fs::canonicalize(&self.cfg.img_path).unwrap_or(self.cfg.img_path.clone());
+        if let Some(r) = roots
+            .iter()
+            .find(|r| img.starts_with(r) || r.starts_with(&img))
+        {
+            return Err(FileSyncError::Path {
+                path: r.clone(),
+                source: std::io::Error::other(format!(
+                    "it overlaps haul's image directory {} (written during the migration): sync another directory or give --img-path elsewhere",
+                    img.display()
+                )),
+            }
+            .into());
+        }
         self.check_held_files(&roots).await?;
         let cfg = crate::sync::SourceConfig {
             session: self.report.migration_id.clone(),
