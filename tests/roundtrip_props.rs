@@ -626,7 +626,7 @@ fn sync_report() -> impl Strategy<Value = SyncReport> {
         any::<u32>(),
         any::<bool>(),
         any::<[u64; 8]>(),
-        vec(finite(), 3),
+        vec(finite(), 4),
     )
         .prop_map(|(round, final_round, n, f)| SyncRoundReport {
             round,
@@ -642,6 +642,7 @@ fn sync_report() -> impl Strategy<Value = SyncReport> {
             scan_secs: f[0],
             secs: f[1],
             apply_secs: f[2],
+            install_secs: f[3],
         });
     (
         vec(text(), 0..3),

@@ -9,7 +9,10 @@
 //!   rounds) gets an error and the destination is as it was, nothing written outside;
 //! - an interrupted sync (the source's connection gone mid-round) leaves the destination as it
 //!   was, or its staging directory only with `--keep-partial-sync`;
-//! - a `Restore` before the final round is refused.
+//! - a `Restore` before the final round is refused;
+//! - a migration that ends between the final round (the copy is in place) and `Resume` (the
+//!   source gone, abandoned, a stray sync message) leaves the destination as it was and the
+//!   source's tree untouched.
 
 mod sync_support;
 
@@ -472,4 +475,95 @@ async fn a_restore_before_the_final_round_is_refused_and_rolled_back() {
     assert_eq!(err.kind, pb::ErrorKind::Protocol as i32, "{err:?}");
     assert!(outcome.contains("before the final sync round"), "{outcome}");
     assert!(!pair.dst().exists(), "rolled back");
+}
+
+/// How a migration ends between the final round (the copy is in place on the destination)
+/// and `Resume`.
+#[derive(Debug, Clone, Copy)]
+enum EndAfterInstall {
+    /// The source's connection is gone.
+    SourceGone,
+    /// The source abandons the migration (`Finish{ok: false}`).
+    Abandoned,
+    /// The source sends one more sync message (a broken or hostile source).
+    StrayRound,
+}
+
+#[tokio::test]
+async fn a_migration_that_fails_after_the_copy_is_in_place_rolls_it_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    for end in [
+        EndAfterInstall::SourceGone,
+        EndAfterInstall::Abandoned,
+        EndAfterInstall::StrayRound,
+    ] {
+        let pair = Pair::new();
+        fill(&pair.src);
+        std::fs::create_dir_all(pair.dst()).unwrap();
+        std::fs::write(pair.dst().join("old"), b"old").unwrap();
+        let dst_before = snapshot(&pair.dst());
+        let mut p = Peer::start(&pair, "m5", false).await;
+        let (mut src, open) = open_sync(&pair, "m5");
+        p.send(open).await;
+        assert!(matches!(p.recv().await, Some(Body::SyncOpened(_))));
+        p.round(&mut src, false).await;
+        write_at(&pair.src.join("sub/big"), 0, b"changed while frozen");
+        let src_before = snapshot(&pair.src);
+        p.round(&mut src, true).await;
+        // the final round's answer means the copy is in place, before any Restore
+        assert_eq!(
+            std::fs::read(pair.dst().join("sub/big")).unwrap()[..20],
+            b"changed while frozen"[..],
+            "{end:?}: the copy is installed after the final round"
+        );
+        assert!(
+            !pair.dst().join("old").exists(),
+            "{end:?}: the root's old entries are set aside"
+        );
+        match end {
+            EndAfterInstall::SourceGone => {
+                let Peer { conn, dst } = p;
+                drop(conn);
+                assert!(
+                    dst.await.unwrap().is_err(),
+                    "the session ends with the connection"
+                );
+            }
+            EndAfterInstall::Abandoned => {
+                p.send(pb::Finish {
+                    ok: false,
+                    reason: "the source gave up".into(),
+                })
+                .await;
+                assert!(matches!(p.recv().await, Some(Body::Finished(_))));
+                let Peer { conn, dst } = p;
+                drop(conn);
+                let _ = dst.await.unwrap();
+            }
+            EndAfterInstall::StrayRound => {
+                p.send(sm(SBody::RoundBegin(spb::RoundBegin {
+                    round: 9,
+                    r#final: false,
+                })))
+                .await;
+                let (err, outcome) = p.expect_error().await;
+                assert_eq!(err.kind, pb::ErrorKind::Protocol as i32, "{err:?}");
+                assert!(outcome.contains("the copy is installed"), "{outcome}");
+            }
+        }
+        assert_same(
+            &dst_before,
+            &snapshot(&pair.dst()),
+            &format!("{end:?}: the destination's root"),
+        );
+        assert!(
+            sync_leftovers(&pair.dst()).is_empty(),
+            "{end:?}: no staging or backup directory is left"
+        );
+        assert_same(
+            &src_before,
+            &snapshot(&pair.src),
+            &format!("{end:?}: the source's tree"),
+        );
+    }
 }

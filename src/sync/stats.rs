@@ -126,6 +126,9 @@ pub struct SyncRoundReport {
     pub secs: f64,
     /// Seconds the destination spent applying it (from `RoundBegin` to `RoundEnd`).
     pub apply_secs: f64,
+    /// The final round: seconds the destination spent putting the copy in place after it.
+    #[serde(default)]
+    pub install_secs: f64,
 }
 
 impl SyncRoundReport {
@@ -146,6 +149,7 @@ impl SyncRoundReport {
             scan_secs: st.scan_time.as_secs_f64(),
             secs: st.elapsed.as_secs_f64(),
             apply_secs: a.apply_micros as f64 / 1e6,
+            install_secs: a.install_micros as f64 / 1e6,
         }
     }
 }
@@ -163,7 +167,8 @@ pub struct SyncReport {
     pub rounds: Vec<SyncRoundReport>,
     /// Why the rounds while the process ran stopped.
     pub decision: String,
-    /// Seconds of the final round (frozen): part of the downtime.
+    /// Seconds of the final round (frozen), from its scan to the destination's answer, which
+    /// comes once the copy is in place: the sync's part of the downtime.
     pub final_round_secs: f64,
     /// Seconds from the freeze to the start of the final round (the dump's own work).
     pub frozen_before_final_secs: f64,
@@ -199,9 +204,11 @@ impl SyncReport {
             ));
         }
         if let Some(share) = self.final_share_of_downtime {
+            let install = self.rounds.last().map_or(0.0, |r| r.install_secs);
             s.push_str(&format!(
-                "final sync {:.3} sec frozen, {:.0} % of the downtime\n",
+                "final sync {:.3} sec frozen (putting the copy in place {:.3} sec of it), {:.0} % of the downtime\n",
                 self.final_round_secs,
+                install,
                 share * 100.0
             ));
         }

@@ -170,7 +170,7 @@ pub async fn step(
         }
         (State::Prepared(mut p), Body::Restore(r)) => {
             fault::point(Phase::Restore).await;
-            // the synced trees in place before CRIU opens the process's files
+            // the synced trees in place (since the final round) before CRIU opens the files
             if let Err(e) = super::sync::install(&mut p.sync).await {
                 return Err(fail(State::Prepared(p), e));
             }

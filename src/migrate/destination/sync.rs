@@ -8,7 +8,9 @@
 //!                         on the way; R/.haul-sync.<id>/ made)            ◀── SyncOpened
 //!            CheckFiles ──▶ the held files' size and mode here           ◀── FilesChecked
 //!            SyncMessage* ──▶ SyncReceiver::handle (confined writes)      ◀── RoundApplied per round
-//! Restore:   install(): the staged copy moves into each root (old entries aside), then CRIU
+//!            after the final round: install(): the staged copy moves into each root (old
+//!            entries aside), then RoundApplied{install time}
+//! Restore:   (installed, checked) CRIU
 //! Held:      discard ──▶ rollback (old entries back, the copy removed)
 //!            Resume ──▶ post-restore acknowledged: the copy stays, it is the process's now
 //! Running:   closed (Finish, or the source gone) ──▶ commit (old entries removed), after
@@ -27,7 +29,6 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use crate::sync::pb as spb;
 use crate::sync::receiver::{InstalledSync, ReceiverConfig, RollbackReport, SyncReceiver};
 use crate::sync::SyncError;
 use crate::wire::pb::message::Body;
@@ -196,13 +197,19 @@ pub async fn step(
             Ok(Some(opened.into()))
         }
         Body::SyncMessage(m) => {
-            let FileSync::Receiving(rx) = std::mem::take(sync) else {
-                return Err(FileSyncError::OutOfOrder {
-                    state: "no sync session is open",
-                    got: "SyncMessage",
-                });
+            let mut rx = match std::mem::take(sync) {
+                FileSync::Receiving(rx) => rx,
+                other => {
+                    // put back as it was (an installed copy included): closing the migration
+                    // undoes it
+                    let state = other.name();
+                    *sync = other;
+                    return Err(FileSyncError::OutOfOrder {
+                        state,
+                        got: "SyncMessage",
+                    });
+                }
             };
-            let mut rx = rx;
             let (rx, handled) = tokio::task::spawn_blocking(move || {
                 let r = rx.handle(*m);
                 (rx, r)
@@ -210,8 +217,19 @@ pub async fn step(
             .await
             .map_err(worker)?;
             // kept also after an error: closing the migration rolls it back
+            let final_done = rx.final_done();
             *sync = FileSync::Receiving(rx);
-            Ok(handled?.map(|applied: spb::RoundApplied| applied.into()))
+            let Some(mut applied) = handled? else {
+                return Ok(None);
+            };
+            if final_done {
+                // the process is frozen on the source: the copy goes in place now, and the
+                // answer says so (and how long it took)
+                let t = std::time::Instant::now();
+                install(sync).await?;
+                applied.install_micros = t.elapsed().as_micros() as u64;
+            }
+            Ok(Some(applied.into()))
         }
         other => Err(FileSyncError::OutOfOrder {
             state: sync.name(),
@@ -220,11 +238,16 @@ pub async fn step(
     }
 }
 
-/// At `Restore`, before CRIU: puts the copy in place (nothing to do without a sync). On
-/// failure everything is rolled back already.
+/// Puts the copy in place once the final round is applied (right after it, and checked again
+/// at `Restore`, before CRIU: nothing to do when it is in place or there is no sync). On failure
+/// everything is rolled back already.
 pub async fn install(sync: &mut FileSync) -> Result<(), FileSyncError> {
     match std::mem::take(sync) {
         FileSync::None => Ok(()),
+        installed @ FileSync::Installed(_) => {
+            *sync = installed;
+            Ok(())
+        }
         FileSync::Receiving(rx) => {
             if !rx.final_done() {
                 *sync = FileSync::Receiving(rx);
@@ -248,13 +271,6 @@ pub async fn install(sync: &mut FileSync) -> Result<(), FileSyncError> {
                     })
                 }
             }
-        }
-        installed @ FileSync::Installed(_) => {
-            *sync = installed;
-            Err(FileSyncError::OutOfOrder {
-                state: "the copy is installed",
-                got: "a second Restore",
-            })
         }
     }
 }
