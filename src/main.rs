@@ -76,9 +76,18 @@ enum Cmd {
         /// The shared key file.
         #[arg(long)]
         key: PathBuf,
-        /// How memory moves: stop-copy, pre-copy, post-copy, hybrid, or auto (picks from both nodes' features).
+        /// How memory moves: stop-copy, pre-copy, post-copy, hybrid, or auto: the one with the
+        /// lowest estimated downtime on these nodes (from the tree's resident and mapped
+        /// memory, the memory channel's measured bandwidth and each strategy's known costs;
+        /// a strategy without a post-copy window when the difference is small), within
+        /// --max-downtime when given. The report and --dry-run show every estimate.
         #[arg(long, default_value = "auto")]
         strategy: Strategy,
+        /// Check both nodes and estimate, freezing nothing: prints every problem pre-flight
+        /// finds on either node, the strategy it would use and its estimated downtime and
+        /// total time. Exits 0 when the migration could go ahead, 3 when it would be refused.
+        #[arg(long)]
+        dry_run: bool,
         /// Where this node keeps images and CRIU logs, one directory per migration.
         #[arg(long, default_value = DEFAULT_IMG_PATH)]
         img_path: PathBuf,
@@ -91,9 +100,25 @@ enum Cmd {
         /// The tree is a shell job (its session leader is outside it).
         #[arg(long)]
         shell_job: bool,
-        /// The tree holds file locks.
+        /// The tree holds file locks (pre-flight turns this on by itself when it sees locks).
         #[arg(long)]
         file_locks: bool,
+        /// Deleted-but-open files up to this size travel in the images (CRIU's --ghost-limit;
+        /// e.g. 512m). Pre-flight sets a limit that fits the deleted files it finds, up to 256m.
+        #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+        ghost_limit: Option<u64>,
+        /// Reconnect unix datagram sockets whose peer is outside the tree by the peer's name
+        /// (CRIU's --ext-unix-sk; a stream connection to the outside cannot be migrated).
+        #[arg(long)]
+        ext_unix_sk: bool,
+        /// Deleted files still linked elsewhere are linked back instead of copied (CRIU's
+        /// --link-remap; pre-flight turns it on by itself when it sees one).
+        #[arg(long)]
+        link_remap: bool,
+        /// Go on even when pre-flight refuses (CRIU then fails on the problem, and haul says
+        /// why from CRIU's log). For when pre-flight is wrong.
+        #[arg(long)]
+        ignore_preflight: bool,
         /// Pre-copy: at most this many pre-dump rounds. Rounds also stop when one writes 64
         /// pages or fewer, when the dirty set grows by more than 10 %, and (without
         /// --max-downtime) when it shrinks by less than 10 %.
@@ -129,7 +154,12 @@ enum Cmd {
         sync_any_symlink: bool,
     },
     /// Show the CRIU version and the kernel features that decide which strategies can run.
-    Check,
+    Check {
+        /// Print it as JSON (haul's `NodeCheck`: CRIU, features, strategies, cost model,
+        /// problems).
+        #[arg(long)]
+        json: bool,
+    },
     /// (internal) The destination's post-copy relay, started by `haul serve` on two
     /// inherited sockets so that it outlives the service.
     #[command(hide = true)]
@@ -168,7 +198,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(run(cli.cmd)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // The whole cause chain, each level once ("what: why: why").
             eprintln!("haul: {}", haul::migrate::error::chain(e.as_ref()));
@@ -177,7 +207,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cmd: Cmd) -> anyhow::Result<()> {
+async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Keygen { file } => {
             Key::generate().write_new(&file)?;
@@ -185,7 +215,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 "wrote a new key to {} (mode 0600); copy it to the other node",
                 file.display()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Serve {
             listen,
@@ -215,7 +245,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Pid {
             pid,
@@ -227,6 +257,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             tcp_established,
             shell_job,
             file_locks,
+            ghost_limit,
+            ext_unix_sk,
+            link_remap,
+            ignore_preflight,
+            dry_run,
             max_rounds,
             max_downtime,
             on_timeout,
@@ -252,9 +287,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                     tcp_established,
                     shell_job,
                     file_locks,
-                    link_remap: false,
-                    ext_unix_sk: false,
+                    link_remap,
+                    ext_unix_sk,
                 },
+                ghost_limit,
+                dry_run,
+                ignore_preflight,
                 convergence: haul::migrate::convergence::Convergence {
                     max_rounds,
                     max_downtime_secs: max_downtime.map(|ms| ms as f64 / 1000.0),
@@ -280,7 +318,16 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             let rep = source::migrate(cfg)
                 .await
                 .map_err(|f| anyhow::anyhow!("{f}"))?;
-            print!("{}", rep.summary());
+            let mut code = ExitCode::SUCCESS;
+            match &rep.preflight {
+                Some(p) if rep.dry_run => {
+                    print!("{}", p.summary());
+                    if p.refused {
+                        code = ExitCode::from(3);
+                    }
+                }
+                _ => print!("{}", rep.summary()),
+            }
             for w in &rep.warnings {
                 eprintln!("haul: warning: {w}");
             }
@@ -289,9 +336,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 std::fs::write(&path, json)
                     .with_context(|| format!("cannot write the report to {}", path.display()))?;
             }
-            Ok(())
+            Ok(code)
         }
-        Cmd::Check => check().await,
+        Cmd::Check { json } => check(json).await.map(|()| ExitCode::SUCCESS),
         Cmd::LazyRelay {
             local_fd,
             remote_fd,
@@ -303,24 +350,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 .await
                 .context("lazy relay")?;
             tracing::info!("lazy relay done: {up} bytes to the source, {down} from it");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// A byte count with an optional k/m/g suffix (powers of 1024).
-fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (&t[..], 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a byte count (e.g. 4m)"))
 }
 
 /// A TCP socket inherited from `haul serve` as fd `fd`.
@@ -343,7 +375,22 @@ fn inherited_socket(fd: i32) -> anyhow::Result<tokio::net::TcpStream> {
     tokio::net::TcpStream::from_std(std).with_context(|| format!("fd {fd}"))
 }
 
-async fn check() -> anyhow::Result<()> {
+/// A size with an optional k/m/g/t suffix (powers of 1024), as `--ghost-limit` and
+/// `--sync-target` take it.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{s:?} is not a size (like 4096, 512k, 64m, 1g): {e}"))
+}
+
+async fn check(json: bool) -> anyhow::Result<()> {
+    if json {
+        let criu = Criu::locate()?;
+        let node = haul::preflight::node::check_node(&criu).await;
+        println!("{}", serde_json::to_string_pretty(&node)?);
+        return Ok(());
+    }
     let criu = Criu::locate()?;
     let v = criu
         .version()
@@ -388,6 +435,6 @@ async fn check() -> anyhow::Result<()> {
         }
     }
     let (auto, why) = Strategy::Auto.resolve(f, f);
-    println!("  auto       -> {auto}: {why}");
+    println!("  auto       -> {auto} for a typical tree: {why} (each migration decides by estimated cost: see `haul pid --dry-run`)");
     Ok(check?)
 }

@@ -41,6 +41,9 @@ pub enum ObstacleKind {
     FileMissing,
     /// The tree holds file locks (CRIU needs `--file-locks`).
     FileLocks,
+    /// A file the tree holds a lock on is locked on the destination already (on storage both
+    /// nodes share, by the frozen original itself): the restore would wait for it forever.
+    LockTaken,
     /// The tree uses io_uring, which CRIU cannot dump.
     IoUring,
     /// The tree uses SysV IPC objects of the node's IPC namespace (not its own).
@@ -67,7 +70,7 @@ pub enum ObstacleKind {
 
 impl ObstacleKind {
     /// Every kind, for tables and tests.
-    pub const ALL: [ObstacleKind; 20] = [
+    pub const ALL: [ObstacleKind; 21] = [
         ObstacleKind::GhostFileTooBig,
         ObstacleKind::LinkRemap,
         ObstacleKind::ExternalUnixSocket,
@@ -78,6 +81,7 @@ impl ObstacleKind {
         ObstacleKind::FileDiffers,
         ObstacleKind::FileMissing,
         ObstacleKind::FileLocks,
+        ObstacleKind::LockTaken,
         ObstacleKind::IoUring,
         ObstacleKind::SysvIpcHostNamespace,
         ObstacleKind::Pty,
@@ -111,6 +115,7 @@ impl ObstacleKind {
             ObstacleKind::FileDiffers => "an open file that differs on the destination",
             ObstacleKind::FileMissing => "an open file missing on the destination",
             ObstacleKind::FileLocks => "file locks",
+            ObstacleKind::LockTaken => "a locked file already locked on the destination",
             ObstacleKind::IoUring => "an io_uring instance",
             ObstacleKind::SysvIpcHostNamespace => "SysV IPC objects of the node's IPC namespace",
             ObstacleKind::Pty => "a pseudo-terminal",
@@ -158,12 +163,15 @@ impl ObstacleKind {
                 how: "run the workload in its own pid namespace (`haul-launch -- CMD`, or `setsid unshare -pf setsid CMD`): its pids then never collide".into(),
             },
             ObstacleKind::FileDiffers | ObstacleKind::FileMissing => RunDifferently {
-                how: "keep the files the process holds open on storage both nodes see at the same path (a shared mount), and do not let another node's writer change them during the migration".into(),
+                how: "keep the files the process holds open on storage both nodes see at the same path (a shared mount), or carry the directory that holds them with --sync PATH, and do not let another node's writer change them during the migration".into(),
             },
             ObstacleKind::FileLocks => Option {
                 flag: "--file-locks".into(),
                 what: "dump and restore the locks (the locked files must be the same files on the destination)".into(),
                 changes_behaviour: false,
+            },
+            ObstacleKind::LockTaken => RunDifferently {
+                how: "CRIU restores the locks before the original's tasks are killed, so a lock on storage both nodes share is still held by the frozen original and the restore would wait for it forever: let the program release its locks before the migration, or keep the locked files node-local and move them with --sync".into(),
             },
             ObstacleKind::IoUring => NotMigratable {
                 why: "CRIU cannot checkpoint io_uring instances: stop using io_uring in the process (e.g. a fallback to epoll) or restart it on the destination instead of migrating it".into(),

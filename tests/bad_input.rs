@@ -1,7 +1,7 @@
 //! Hostile input to a real `haul serve` on loopback: each probe gets a clear refusal, the
 //! service keeps serving, and nothing is written outside its image directory.
 //!
-//! Needs root and CRIU >= 4.1 (the service checks CRIU at start); skips otherwise.
+//! Needs root and CRIU >= 4.1 (the service checks CRIU at start); reported as ignored otherwise.
 
 mod common;
 
@@ -105,7 +105,6 @@ fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[test]
 fn the_service_survives_hostile_input_and_writes_only_in_its_directory() {
     skip_unless_runnable!();
     tokio::runtime::Builder::new_multi_thread()
@@ -219,6 +218,7 @@ async fn probes() {
             strategy: "stop-copy".into(),
             memory_bytes: 0,
             cpuinfo: std::fs::read(cpu.join("cpuinfo.img")).unwrap(),
+            ..Default::default()
         })))
         .await
         .unwrap();
@@ -268,4 +268,12 @@ async fn probes() {
             || f.ends_with("key");
         assert!(ok, "unexpected file {}", f.display());
     }
+}
+
+fn main() -> std::process::ExitCode {
+    haul_test_support::run(vec![haul_test_support::test!(
+        the_service_survives_hostile_input_and_writes_only_in_its_directory,
+        common::NEEDS[0],
+        common::NEEDS[1]
+    )])
 }

@@ -1,7 +1,7 @@
 //! The CRIU RPC client against the real CRIU: version and features, a refused request's
 //! typed error, and a real dump and restore of a running process that keeps running.
 //!
-//! Needs root and CRIU >= 4.1 (scripts/setup.sh); skips with a printed reason otherwise.
+//! Needs root and CRIU >= 4.1 (scripts/setup.sh); reported as ignored otherwise.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -12,20 +12,12 @@ use haul_workloads::launch::{launch, LaunchSpec};
 use haul_workloads::mtouch_log;
 
 async fn criu_or_skip() -> Option<Criu> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: CRIU needs root");
-        return None;
-    }
     match Criu::locate_checked().await {
         Ok((c, _)) => Some(c),
-        Err(e) => {
-            eprintln!("skipped: no usable CRIU: {e}");
-            None
-        }
+        Err(e) => haul_test_support::skip(format!("no usable CRIU: {e}")),
     }
 }
 
-#[tokio::test]
 async fn version_check_and_features() {
     let Some(criu) = criu_or_skip().await else {
         return;
@@ -45,7 +37,6 @@ async fn version_check_and_features() {
     );
 }
 
-#[tokio::test]
 async fn dumping_a_missing_pid_gives_a_typed_error_with_the_log() {
     let Some(criu) = criu_or_skip().await else {
         return;
@@ -73,7 +64,6 @@ async fn dumping_a_missing_pid_gives_a_typed_error_with_the_log() {
     }
 }
 
-#[tokio::test]
 async fn dump_and_restore_a_running_process_through_rpc() {
     let Some(criu) = criu_or_skip().await else {
         return;
@@ -175,4 +165,31 @@ async fn dump_and_restore_a_running_process_through_rpc() {
         assert!(t.elapsed() < Duration::from_secs(60), "no Finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+fn block_on<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::{Need::*, Test};
+    haul_test_support::run(vec![
+        Test::new("version_check_and_features", || {
+            block_on(version_check_and_features())
+        })
+        .needs([Root, Criu]),
+        Test::new(
+            "dumping_a_missing_pid_gives_a_typed_error_with_the_log",
+            || block_on(dumping_a_missing_pid_gives_a_typed_error_with_the_log()),
+        )
+        .needs([Root, Criu]),
+        Test::new("dump_and_restore_a_running_process_through_rpc", || {
+            block_on(dump_and_restore_a_running_process_through_rpc())
+        })
+        .needs([Root, Criu]),
+    ])
 }

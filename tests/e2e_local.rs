@@ -1,7 +1,7 @@
 //! End to end on two local nodes (network namespaces): real `haul serve`, real `haul pid`, real
 //! CRIU, and the memory toucher checking its own memory after the move.
 //!
-//! Needs root and CRIU >= 4.1 (scripts/setup.sh); skips with a printed reason otherwise.
+//! Needs root and CRIU >= 4.1 (scripts/setup.sh); reported as ignored otherwise.
 
 mod common;
 
@@ -9,18 +9,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use haul_harness::NodePair;
+use haul_test_support::NodePair;
 
-#[rstest::rstest]
-#[case("stop-copy")]
-#[case("post-copy")]
-#[case("auto")]
-fn mtouch_moves_from_a_to_b_and_verifies(#[case] strategy: &str) {
+fn mtouch_moves_from_a_to_b_and_verifies(strategy: &str) {
     skip_unless_runnable!();
     let features = criu_features();
     if strategy == "post-copy" && !features.lazy_pages {
-        eprintln!("skipped: the kernel has no userfaultfd lazy pages");
-        return;
+        haul_test_support::skip("needs userfaultfd lazy pages in the kernel");
     }
     let sc = Scene::new("e2e", "32m:32m:1000");
     let (nodes, serve, pid, wd) = (&sc.nodes, &sc.serve, sc.pid, sc.wd.clone());
@@ -94,7 +89,6 @@ fn mtouch_moves_from_a_to_b_and_verifies(#[case] strategy: &str) {
     }
 }
 
-#[test]
 fn a_wrong_key_is_refused_before_anything_is_frozen() {
     skip_unless_runnable!();
     let tmp = tempfile::tempdir().unwrap();
@@ -128,13 +122,11 @@ fn a_wrong_key_is_refused_before_anything_is_frozen() {
     assert!(v.mismatch_lines.is_empty());
 }
 
-#[test]
 fn pre_copy_without_memory_tracking_is_refused_clearly() {
     skip_unless_runnable!();
     let features = criu_features();
     if features.mem_track {
-        eprintln!("skipped: this kernel tracks dirty memory, so pre-copy is not refused here");
-        return;
+        haul_test_support::skip("this kernel tracks dirty memory, so pre-copy is not refused here");
     }
     let sc = Scene::new("pre", "16m:16m:1000");
     let (pid, wd) = (sc.pid, sc.wd.clone());
@@ -148,7 +140,6 @@ fn pre_copy_without_memory_tracking_is_refused_clearly() {
     assert!(v.mismatch_lines.is_empty());
 }
 
-#[test]
 fn a_destination_killed_mid_transfer_leaves_the_process_running_at_home() {
     skip_unless_runnable!();
     let mut sc = Scene::new("kill", "512m:512m:1000");
@@ -193,4 +184,33 @@ fn a_destination_killed_mid_transfer_leaves_the_process_running_at_home() {
     assert!(nodes.b.pids_named("mtouch").is_empty(), "a copy runs in B");
     let v = stop_and_verify(&wd);
     assert!(v.mismatch_lines.is_empty());
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::{test, Test};
+    let [root, criu] = common::NEEDS;
+    let mut tests: Vec<Test> = ["stop-copy", "post-copy", "auto"]
+        .into_iter()
+        .map(|s| {
+            Test::new(
+                format!("mtouch_moves_from_a_to_b_and_verifies::{s}"),
+                move || mtouch_moves_from_a_to_b_and_verifies(s),
+            )
+            .needs([root, criu])
+        })
+        .collect();
+    tests.extend([
+        test!(a_wrong_key_is_refused_before_anything_is_frozen, root, criu),
+        test!(
+            pre_copy_without_memory_tracking_is_refused_clearly,
+            root,
+            criu
+        ),
+        test!(
+            a_destination_killed_mid_transfer_leaves_the_process_running_at_home,
+            root,
+            criu
+        ),
+    ]);
+    haul_test_support::run(tests)
 }

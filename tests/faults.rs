@@ -7,7 +7,7 @@
 //! passes; no CRIU process stays behind; `haul pid` exits non-zero saying where the process
 //! is. The table goes to target/fault-table.md (and results/ with HAUL_RECORD_RESULTS=1).
 //!
-//! Needs root and CRIU >= 4.1; skips with a printed reason otherwise.
+//! Needs root and CRIU >= 4.1; reported as ignored otherwise.
 
 mod common;
 
@@ -454,7 +454,6 @@ fn wait_output(mut child: Child, limit: Duration) -> (Option<i32>, Vec<u8>) {
     }
 }
 
-#[test]
 fn every_fault_at_every_phase_leaves_the_process_running_once() {
     skip_unless_runnable!();
     let mut table = String::from(
@@ -512,4 +511,12 @@ fn every_fault_at_every_phase_leaves_the_process_running_once() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+fn main() -> std::process::ExitCode {
+    haul_test_support::run(vec![haul_test_support::test!(
+        every_fault_at_every_phase_leaves_the_process_running_once,
+        common::NEEDS[0],
+        common::NEEDS[1]
+    )])
 }

@@ -282,19 +282,16 @@ fn fuzz_one(target: &str, secs: u64, target_dir: &Path) -> Result<String, String
     }
 }
 
-#[test]
 fn every_fuzz_target_survives_a_short_run() {
     let manifest =
         std::fs::read_to_string(repo().join("fuzz/Cargo.toml")).expect("read fuzz/Cargo.toml");
     let targets = fuzz_targets(&manifest);
     assert!(!targets.is_empty(), "fuzz/Cargo.toml declares no [[bin]]");
     let Some(secs) = seconds() else {
-        note("skipped: HAUL_FUZZ_SECS=0");
-        return;
+        haul_test_support::skip("HAUL_FUZZ_SECS=0");
     };
     if let Some(why) = cannot_fuzz() {
-        note(&format!("skipped ({}): {why}", targets.join(", ")));
-        return;
+        haul_test_support::skip(format!("{why} (targets {})", targets.join(", ")));
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -341,7 +338,6 @@ fn every_fuzz_target_survives_a_short_run() {
     );
 }
 
-#[test]
 fn targets_are_read_from_the_manifest() {
     let manifest =
         std::fs::read_to_string(repo().join("fuzz/Cargo.toml")).expect("read fuzz/Cargo.toml");
@@ -354,4 +350,12 @@ fn targets_are_read_from_the_manifest() {
     }
     let sample = "[package]\nname = \"haul-fuzz\"\n\n[[bin]]\nname = \"a\" # first\npath = \"x.rs\"\n\n[dependencies]\nname = \"not-a-bin\"\n\n[[bin]]\n name=\"b\"\n";
     assert_eq!(fuzz_targets(sample), ["a", "b"]);
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::test;
+    haul_test_support::run(vec![
+        test!(every_fuzz_target_survives_a_short_run),
+        test!(targets_are_read_from_the_manifest),
+    ])
 }

@@ -1,7 +1,7 @@
 //! Load: 20 migrations one after another and 4 at once through one `haul serve`; every
 //! workload arrives on node B exactly once and passes its own check.
 //!
-//! Needs root and CRIU >= 4.1; skips with a printed reason otherwise.
+//! Needs root and CRIU >= 4.1; reported as ignored otherwise.
 
 mod common;
 
@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use common::*;
-use haul_harness::NodePair;
+use haul_test_support::NodePair;
 
 fn verify_on_b(nodes: &NodePair, pid: i32, wd: &Path, what: &str) {
     let t = std::time::Instant::now();
@@ -28,7 +28,6 @@ fn verify_on_b(nodes: &NodePair, pid: i32, wd: &Path, what: &str) {
     assert!(v.mismatch_lines.is_empty(), "{what}: pages differ");
 }
 
-#[test]
 fn twenty_in_a_row_then_four_at_once_through_one_service() {
     skip_unless_runnable!();
     let tmp = tempfile::tempdir().unwrap();
@@ -97,4 +96,12 @@ fn twenty_in_a_row_then_four_at_once_through_one_service() {
     for (i, (pid, wd, _)) in running.iter().enumerate() {
         verify_on_b(&nodes, *pid, wd, &format!("concurrent migration {i}"));
     }
+}
+
+fn main() -> std::process::ExitCode {
+    haul_test_support::run(vec![haul_test_support::test!(
+        twenty_in_a_row_then_four_at_once_through_one_service,
+        common::NEEDS[0],
+        common::NEEDS[1]
+    )])
 }

@@ -25,18 +25,10 @@ const LAZY: Features = Features {
     lazy_pages: true,
 };
 
-fn skip(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped {test}: needs root (pid namespaces, other processes' /proc entries)");
-        return true;
-    }
-    if !program("ghost-file").exists() {
-        eprintln!(
-            "skipped {test}: the workload programs are not built (run `cargo test --workspace`)"
-        );
-        return true;
-    }
-    false
+/// Why the workload programs cannot run here, if they cannot (root is checked by the runner).
+fn workloads_missing() -> Option<String> {
+    (!program("ghost-file").exists())
+        .then(|| "needs the workload programs (run `cargo test --workspace`)".to_string())
 }
 
 fn program(name: &str) -> PathBuf {
@@ -123,11 +115,7 @@ fn workdir() -> tempfile::TempDir {
         .unwrap()
 }
 
-#[test]
 fn ghost_file_turns_a_fitting_ghost_limit_on() {
-    if skip("ghost_file_turns_a_fitting_ghost_limit_on") {
-        return;
-    }
     let dir = workdir();
     let r = start("ghost-file", &["--size", "4m"], dir.path());
     let kv = holds(dir.path(), "ghost-file.log", "ghost-file");
@@ -152,11 +140,7 @@ fn ghost_file_turns_a_fitting_ghost_limit_on() {
     );
 }
 
-#[test]
 fn unix_stream_with_an_outside_peer_is_refused_even_with_ext_unix_sk() {
-    if skip("unix_stream_with_an_outside_peer_is_refused_even_with_ext_unix_sk") {
-        return;
-    }
     let dir = workdir();
     let sock = dir.path().join("peer.sock");
     let sock = sock.to_str().unwrap();
@@ -208,11 +192,7 @@ fn unix_stream_with_an_outside_peer_is_refused_even_with_ext_unix_sk() {
         .refused());
 }
 
-#[test]
 fn established_tcp_is_refused_unless_asked() {
-    if skip("established_tcp_is_refused_unless_asked") {
-        return;
-    }
     let dir = workdir();
     let server = start("tcp-echo", &[], dir.path());
     let path = dir.path().join("tcp-echo.log");
@@ -254,11 +234,7 @@ fn established_tcp_is_refused_unless_asked() {
     assert!(a.options.tcp_established);
 }
 
-#[test]
 fn a_taken_port_is_found_by_the_destination() {
-    if skip("a_taken_port_is_found_by_the_destination") {
-        return;
-    }
     let dir = workdir();
     let r = start("port-listener", &[], dir.path());
     let kv = holds(dir.path(), "port-listener.log", "tcp-listen");
@@ -289,11 +265,7 @@ fn a_taken_port_is_found_by_the_destination() {
     assert_eq!(f.severity, Severity::Refuse);
 }
 
-#[test]
 fn a_tree_without_its_own_pid_namespace_needs_free_pids() {
-    if skip("a_tree_without_its_own_pid_namespace_needs_free_pids") {
-        return;
-    }
     let dir = workdir();
     let r = start_with(
         LaunchSpec::new(program("rec-writer"))
@@ -320,11 +292,7 @@ fn a_tree_without_its_own_pid_namespace_needs_free_pids() {
     assert!(p.inspection.own_pid_namespace && p.requirements.pids.is_empty());
 }
 
-#[test]
 fn sysv_ipc_of_the_node_is_refused() {
-    if skip("sysv_ipc_of_the_node_is_refused") {
-        return;
-    }
     let dir = workdir();
     let r = start("sysv-ipc", &[], dir.path());
     let kv = holds(dir.path(), "sysv-ipc.log", "sysv-ipc");
@@ -346,13 +314,22 @@ fn sysv_ipc_of_the_node_is_refused() {
         finding(&p, ObstacleKind::SysvIpcHostNamespace).severity,
         Severity::Refuse
     );
+    // Ended by its stop file, it removes its objects (killed, it would leave them in the
+    // node's IPC namespace, where the next test's pre-flight would see them).
+    std::fs::write(dir.path().join("sysv-ipc-stop"), b"").unwrap();
+    // (`Finish` parses as its own line kind, which `find_line` does not return)
+    let log = dir.path().join("sysv-ipc.log");
+    wait_for("sysv-ipc to finish", || {
+        let mut finished = false;
+        let _ = haul_workloads::worklog::for_each_line(&log, |l| {
+            finished |= matches!(l, haul_workloads::worklog::Line::Finish);
+        });
+        finished
+    });
+    drop(r);
 }
 
-#[test]
 fn io_uring_is_refused() {
-    if skip("io_uring_is_refused") {
-        return;
-    }
     let dir = workdir();
     let r = start("uring-user", &[], dir.path());
     let kv = holds(dir.path(), "uring-user.log", "io-uring");
@@ -371,11 +348,7 @@ fn io_uring_is_refused() {
     ));
 }
 
-#[test]
 fn a_followed_file_that_changes_is_found_by_the_destination() {
-    if skip("a_followed_file_that_changes_is_found_by_the_destination") {
-        return;
-    }
     let dir = workdir();
     let _writer = start("file-follower", &["--write"], dir.path());
     wait_for("the followed file", || {
@@ -407,11 +380,7 @@ fn a_followed_file_that_changes_is_found_by_the_destination() {
     assert!(differs[0].detail.contains(&path), "{}", differs[0]);
 }
 
-#[test]
 fn a_pty_is_a_warning() {
-    if skip("a_pty_is_a_warning") {
-        return;
-    }
     let dir = workdir();
     let r = start("pty-holder", &[], dir.path());
     holds(dir.path(), "pty-holder.log", "pty");
@@ -425,11 +394,7 @@ fn a_pty_is_a_warning() {
     assert_eq!(finding(&p, ObstacleKind::Pty).severity, Severity::Warning);
 }
 
-#[test]
 fn file_locks_turn_the_option_on() {
-    if skip("file_locks_turn_the_option_on") {
-        return;
-    }
     let dir = workdir();
     let r = start("lock-holder", &[], dir.path());
     let kv = holds(dir.path(), "lock-holder.log", "file-locks");
@@ -459,11 +424,7 @@ fn file_locks_turn_the_option_on() {
     assert!(p.assessment.options.file_locks);
 }
 
-#[test]
 fn the_sparse_process_goes_stop_copy_under_a_second() {
-    if skip("the_sparse_process_goes_stop_copy_under_a_second") {
-        return;
-    }
     let dir = workdir();
     let r = start("sparse-map", &[], dir.path());
     holds(dir.path(), "sparse-map.log", "sparse-map");
@@ -488,11 +449,7 @@ fn the_sparse_process_goes_stop_copy_under_a_second() {
 
 /// `--dry-run`'s prediction for mtouch against the bench's measured medians
 /// (results/bench/migration-2026-11-26.md), from the inspected process, within ±50 %.
-#[test]
 fn dry_run_predicts_mtouch_within_half() {
-    if skip("dry_run_predicts_mtouch_within_half") {
-        return;
-    }
     for (size, stop_copy, post_copy) in [
         ("64m", 0.512, 0.211),
         ("256m", 0.792, 0.214),
@@ -541,11 +498,7 @@ fn dry_run_predicts_mtouch_within_half() {
     }
 }
 
-#[test]
 fn destination_check_of_a_plain_workload_is_clean() {
-    if skip("destination_check_of_a_plain_workload_is_clean") {
-        return;
-    }
     let dir = workdir();
     let r = start("rec-writer", &["--interval-us", "1000000"], dir.path());
     holds_or_tick(dir.path());
@@ -566,11 +519,7 @@ fn holds_or_tick(dir: &Path) {
     });
 }
 
-#[test]
 fn node_check_for_haul_check_json() {
-    if skip("node_check_for_haul_check_json") {
-        return;
-    }
     let Ok(criu) = haul::criu::Criu::locate() else {
         eprintln!("skipped node_check_for_haul_check_json: no criu on this machine");
         return;
@@ -620,11 +569,7 @@ impl Drop for Netns {
     }
 }
 
-#[test]
 fn inspects_a_tree_in_another_network_namespace() {
-    if skip("inspects_a_tree_in_another_network_namespace") {
-        return;
-    }
     let ns = Netns::new("a");
     let dir = workdir();
     let sock = dir.path().join("peer.sock");
@@ -659,4 +604,77 @@ fn inspects_a_tree_in_another_network_namespace() {
         p.requirements.ports
     );
     drop((client, listener, _peer));
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::{test, Need::*};
+    haul_test_support::run(vec![
+        test!(
+            ghost_file_turns_a_fitting_ghost_limit_on,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(
+            unix_stream_with_an_outside_peer_is_refused_even_with_ext_unix_sk,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(
+            established_tcp_is_refused_unless_asked,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(
+            a_taken_port_is_found_by_the_destination,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(
+            a_tree_without_its_own_pid_namespace_needs_free_pids,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(
+            sysv_ipc_of_the_node_is_refused,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(io_uring_is_refused, Root, Check(workloads_missing)),
+        test!(
+            a_followed_file_that_changes_is_found_by_the_destination,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(a_pty_is_a_warning, Root, Check(workloads_missing)),
+        test!(
+            file_locks_turn_the_option_on,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(
+            the_sparse_process_goes_stop_copy_under_a_second,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(
+            dry_run_predicts_mtouch_within_half,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(
+            destination_check_of_a_plain_workload_is_clean,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(
+            node_check_for_haul_check_json,
+            Root,
+            Check(workloads_missing)
+        ),
+        test!(
+            inspects_a_tree_in_another_network_namespace,
+            Root,
+            Check(workloads_missing)
+        ),
+    ])
 }

@@ -124,15 +124,25 @@ fn body() -> impl Strategy<Value = Body> {
             text(),
             any::<u64>(),
             bytes(4096),
+            (text(), any::<bool>()),
         )
             .prop_map(
-                |(migration_id, criu_version, strategy, memory_bytes, cpuinfo)| {
+                |(
+                    migration_id,
+                    criu_version,
+                    strategy,
+                    memory_bytes,
+                    cpuinfo,
+                    (requirements_json, dry_run),
+                )| {
                     Body::Begin(pb::Begin {
                         migration_id,
                         criu_version,
                         strategy,
                         memory_bytes,
                         cpuinfo,
+                        requirements_json,
+                        dry_run,
                     })
                 },
             )
@@ -142,8 +152,9 @@ fn body() -> impl Strategy<Value = Body> {
             option::of((any::<bool>(), any::<bool>(), any::<bool>())),
             any::<u64>(),
             text(),
+            text(),
         )
-            .prop_map(|(criu_version, f, free_bytes, img_dir)| {
+            .prop_map(|(criu_version, f, free_bytes, img_dir, findings_json)| {
                 Body::Ready(pb::Ready {
                     criu_version,
                     features: f.map(|(mem_track, lazy_pages, file_sync)| pb::Features {
@@ -153,8 +164,15 @@ fn body() -> impl Strategy<Value = Body> {
                     }),
                     free_bytes,
                     img_dir,
+                    findings_json,
                 })
             })
+            .boxed(),
+        any::<u32>()
+            .prop_map(|round| Body::Probe(pb::Probe { round }))
+            .boxed(),
+        (any::<u64>(), not_nan())
+            .prop_map(|(bytes, secs)| Body::ProbeDone(pb::ProbeDone { bytes, secs }))
             .boxed(),
         any::<u32>()
             .prop_map(|round| Body::StartPageServer(pb::StartPageServer { round }))
@@ -185,15 +203,18 @@ fn body() -> impl Strategy<Value = Body> {
                 })
             })
             .boxed(),
-        any::<[bool; 4]>()
-            .prop_map(|[lazy, tcp_established, shell_job, file_locks]| {
-                Body::Restore(pb::Restore {
-                    lazy,
-                    tcp_established,
-                    shell_job,
-                    file_locks,
-                })
-            })
+        any::<[bool; 5]>()
+            .prop_map(
+                |[lazy, tcp_established, shell_job, file_locks, ext_unix_sk]| {
+                    Body::Restore(pb::Restore {
+                        lazy,
+                        tcp_established,
+                        shell_job,
+                        file_locks,
+                        ext_unix_sk,
+                    })
+                },
+            )
             .boxed(),
         any::<i32>()
             .prop_map(|pid| Body::RestoreHeld(pb::RestoreHeld { pid }))
@@ -217,8 +238,15 @@ fn body() -> impl Strategy<Value = Body> {
             .boxed(),
         Just(Body::Finished(pb::Finished {})).boxed(),
         // any i32: an ErrorKind this build does not know must survive too (proto3 enums are open)
-        (any::<i32>(), text())
-            .prop_map(|(kind, message)| Body::Error(pb::Error { kind, message }))
+        (any::<i32>(), text(), text(), text())
+            .prop_map(|(kind, message, findings_json, diagnosis_json)| {
+                Body::Error(pb::Error {
+                    kind,
+                    message,
+                    findings_json,
+                    diagnosis_json,
+                })
+            })
             .boxed(),
     ])
 }
@@ -617,6 +645,8 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                 warnings: counts.1,
                 started_at_unix: secs.0[5],
                 sync,
+                dry_run: false,
+                preflight: None,
             }
         })
 }

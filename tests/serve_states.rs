@@ -54,6 +54,7 @@ fn begin(id: &str) -> Body {
         strategy: "stop-copy".into(),
         memory_bytes: 1 << 20,
         cpuinfo: b"cpuinfo".to_vec(),
+        ..Default::default()
     })
 }
 
@@ -144,6 +145,7 @@ async fn a_source_that_says_no_after_the_restore_discards_the_copy() {
             Body::Error(pb::Error {
                 kind: pb::ErrorKind::Unspecified as i32,
                 message: "changed my mind".into(),
+                ..Default::default()
             }),
         ],
     )

@@ -51,6 +51,11 @@ async fn migrate(strategy: Strategy, src: Script, dst: Script, same_key: bool) -
         img_path: tmp.path().join("src"),
         strategy,
         tree: Default::default(),
+        ghost_limit: None,
+        // This test process is its own "tree": it shares the kernel with the destination
+        // (its pids are taken there) and listens for it; the pre-flight tests are elsewhere.
+        ignore_preflight: true,
+        dry_run: false,
         convergence: Convergence::default(),
         progress: false,
         sync: Default::default(),
@@ -245,6 +250,11 @@ async fn no_destination_no_migration() {
         img_path: tmp.path().to_path_buf(),
         strategy: Strategy::StopCopy,
         tree: Default::default(),
+        ghost_limit: None,
+        // This test process is its own "tree": it shares the kernel with the destination
+        // (its pids are taken there) and listens for it; the pre-flight tests are elsewhere.
+        ignore_preflight: true,
+        dry_run: false,
         convergence: Convergence::default(),
         progress: false,
         sync: Default::default(),
@@ -265,6 +275,11 @@ async fn no_destination_no_migration() {
         img_path: tmp.path().to_path_buf(),
         strategy: Strategy::StopCopy,
         tree: Default::default(),
+        ghost_limit: None,
+        // This test process is its own "tree": it shares the kernel with the destination
+        // (its pids are taken there) and listens for it; the pre-flight tests are elsewhere.
+        ignore_preflight: true,
+        dry_run: false,
         convergence: Convergence::default(),
         progress: false,
         sync: Default::default(),

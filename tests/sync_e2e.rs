@@ -11,7 +11,8 @@
 //! - a file the process holds outside the synced trees that B does not have, and a synced
 //!   path B refuses (outside its `--sync-allow`), are refused before anything is frozen.
 //!
-//! Needs root and CRIU >= 4.1 (scripts/setup.sh); skips with a printed reason otherwise.
+//! Needs root and CRIU >= 4.1 (scripts/setup.sh); reported as ignored, with the reason,
+//! otherwise (a libtest-mimic runner, `harness = false`).
 
 mod common;
 mod sync_support;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use haul_harness::mntns::NodeDisks;
-use haul_harness::NodePair;
+use haul_test_support::NodePair;
 use haul_workloads::files::{FILE_CHURN_LOG, FILE_CHURN_STOP};
 use haul_workloads::launch::{launch, LaunchSpec};
 use haul_workloads::worklog::{self, SelfCheckVerdict};
@@ -166,17 +167,18 @@ fn assert_passed(v: &SelfCheckVerdict, where_: &str) {
     );
 }
 
-#[rstest::rstest]
-#[case("stop-copy", "200m")]
-#[case("post-copy", "64m")]
-fn file_churn_moves_with_its_files_and_checks_them_on_b(
-    #[case] strategy: &str,
-    #[case] size: &str,
-) {
+fn file_churn_of_200m_moves_with_its_files_by_stop_copy_and_checks_them_on_b() {
+    file_churn_moves_with_its_files_and_checks_them_on_b("stop-copy", "200m");
+}
+
+fn file_churn_of_64m_moves_with_its_files_by_post_copy_and_checks_them_on_b() {
+    file_churn_moves_with_its_files_and_checks_them_on_b("post-copy", "64m");
+}
+
+fn file_churn_moves_with_its_files_and_checks_them_on_b(strategy: &str, size: &str) {
     skip_unless_runnable!();
     if strategy == "post-copy" && !criu_features().lazy_pages {
-        eprintln!("skipped: the kernel has no userfaultfd lazy pages");
-        return;
+        haul_test_support::skip("the kernel has no userfaultfd lazy pages");
     }
     let sc = SyncScene::new("sync", size, &[]);
     let (a, b) = (sc.disks.a_dir.clone(), sc.disks.b_dir.clone());
@@ -258,7 +260,6 @@ fn file_churn_moves_with_its_files_and_checks_them_on_b(
     assert!(stdout.contains("file sync of"), "{stdout}");
 }
 
-#[test]
 fn a_sync_interrupted_by_killing_haul_pid_leaves_both_nodes_as_they_were() {
     skip_unless_runnable!();
     let mut sc = SyncScene::new("synck", "200m", &[]);
@@ -347,7 +348,6 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
-#[test]
 fn what_b_lacks_or_refuses_is_refused_before_the_freeze() {
     skip_unless_runnable!();
     let sc = SyncScene::new("syncr", "16m", &["--sync-allow", "/srv/haul-nowhere"]);
@@ -368,14 +368,15 @@ fn what_b_lacks_or_refuses_is_refused_before_the_freeze() {
         );
     };
     // Only the data directory synced: the log file-churn holds open in its working
-    // directory is on A's disk alone.
+    // directory is on A's disk alone (refused by the destination's pre-flight at Begin,
+    // which leaves out only the files under the synced trees).
     let churn = sc.work.join("churn").display().to_string();
     let out = sc
         .pid_command(&["--strategy", "stop-copy", "--sync", &churn])
         .output()
         .unwrap();
     let log = sc.work.join(FILE_CHURN_LOG).display().to_string();
-    untouched(&out, &[&log, "missing on the destination", "--sync"]);
+    untouched(&out, &[&log, "not on the destination", "--sync"]);
     // The whole directory: outside what B accepts (--sync-allow).
     let sync = sc.sync_arg();
     let out = sc
@@ -394,4 +395,31 @@ fn what_b_lacks_or_refuses_is_refused_before_the_freeze() {
     untouched(&out, &["/"]);
     sc.wait_ticking(&a, 10);
     assert_passed(&sc.stop(&a), "node A");
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::test;
+    let [root, criu] = common::NEEDS;
+    haul_test_support::run(vec![
+        test!(
+            file_churn_of_200m_moves_with_its_files_by_stop_copy_and_checks_them_on_b,
+            root,
+            criu
+        ),
+        test!(
+            file_churn_of_64m_moves_with_its_files_by_post_copy_and_checks_them_on_b,
+            root,
+            criu
+        ),
+        test!(
+            a_sync_interrupted_by_killing_haul_pid_leaves_both_nodes_as_they_were,
+            root,
+            criu
+        ),
+        test!(
+            what_b_lacks_or_refuses_is_refused_before_the_freeze,
+            root,
+            criu
+        ),
+    ])
 }

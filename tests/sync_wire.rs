@@ -108,6 +108,11 @@ async fn migrate_img(pair: &Pair, serve: SyncServeOptions, strategy: Strategy, i
         tree: Default::default(),
         convergence: Convergence::default(),
         progress: false,
+        ghost_limit: None,
+        // this test process is the "tree": what it holds (sockets, the test binary) is not
+        // what these tests are about
+        ignore_preflight: true,
+        dry_run: false,
         sync: SyncOptions {
             paths: vec![pair.src.clone()],
             policy: RoundPolicy::default(),
@@ -278,6 +283,8 @@ impl Peer {
             strategy: "stop-copy".into(),
             memory_bytes: 1 << 20,
             cpuinfo: b"cpuinfo".to_vec(),
+            requirements_json: String::new(),
+            dry_run: false,
         })
         .await;
         let ready = p.recv().await;

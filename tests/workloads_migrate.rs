@@ -16,7 +16,7 @@
 //!
 //! Needs root and CRIU >= 4.1 (scripts/setup.sh), redis-server for the redis tests, and the
 //! workloads' binaries (`cargo test --workspace`, or `cargo build -p haul-workloads` first);
-//! skips with a printed reason otherwise.
+//! reported as ignored otherwise.
 
 mod common;
 #[path = "common/workloads.rs"]
@@ -28,16 +28,15 @@ use std::time::Duration;
 use haul_workloads::files::*;
 use haul_workloads::launch::WorkloadExit;
 use haul_workloads::{procfs, records};
-use rstest::rstest;
 use wl::*;
 
-/// Skips the test (printing why) when this machine cannot run it or the strategy.
+/// Reports the test as skipped (ignored, with the reason) when this machine cannot run it
+/// or the strategy.
 macro_rules! skip_unless {
     ($strategy:expr) => {
         skip_unless_runnable!();
         if let Some(why) = strategy_unavailable($strategy) {
-            eprintln!("skipped: {why}");
-            return;
+            haul_test_support::skip(why);
         }
     };
 }
@@ -63,10 +62,7 @@ fn figures(
     );
 }
 
-#[rstest]
-#[case::stop_copy("stop-copy")]
-#[case::post_copy("post-copy")]
-fn mt_threads_move_and_check_their_memory_on_b(#[case] strategy: &str) {
+fn mt_threads_move_and_check_their_memory_on_b(strategy: &str) {
     skip_unless!(strategy);
     let st = Stage::new("wlmt");
     let w = st.start_in_a("mt-threads", &["--threads", "3", "--ballast", "256k"]);
@@ -86,10 +82,7 @@ fn mt_threads_move_and_check_their_memory_on_b(#[case] strategy: &str) {
     figures("mt-threads", strategy, &moved, Some(v.largest_gap), None);
 }
 
-#[rstest]
-#[case::stop_copy("stop-copy")]
-#[case::post_copy("post-copy")]
-fn ptree_moves_with_its_children_and_zombie(#[case] strategy: &str) {
+fn ptree_moves_with_its_children_and_zombie(strategy: &str) {
     skip_unless!(strategy);
     let st = Stage::new("wlpt");
     let w = st.start_in_a("ptree", &["--children", "3"]);
@@ -120,10 +113,7 @@ fn ptree_moves_with_its_children_and_zombie(#[case] strategy: &str) {
     figures("ptree", strategy, &moved, Some(v.largest_gap), None);
 }
 
-#[rstest]
-#[case::stop_copy("stop-copy")]
-#[case::post_copy("post-copy")]
-fn tcp_connections_survive_the_move(#[case] strategy: &str) {
+fn tcp_connections_survive_the_move(strategy: &str) {
     skip_unless!(strategy);
     let st = Stage::new("wltcp");
     let c = ClientNode::new(&st.nodes);
@@ -178,10 +168,7 @@ fn tcp_connections_survive_the_move(#[case] strategy: &str) {
     );
 }
 
-#[rstest]
-#[case::stop_copy("stop-copy")]
-#[case::post_copy("post-copy")]
-fn rec_writer_file_has_no_lost_or_torn_record(#[case] strategy: &str) {
+fn rec_writer_file_has_no_lost_or_torn_record(strategy: &str) {
     skip_unless!(strategy);
     let st = Stage::new("wlrec");
     let w = st.start_in_a("rec-writer", &["--interval-us", "5000"]);
@@ -206,14 +193,10 @@ fn rec_writer_file_has_no_lost_or_torn_record(#[case] strategy: &str) {
     figures("rec-writer", strategy, &moved, Some(v.largest_gap), None);
 }
 
-#[rstest]
-#[case::stop_copy("stop-copy")]
-#[case::post_copy("post-copy")]
-fn redis_keeps_every_key_while_a_client_writes(#[case] strategy: &str) {
+fn redis_keeps_every_key_while_a_client_writes(strategy: &str) {
     skip_unless!(strategy);
     if let Some(why) = no_redis() {
-        eprintln!("skipped: {why}");
-        return;
+        haul_test_support::skip(why);
     }
     const KEYS: u64 = 10_000;
     let st = Stage::new("wlredis");
@@ -286,4 +269,40 @@ fn redis_keeps_every_key_while_a_client_writes(#[case] strategy: &str) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::Test;
+    type Case = (&'static str, fn(&str));
+    let tests: [Case; 5] = [
+        (
+            "mt_threads_move_and_check_their_memory_on_b",
+            mt_threads_move_and_check_their_memory_on_b,
+        ),
+        (
+            "ptree_moves_with_its_children_and_zombie",
+            ptree_moves_with_its_children_and_zombie,
+        ),
+        (
+            "tcp_connections_survive_the_move",
+            tcp_connections_survive_the_move,
+        ),
+        (
+            "rec_writer_file_has_no_lost_or_torn_record",
+            rec_writer_file_has_no_lost_or_torn_record,
+        ),
+        (
+            "redis_keeps_every_key_while_a_client_writes",
+            redis_keeps_every_key_while_a_client_writes,
+        ),
+    ];
+    let mut all = Vec::new();
+    for (name, f) in tests {
+        for (case, strategy) in [("stop_copy", "stop-copy"), ("post_copy", "post-copy")] {
+            all.push(
+                Test::new(format!("{name}::case_{case}"), move || f(strategy)).needs(common::NEEDS),
+            );
+        }
+    }
+    haul_test_support::run(all)
 }

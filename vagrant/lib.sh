@@ -1,4 +1,4 @@
-# lib.sh: helpers shared by haul's VM scripts (build-image.sh, build-box.sh, vm.sh, e2e.sh,
+# lib.sh: helpers shared by haul's VM scripts (build-image.sh, build-box.sh, vm.sh,
 # libvirt-ns.sh). Sourced, never run. Bash only.
 #
 # Settings every script honours (environment):

@@ -236,7 +236,7 @@ cmd_provision() {
     stage=$STATE/provision
     rm -rf "$stage"
     mkdir -p "$stage/bin"
-    for b in haul mtouch haul-launch file-churn; do
+    for b in haul mtouch haul-launch file-churn link-probe; do
         if [ -x "$bindir/$b" ]; then cp "$bindir/$b" "$stage/bin/"; found="$found $b"; fi
     done
     [ -n "$found" ] || warn "no haul binaries in $bindir (cargo build --release first): installing the key only"

@@ -33,6 +33,11 @@ enum Cmd {
     /// A message that only the destination sends.
     Backwards,
     Empty,
+    /// A dry run's Begin, with pre-flight requirements as the source would send them (or not
+    /// quite: arbitrary text).
+    DryBegin { id: u8, requirements: String },
+    /// A bandwidth probe (its memory channel never comes here).
+    Probe,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -58,7 +63,18 @@ fn body(c: &Cmd) -> Option<Body> {
             strategy: "stop-copy".into(),
             memory_bytes: if *huge { u64::MAX / 2 } else { 1 << 20 },
             cpuinfo: b"cpu".to_vec(),
+            ..Default::default()
         }),
+        Cmd::DryBegin { id, requirements } => Body::Begin(pb::Begin {
+            migration_id: format!("d{id}"),
+            criu_version: Some(pb::CriuVersion { major: 4, minor: 1, sublevel: 0 }),
+            strategy: "auto".into(),
+            memory_bytes: 1 << 20,
+            cpuinfo: b"cpu".to_vec(),
+            requirements_json: requirements.chars().take(4096).collect(),
+            dry_run: true,
+        }),
+        Cmd::Probe => Body::Probe(pb::Probe { round: u32::MAX }),
         Cmd::StartPageServer { round } => {
             Body::StartPageServer(pb::StartPageServer { round: u32::from(*round % 4) })
         }
@@ -87,7 +103,7 @@ fn body(c: &Cmd) -> Option<Body> {
         Cmd::Resume => Body::Resume(pb::Resume {}),
         Cmd::LazyDone => Body::LazyDone(pb::LazyDone {}),
         Cmd::Finish { ok } => Body::Finish(pb::Finish { ok: *ok, reason: "fuzz".into() }),
-        Cmd::Error => Body::Error(pb::Error { kind: 0, message: "fuzz".into() }),
+        Cmd::Error => Body::Error(pb::Error { kind: 0, message: "fuzz".into(), ..Default::default() }),
         Cmd::Backwards => Body::Finished(pb::Finished {}),
         Cmd::Empty => return None,
     })

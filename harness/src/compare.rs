@@ -55,7 +55,7 @@ pub enum Verdict {
 pub struct Comparison {
     /// Workload label.
     pub case: String,
-    /// Strategy, or plain CRIU.
+    /// The method (`haul post-copy`, `criu post-copy`).
     pub series: String,
     /// Figure key.
     pub figure: String,
@@ -267,10 +267,10 @@ pub fn markdown(cs: &[Comparison], a: &str, b: &str, opts: &CompareOptions) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::case::WorkloadCase;
     use crate::record::{
-        Check, Environment, Figures, Method, Outcome, Record, WorkloadParams, SCHEMA,
+        Check, Environment, Figures, Outcome, Record, Tool, WorkloadParams, SCHEMA,
     };
-    use crate::scenario::WorkloadCase;
 
     fn rec(total: f64, downtime: f64, rev: &str) -> Record {
         let case = WorkloadCase {
@@ -291,8 +291,9 @@ mod tests {
             seq: 0,
             started_at: String::new(),
             rep: 1,
-            method: Method::Haul,
-            strategy: "post-copy".into(),
+            method: "haul post-copy".into(),
+            tool: Tool::Haul,
+            twin: Some("criu post-copy".into()),
             workload: WorkloadParams::from(&case),
             outcome: Outcome::Ok,
             error: None,
@@ -302,7 +303,7 @@ mod tests {
                 ..Default::default()
             },
             check: Check::default(),
-            ratio_to_criu: Default::default(),
+            ratio_to_twin: Default::default(),
             haul_report: None,
             criu: None,
             env: Environment {
@@ -330,7 +331,7 @@ mod tests {
         let down = cs.iter().find(|c| c.figure == "downtime_secs").unwrap();
         assert_eq!(down.verdict, Verdict::Unchanged);
         let md = markdown(&cs, &set_name(&a, "A"), &set_name(&b, "B"), &opts);
-        assert!(md.contains("REGRESSION: post-copy 64m:64m:1000: total rose from 1.000 s (aaa) to 2.000 s (bbb)"), "{md}");
+        assert!(md.contains("REGRESSION: haul post-copy 64m:64m:1000: total rose from 1.000 s (aaa) to 2.000 s (bbb)"), "{md}");
         // and backwards it is an improvement
         let cs = compare(&b, &a, &opts);
         assert!(cs.iter().any(|c| c.verdict == Verdict::Improvement));

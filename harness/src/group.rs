@@ -1,7 +1,9 @@
-//! Records grouped by workload case and series (a strategy, or plain CRIU): what reports,
-//! plots and comparisons summarize.
+//! Records grouped by workload case and series (a method: `haul post-copy`, `criu
+//! post-copy`): what reports, plots and comparisons summarize. A haul group's twin is the
+//! group of its plain-CRIU twin for the same case; the link floor of a case is the median of
+//! its records' floors.
 
-use crate::record::{Method, Outcome, Record};
+use crate::record::{Outcome, Record, Tool};
 use crate::stats::{self, Summary};
 
 /// The records of one workload case and one series.
@@ -9,7 +11,7 @@ use crate::stats::{self, Summary};
 pub struct Group<'a> {
     /// The case's label (`256m:256m:100000`).
     pub case: String,
-    /// The series (`post-copy`, `plain CRIU`).
+    /// The series (`haul post-copy`, `criu post-copy`).
     pub series: String,
     /// Its records, in file order.
     pub records: Vec<&'a Record>,
@@ -29,9 +31,14 @@ impl<'a> Group<'a> {
             .filter(|r| r.outcome == Outcome::Ok)
     }
 
-    /// Whether this is the plain-CRIU baseline.
-    pub fn is_baseline(&self) -> bool {
-        self.first().method == Method::Criu
+    /// Whether this is a plain-CRIU twin.
+    pub fn is_twin(&self) -> bool {
+        self.first().tool == Tool::Criu
+    }
+
+    /// The twin's method, for a haul group.
+    pub fn twin_name(&self) -> Option<&'a str> {
+        self.records.iter().find_map(|r| r.twin.as_deref())
     }
 
     /// A figure's values over the successful records.
@@ -69,8 +76,8 @@ impl<'a> Group<'a> {
     }
 }
 
-/// Group records by (case, series): cases in order of first appearance, plain CRIU first
-/// within a case, then the strategies in order of first appearance.
+/// Group records by (case, series): cases and series in order of first appearance (a run
+/// writes each twin right before the first strategy it is the twin of).
 pub fn groups(records: &[Record]) -> Vec<Group<'_>> {
     let mut cases: Vec<String> = Vec::new();
     let mut series: Vec<String> = Vec::new();
@@ -83,7 +90,6 @@ pub fn groups(records: &[Record]) -> Vec<Group<'_>> {
             series.push(s);
         }
     }
-    series.sort_by_key(|s| s != "plain CRIU");
     let mut out = Vec::new();
     for c in &cases {
         for s in &series {
@@ -125,7 +131,18 @@ pub fn case_names(groups: &[Group<'_>]) -> Vec<String> {
     v
 }
 
-/// The baseline group of a case.
-pub fn baseline_of<'g, 'a>(groups: &'g [Group<'a>], case: &str) -> Option<&'g Group<'a>> {
-    groups.iter().find(|g| g.case == case && g.is_baseline())
+/// The twin group of `g` (same case), for a haul group.
+pub fn twin_of<'g, 'a>(groups: &'g [Group<'a>], g: &Group<'a>) -> Option<&'g Group<'a>> {
+    let t = g.twin_name()?;
+    groups.iter().find(|x| x.case == g.case && x.series == t)
+}
+
+/// The link floor of a case: the median over its records' floors (s).
+pub fn floor_of(groups: &[Group<'_>], case: &str) -> Option<crate::stats::Summary> {
+    let v: Vec<f64> = groups
+        .iter()
+        .filter(|g| g.case == case)
+        .flat_map(|g| g.records.iter().filter_map(|r| r.figures.floor_secs))
+        .collect();
+    stats::summarize(&v)
 }

@@ -2,20 +2,21 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 
 use clap::{Parser, Subcommand};
+use haul_harness::cancel::CancelToken;
 use haul_harness::compare::{self, CompareOptions};
 use haul_harness::provider::ProviderConfig;
-use haul_harness::runner::{self, RunOptions, INTERRUPTED};
+use haul_harness::runner::{self, RunOptions};
 use haul_harness::scenario::Scenario;
-use haul_harness::{record, report};
+use haul_harness::{method, probe, record, report};
 
 /// Run haul's migration experiments and report on them.
 ///
-/// `run` provisions two nodes (local network namespaces, two ssh hosts, or the vagrant VMs),
-/// migrates the scenario's workloads with haul under every strategy and with plain CRIU as
-/// the baseline, checks each workload on the destination, appends one JSON line per
+/// `run` provisions two nodes (local network namespaces, two ssh hosts, or two VMs it boots
+/// with plain QEMU or with Vagrant and libvirt, and tears down at the end), measures the link,
+/// migrates the scenario's workloads with haul under every strategy, each beside its
+/// plain-CRIU twin, checks each workload on the destination, appends one JSON line per
 /// migration to a new file in results/runs/, and writes a report with plots to
 /// results/reports/. `report` redraws a report from results files; `compare` says which
 /// figures changed between two results sets beyond the noise.
@@ -35,8 +36,8 @@ enum Cmd {
     Run {
         /// The scenario file (TOML), e.g. harness/scenarios/default.toml.
         scenario: PathBuf,
-        /// Use this provider (local, vagrant, ssh) instead of the scenario's; ssh needs its
-        /// hosts in the scenario's [provider] table.
+        /// Use this provider (local, qemu, vagrant, ssh) instead of the scenario's; ssh needs
+        /// its hosts in the scenario's [provider] table.
         #[arg(long)]
         provider: Option<String>,
         /// Directory of the results files [default: results/runs of the source tree].
@@ -48,8 +49,8 @@ enum Cmd {
         /// Do not write the report.
         #[arg(long)]
         no_report: bool,
-        /// Local provider: take haul's binaries from this directory (e.g. a clean checkout's
-        /// target/release) instead of building this tree's; the records name the git
+        /// Take haul's binaries from this directory (e.g. a clean checkout's target/release)
+        /// instead of building this tree's (the VMs get copies); the records name the git
         /// revision of the checkout it is in.
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -59,7 +60,7 @@ enum Cmd {
         /// Port of the harness's own `haul serve` on the destination.
         #[arg(long, default_value_t = 27600)]
         port: u16,
-        /// Do not build haul's binaries first (local provider; they are built with
+        /// Do not build haul's binaries first (they are built with
         /// `cargo build --release -p haul -p haul-workloads` otherwise).
         #[arg(long)]
         no_build: bool,
@@ -119,26 +120,6 @@ fn default_report_dir(results: &Path) -> PathBuf {
     results_root().join("reports").join(stem)
 }
 
-extern "C" fn on_signal(_: libc_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-#[allow(non_camel_case_types)]
-type libc_int = std::os::raw::c_int;
-
-fn catch_signals() {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        let _ = unsafe { sigaction(sig, &action) };
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.cmd) {
@@ -172,36 +153,37 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 }
                 s.repetitions = n;
             }
-            let mut provider = provider
+            let provider = provider
                 .map(|k| ProviderConfig::default_of(&k))
                 .transpose()?;
-            if let Some(dir) = bin_dir {
-                let dir = dir
-                    .canonicalize()
-                    .map_err(|e| format!("--bin-dir {}: {e}", dir.display()))?;
-                match provider.get_or_insert_with(|| s.provider.clone()) {
-                    ProviderConfig::Local(c) => c.bin_dir = Some(dir.display().to_string()),
-                    _ => return Err("--bin-dir is for the local provider (ssh and vagrant take bin_dir in the scenario)".into()),
-                }
-            }
+            let bin_dir = bin_dir
+                .map(|dir| {
+                    dir.canonicalize()
+                        .map_err(|e| format!("--bin-dir {}: {e}", dir.display()))
+                })
+                .transpose()?;
             if !nix::unistd::geteuid().is_root() {
-                return Err("run needs root (CRIU, network namespaces)".into());
+                return Err("run needs root (CRIU, network namespaces, VMs)".into());
             }
-            catch_signals();
+            let cancel = CancelToken::new();
+            cancel
+                .on_signals()
+                .map_err(|e| format!("cannot catch SIGINT/SIGTERM: {e}"))?;
             let opts = RunOptions {
                 results_dir: results.unwrap_or_else(|| results_root().join("runs")),
                 provider,
                 port,
                 build: !no_build,
+                bin_dir,
                 keep,
                 progress: !no_progress,
+                cancel,
             };
             eprintln!(
-                "scenario {}: {} workload cases x {} repetitions, {} migrations",
+                "scenario {}: {} workload cases x {} repetitions",
                 s.name,
                 s.cases().len(),
                 s.repetitions,
-                s.migrations()
             );
             let t0 = std::time::Instant::now();
             let summary = runner::run(&s, &opts).map_err(|e| e.to_string())?;
@@ -236,10 +218,15 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                 s.provider.kind(),
                 s.description
             );
+            // `auto`'s twin is known once the nodes say what auto resolves to
+            let methods = method::plan(&s, &probe::Capabilities::default());
             println!(
-                "strategies: {}{}",
-                s.strategies.join(", "),
-                if s.baseline { ", plus plain CRIU" } else { "" }
+                "methods, in each repetition's order: {}",
+                methods
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             for c in s.cases() {
                 println!(
@@ -252,7 +239,10 @@ fn run(cmd: Cmd) -> Result<ExitCode, String> {
                     s.repetitions
                 );
             }
-            println!("{} migrations", s.migrations());
+            println!(
+                "{} migrations",
+                s.cases().len() * s.repetitions as usize * methods.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Report { results, out } => {

@@ -1,11 +1,13 @@
 //! Plots of a results set, each as PNG and SVG (plotters; text through `ab_glyph` with a
 //! TrueType font found on the system, so no fontconfig or freetype library is linked):
 //!
-//! - `downtime-vs-size`: downtime vs memory size, one line per strategy and plain CRIU
+//! - `downtime-vs-size`: downtime vs memory size, one line per method (each haul strategy
+//!   and its plain-CRIU twin in a lighter shade of the same colour) and the link floor
 //!   (haul's own figure on the left, what the workload saw on the right);
 //! - `total-vs-rate`: total migration time vs dirty rate;
 //! - `precopy-rounds`: pages per pre-copy round, one line per migration;
-//! - `haul-vs-criu`: per workload, bars of every strategy next to plain CRIU;
+//! - `haul-vs-criu`: per workload, bars of every haul strategy next to its plain-CRIU twin,
+//!   and the link floor.
 //! - `sync-cost` (only for sets with synced workloads): MiB per file-sync round, one line per
 //!   migration (the frozen final round marked), and per workload and strategy the downtime
 //!   with the final sync's share of it.
@@ -18,7 +20,7 @@ use std::sync::OnceLock;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::group::{case_names, series_names, Group};
+use crate::group::{case_names, floor_of, series_names, Group};
 use crate::record::Record;
 
 /// A plot that could not be drawn.
@@ -112,16 +114,33 @@ pub fn init_fonts() -> Result<(), PlotError> {
     })
 }
 
-/// The colour of a series (fixed per strategy, so plots of different runs match).
+/// The name of the link floor's line and bars.
+pub const FLOOR: &str = "link floor";
+
+/// The colour of a series, fixed per strategy so plots of different runs match: a haul
+/// strategy's full colour, its plain-CRIU twin a lighter shade of it, the floor black.
 pub fn color(series: &str) -> RGBColor {
-    match series {
-        "plain CRIU" => RGBColor(90, 90, 90),
+    if series == FLOOR {
+        return RGBColor(0, 0, 0);
+    }
+    let (twin, strategy) = match series.split_once(' ') {
+        Some(("criu", s)) => (true, s),
+        Some((_, s)) => (false, s),
+        None => (false, series),
+    };
+    let RGBColor(r, g, b) = match strategy {
         "stop-copy" => RGBColor(31, 119, 180),
         "post-copy" => RGBColor(255, 127, 14),
         "auto" => RGBColor(44, 160, 44),
         "pre-copy" => RGBColor(214, 39, 40),
         "hybrid" => RGBColor(148, 103, 189),
         _ => RGBColor(23, 190, 207),
+    };
+    if twin {
+        let light = |c: u8| c + ((255 - c) as f64 * 0.55) as u8;
+        RGBColor(light(r), light(g), light(b))
+    } else {
+        RGBColor(r, g, b)
     }
 }
 
@@ -341,6 +360,27 @@ fn lines_of(groups: &[Group<'_>], x: impl Fn(&Record) -> Option<f64>, figure: &s
             out.push(Line { series: s, points });
         }
     }
+    // the link floor beside every time
+    if figure.ends_with("_secs") {
+        let mut points: Vec<(f64, f64, f64, f64)> = Vec::new();
+        for c in case_names(groups) {
+            let Some(g) = groups.iter().find(|g| g.case == c) else {
+                continue;
+            };
+            if let (Some(xv), Some(f)) = (x(g.first()), floor_of(groups, &c)) {
+                if !points.iter().any(|p| p.0 == xv) {
+                    points.push((xv, f.median, f.q1, f.q3));
+                }
+            }
+        }
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if !points.is_empty() {
+            out.push(Line {
+                series: FLOOR.into(),
+                points,
+            });
+        }
+    }
     out
 }
 
@@ -503,8 +543,8 @@ impl Figure for PrecopyRounds<'_> {
             .map_err(e)?;
         let mut labelled: Vec<String> = Vec::new();
         for r in &self.records {
-            let name = format!("{} {}", r.strategy, r.workload.label);
-            let c = color(&r.strategy);
+            let name = format!("{} {}", r.method, r.workload.label);
+            let c = color(&r.method);
             let pts: Vec<(f64, f64)> = r
                 .figures
                 .rounds
@@ -547,7 +587,7 @@ fn draw_bars<DB: DrawingBackend>(
     figure: &str,
 ) -> DrawResult {
     let cases = case_names(groups);
-    let series: Vec<String> = series_names(groups)
+    let mut series: Vec<String> = series_names(groups)
         .into_iter()
         .filter(|s| {
             groups
@@ -558,9 +598,26 @@ fn draw_bars<DB: DrawingBackend>(
     if cases.is_empty() || series.is_empty() {
         return note(area, title, "no successful migrations to plot");
     }
-    let ymax = groups
+    let floors: Vec<Option<crate::stats::Summary>> =
+        cases.iter().map(|c| floor_of(groups, c)).collect();
+    if floors.iter().any(Option::is_some) {
+        series.push(FLOOR.into());
+    }
+    let summary_of = |s: &str, ci: usize, case: &str| {
+        if s == FLOOR {
+            floors[ci]
+        } else {
+            groups
+                .iter()
+                .find(|g| g.case == case && g.series == s)
+                .and_then(|g| g.summary(figure))
+        }
+    };
+    let ymax = cases
         .iter()
-        .filter_map(|g| g.summary(figure).map(|s| s.q3.max(s.median)))
+        .enumerate()
+        .flat_map(|(ci, c)| series.iter().filter_map(move |s| summary_of(s, ci, c)))
+        .map(|s| s.q3.max(s.median))
         .fold(0.0f64, f64::max)
         .max(1e-3)
         * 1.2;
@@ -598,10 +655,7 @@ fn draw_bars<DB: DrawingBackend>(
         let mut bars = Vec::new();
         let mut whiskers = Vec::new();
         for (ci, case) in cases.iter().enumerate() {
-            let Some(g) = groups.iter().find(|g| &g.case == case && &g.series == s) else {
-                continue;
-            };
-            let Some(sm) = g.summary(figure) else {
+            let Some(sm) = summary_of(s, ci, case) else {
                 continue;
             };
             let x0 = ci as f64 - 0.4 + si as f64 * width;
@@ -643,7 +697,8 @@ impl Figure for HaulVsCriu<'_> {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
         let (top, rest) = root.split_vertically(34);
         top.draw(&Text::new(
-            "haul vs plain CRIU, per workload (median, IQR)".to_string(),
+            "haul vs its plain-CRIU twin, and the link floor, per workload (median, IQR)"
+                .to_string(),
             (14, 8),
             ("sans-serif", 20).into_font(),
         ))
@@ -736,8 +791,8 @@ impl SyncCost<'_> {
             .map_err(e)?;
         let mut labelled: Vec<String> = Vec::new();
         for r in &self.records {
-            let name = format!("{} {}", r.strategy, short_case(&r.workload.label));
-            let c = shade(&r.strategy, self.case_index(&r.workload.label));
+            let name = format!("{} {}", r.method, short_case(&r.workload.label));
+            let c = shade(&r.method, self.case_index(&r.workload.label));
             let pts: Vec<(f64, f64)> = r
                 .figures
                 .sync_rounds
@@ -909,7 +964,7 @@ pub fn draw_all(
         Some((k, gs)) => (
             format!(
                 "Total time vs dirty rate ({} workload, pattern {}; median and IQR)",
-                crate::scenario::human_size(k.0),
+                crate::case::human_size(k.0),
                 k.1
             ),
             gs,
@@ -928,7 +983,7 @@ pub fn draw_all(
         .collect();
     let why_none = {
         let unsup = records.iter().find(|r| {
-            matches!(r.strategy.as_str(), "pre-copy" | "hybrid")
+            (r.method.ends_with("pre-copy") || r.method.ends_with("hybrid"))
                 && r.outcome == crate::record::Outcome::Unsupported
         });
         match unsup {

@@ -1,11 +1,18 @@
 //! Results: one JSON object per migration, one line each, in one file per run of a scenario
 //! (`results/runs/<scenario>-<UTC time>-<git rev>.jsonl`), never overwritten.
 //!
-//! Each line is self-contained: every parameter of the workload, the method (haul with a
-//! strategy, or plain CRIU), every figure of haul's migration report (the whole report is
-//! kept under `haul_report`), what the workload itself saw (its largest pause between two
-//! touches, its page check), the ratios to the plain-CRIU baseline of the same repetition, and
-//! where it ran: git revision, CRIU versions, kernels, provider.
+//! Each line is self-contained: every parameter of the workload, the method (`haul
+//! stop-copy`, or a plain-CRIU twin such as `criu post-copy`), every figure of haul's
+//! migration report (the whole report is kept under `haul_report`), what the workload itself
+//! saw (its largest pause between two touches, its page check), the bytes that crossed the
+//! link, the link floor (resident memory / the bandwidth measured in the same run), the
+//! ratios to the method's plain-CRIU twin of the same repetition, and where it ran: git
+//! revision, CRIU versions, kernels, provider.
+//!
+//! A leaf of the harness (it uses only [`crate::case`]): local runs, VM runs and the
+//! whole-migration benchmark all write this one format. Schema 1 files (before the twins)
+//! still read: their `haul` records become `haul <strategy>`, their `criu` records
+//! `criu stop-copy`.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -14,11 +21,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::WorkloadCase;
+use crate::case::WorkloadCase;
 use haul::criu::stats::{DumpStats, RestoreStats};
 
 /// The version of this record layout.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 /// Results that cannot be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -43,13 +50,13 @@ pub enum RecordError {
     },
 }
 
-/// How the workload was moved.
+/// Which tool moved the workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Method {
+pub enum Tool {
     /// `haul pid --strategy S`.
     Haul,
-    /// Plain CRIU: `criu dump --page-server`, copy the other images, `criu restore -d`.
+    /// Plain CRIU, driven step by step by the harness (a twin of a haul strategy).
     Criu,
 }
 
@@ -78,6 +85,9 @@ pub struct NodeInfo {
     pub haul_version: String,
     /// Strategies `haul check` says this node cannot run, with why.
     pub unavailable: BTreeMap<String, String>,
+    /// What `auto` resolves to on this node (`haul check`).
+    #[serde(default)]
+    pub auto: Option<String>,
 }
 
 /// Where and with what a run happened (the same on every line of a run).
@@ -99,6 +109,10 @@ pub struct Environment {
     pub source: NodeInfo,
     /// The destination node.
     pub destination: NodeInfo,
+    /// TCP bandwidth from the source to the destination over the migration link, measured
+    /// at the start of the run (bytes/s); the link floor of every record is computed from it.
+    #[serde(default)]
+    pub link_bytes_per_sec: Option<f64>,
 }
 
 /// The workload's parameters, flattened for tools.
@@ -162,6 +176,25 @@ pub struct Figures {
     pub memory_bytes_sent: Option<u64>,
     /// Bytes of other images.
     pub image_bytes_sent: Option<u64>,
+    /// Bytes that crossed the link during the migration, both ways (the source's interface
+    /// counters, so haul and plain CRIU are counted alike, shared-storage traffic included
+    /// where the shared directory is on the link).
+    #[serde(default)]
+    pub wire_bytes: Option<u64>,
+    /// The workload's resident memory just before the migration (bytes, `VmRSS`).
+    #[serde(default)]
+    pub resident_bytes: Option<u64>,
+    /// The link floor: resident memory / the run's measured link bandwidth (s), the time
+    /// just to move the memory once.
+    #[serde(default)]
+    pub floor_secs: Option<f64>,
+    /// `haul pid --dry-run`'s estimated downtime (s) for the strategy that then ran, taken
+    /// just before the migration (scenarios with `dry_run_first`).
+    #[serde(default)]
+    pub estimated_downtime_secs: Option<f64>,
+    /// The same dry run's estimated total time (s).
+    #[serde(default)]
+    pub estimated_total_secs: Option<f64>,
     /// The strategy used (auto resolves to one).
     pub strategy_used: Option<String>,
     /// Pre-dump rounds.
@@ -210,13 +243,17 @@ impl Figures {
             "sync_bytes" => self.sync_bytes.map(|p| p as f64),
             "sync_final_secs" => self.sync_final_secs,
             "sync_final_share" => self.sync_final_share,
+            "wire_bytes" => self.wire_bytes.map(|p| p as f64),
+            "floor_secs" => self.floor_secs,
+            "estimated_downtime_secs" => self.estimated_downtime_secs,
+            "estimated_total_secs" => self.estimated_total_secs,
             _ => None,
         }
     }
 }
 
 /// The figures reports and comparisons look at: key, title, unit.
-pub const FIGURES: [(&str, &str, &str); 8] = [
+pub const FIGURES: [(&str, &str, &str); 9] = [
     ("total_secs", "total", "s"),
     ("frozen_secs", "frozen", "s"),
     ("restore_secs", "restore", "s"),
@@ -225,6 +262,7 @@ pub const FIGURES: [(&str, &str, &str); 8] = [
     ("postcopy_window_secs", "post-copy window", "s"),
     ("pages_sent", "pages sent", "pages"),
     ("sync_final_secs", "final file sync (frozen)", "s"),
+    ("wire_bytes", "bytes on the wire", "bytes"),
 ];
 
 /// What the check on the destination found.
@@ -249,6 +287,13 @@ pub struct Check {
 /// Plain CRIU's own figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CriuDetail {
+    /// Pre-dumps before the final dump (the pre-copy twin), each with CRIU's stats.
+    #[serde(default)]
+    pub pre_dumps: Vec<DumpStats>,
+    /// Post-copy twin: from the dump's start until the source's `criu dump --lazy-pages`
+    /// exited, i.e. every page had been pulled (s).
+    #[serde(default)]
+    pub lazy_done_secs: Option<f64>,
     /// `criu dump` wall time on the source (s).
     pub dump_secs: f64,
     /// Copying the non-page images to the destination's directory (s).
@@ -276,10 +321,13 @@ pub struct Record {
     pub started_at: String,
     /// Repetition (1-based).
     pub rep: u32,
-    /// haul or plain CRIU.
-    pub method: Method,
-    /// The strategy asked for (`criu` for the baseline).
-    pub strategy: String,
+    /// The method: `haul <strategy>` or `criu <what it mirrors>`.
+    pub method: String,
+    /// The tool behind it.
+    pub tool: Tool,
+    /// For a haul method: its plain-CRIU twin's method, which its ratios are against.
+    #[serde(default)]
+    pub twin: Option<String>,
     /// The workload.
     pub workload: WorkloadParams,
     /// How it ended.
@@ -290,8 +338,9 @@ pub struct Record {
     pub figures: Figures,
     /// The check on the destination.
     pub check: Check,
-    /// This figure / the plain-CRIU baseline's, same workload and repetition.
-    pub ratio_to_criu: BTreeMap<String, f64>,
+    /// This figure / the twin's, same workload and repetition.
+    #[serde(default)]
+    pub ratio_to_twin: BTreeMap<String, f64>,
     /// haul's whole JSON report.
     pub haul_report: Option<serde_json::Value>,
     /// Plain CRIU's details.
@@ -301,13 +350,61 @@ pub struct Record {
 }
 
 impl Record {
-    /// The series a record belongs to in reports: the strategy, or `plain CRIU`.
+    /// The series a record belongs to in reports: its method.
     pub fn series(&self) -> String {
-        match self.method {
-            Method::Criu => "plain CRIU".into(),
-            Method::Haul => self.strategy.clone(),
+        self.method.clone()
+    }
+}
+
+/// A schema-1 line (before the twins) as a schema-2 one: `method` `haul` + `strategy` S
+/// becomes `haul S` with the twin of S, `criu` becomes `criu stop-copy`; `ratio_to_criu`
+/// becomes `ratio_to_twin` only where stop-copy was the twin.
+fn upgrade_v1(mut v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let Some(o) = v.as_object_mut() else {
+        return v;
+    };
+    let strategy = o
+        .remove("strategy")
+        .and_then(|s| s.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let tool = o
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("haul")
+        .to_string();
+    let ratios = o.remove("ratio_to_criu");
+    let (method, twin) = if tool == "criu" {
+        ("criu stop-copy".to_string(), None)
+    } else {
+        let twin = match strategy.as_str() {
+            "post-copy" => "criu post-copy",
+            "pre-copy" | "hybrid" => "criu pre-copy",
+            _ => "criu stop-copy",
+        };
+        (format!("haul {strategy}"), Some(twin.to_string()))
+    };
+    if twin.as_deref() == Some("criu stop-copy") {
+        if let Some(r) = ratios {
+            o.insert("ratio_to_twin".into(), r);
         }
     }
+    o.insert("tool".into(), Value::from(tool));
+    o.insert("method".into(), Value::from(method));
+    o.insert("twin".into(), twin.map_or(Value::Null, Value::from));
+    o.insert("schema".into(), Value::from(SCHEMA));
+    v
+}
+
+/// Parse one line of a results file, of this schema or of schema 1.
+pub fn parse_line(line: &str) -> Result<Record, serde_json::Error> {
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let v = if v.get("schema").and_then(serde_json::Value::as_u64) == Some(1) {
+        upgrade_v1(v)
+    } else {
+        v
+    };
+    serde_json::from_value(v)
 }
 
 /// Appends records to a new file, one line each, flushed after every line.
@@ -378,13 +475,11 @@ pub fn read(path: &Path) -> Result<Vec<Record>, RecordError> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(
-            serde_json::from_str(&line).map_err(|source| RecordError::Parse {
-                path: path.display().to_string(),
-                line: i + 1,
-                source,
-            })?,
-        );
+        out.push(parse_line(&line).map_err(|source| RecordError::Parse {
+            path: path.display().to_string(),
+            line: i + 1,
+            source,
+        })?);
     }
     Ok(out)
 }
@@ -401,23 +496,12 @@ pub fn read_all(paths: &[PathBuf]) -> Result<Vec<Record>, RecordError> {
 /// UTC time of `unix` seconds as RFC 3339 (`2026-11-25T20:31:07Z`); `compact` gives
 /// `20261125T203107Z` for file names.
 pub fn utc(unix: u64, compact: bool) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // civil from days (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let (hh, mm, ss) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
     if compact {
-        format!("{y:04}{m:02}{d:02}T{hh:02}{mm:02}{ss:02}Z")
+        s.replace(['-', ':'], "")
     } else {
-        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+        s
     }
 }
 
@@ -441,8 +525,9 @@ mod tests {
             seq,
             started_at: utc(0, false),
             rep: 1,
-            method: Method::Haul,
-            strategy: "post-copy".into(),
+            method: "haul post-copy".into(),
+            tool: Tool::Haul,
+            twin: Some("criu post-copy".into()),
             workload: (&WorkloadCase {
                 name: "w".into(),
                 program: "mtouch".into(),
@@ -463,7 +548,7 @@ mod tests {
                 ..Default::default()
             },
             check: Check::default(),
-            ratio_to_criu: BTreeMap::new(),
+            ratio_to_twin: BTreeMap::new(),
             haul_report: Some(serde_json::json!({"total_secs": 1.5})),
             criu: None,
             env: Environment::default(),
@@ -486,10 +571,39 @@ mod tests {
         let line = std::fs::read_to_string(w1.path()).unwrap();
         let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
         assert_eq!(v["workload"]["size_bytes"], 16 << 20);
-        assert_eq!(v["method"], "haul");
+        assert_eq!(v["method"], "haul post-copy");
         std::fs::write(dir.path().join("bad.jsonl"), "{}\n").unwrap();
         let e = read(&dir.path().join("bad.jsonl")).unwrap_err().to_string();
         assert!(e.contains(":1:"), "{e}");
+    }
+
+    #[test]
+    fn schema_1_lines_still_read() {
+        let mut v = serde_json::to_value(sample(3)).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.insert("schema".into(), 1.into());
+        o.insert("method".into(), "haul".into());
+        o.insert("strategy".into(), "stop-copy".into());
+        o.remove("tool");
+        o.remove("twin");
+        o.remove("ratio_to_twin");
+        o.insert(
+            "ratio_to_criu".into(),
+            serde_json::json!({"total_secs": 0.5}),
+        );
+        let line = v.to_string();
+        let r = parse_line(&line).unwrap();
+        assert_eq!(r.method, "haul stop-copy");
+        assert_eq!(r.twin.as_deref(), Some("criu stop-copy"));
+        assert_eq!(r.ratio_to_twin.get("total_secs"), Some(&0.5));
+        let line = line
+            .replace("\"method\":\"haul\"", "\"method\":\"criu\"")
+            .replace("\"strategy\":\"stop-copy\"", "\"strategy\":\"criu\"");
+        let r = parse_line(&line).unwrap();
+        assert_eq!(
+            (r.method.as_str(), r.tool, r.twin),
+            ("criu stop-copy", Tool::Criu, None)
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The Markdown report of a results set: where and with what it ran, medians and spread of
-//! every figure per workload and method, haul next to plain CRIU as ratios, the plots
+//! every figure per workload and method, each haul strategy next to its plain-CRIU twin as
+//! ratios, the link floor on every table and plot, the plots
 //! ([`crate::plot`]) embedded, and what was unsupported or failed.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::group::{baseline_of, case_names, groups, Group};
+use crate::group::{case_names, floor_of, groups, twin_of, Group};
 use crate::plot::{self, PlotError};
 use crate::record::{self, Outcome, Record, RecordError};
 use crate::stats::{self, Summary};
@@ -35,6 +36,7 @@ pub enum ReportError {
 fn fmt_value(x: f64, unit: &str) -> String {
     match unit {
         "s" => format!("{x:.3}"),
+        "MB" => format!("{x:.1}"),
         _ => format!("{x:.0}"),
     }
 }
@@ -50,6 +52,19 @@ pub fn cell(s: Option<Summary>, unit: &str) -> String {
             fmt_value(s.q1, unit),
             fmt_value(s.q3, unit)
         ),
+    }
+}
+
+/// A summary with every value multiplied by `k` (bytes as MB).
+fn scale(s: Summary, k: f64) -> Summary {
+    Summary {
+        median: s.median * k,
+        q1: s.q1 * k,
+        q3: s.q3 * k,
+        min: s.min * k,
+        max: s.max * k,
+        mean: s.mean * k,
+        ..s
     }
 }
 
@@ -138,35 +153,51 @@ pub fn markdown(records: &[Record], sources: &[PathBuf], plots: &[String]) -> St
     let reps = records.iter().map(|r| r.rep).max().unwrap_or(0);
     let _ = writeln!(
         md,
-        "- {} migrations: {ok} succeeded and checked on the destination, {failed} failed, {unsup} not run (strategy unsupported on this provider); {reps} repetitions\n",
+        "- {} migrations: {ok} succeeded and checked on the destination, {failed} failed, {unsup} not run (unsupported on these nodes); {reps} repetitions",
         records.len()
     );
 
+    if let Some(bw) = first.env.link_bytes_per_sec {
+        let _ = writeln!(
+            md,
+            "- link: {:.1} MB/s (TCP, source to destination, measured at the start of the run)\n",
+            bw / 1e6
+        );
+    }
     md.push_str("## What the figures are\n\n");
     md.push_str("Every migration moves a fresh `mtouch` (P.Haul's memory toucher: maps SIZE, pre-touches PRE, then touches one random page every PAUSE µs, or at a dirty rate) started in its own pid namespace on the source, with its working directory on the shared directory. After the move it must run on the destination, keep touching, and find every page intact when told to stop (`Finish`, no `Mismatch`); a migration counts as succeeded only then.\n\n");
-    md.push_str("| figure | haul | plain CRIU (baseline) |\n|---|---|---|\n");
-    md.push_str("| total | wall clock of `haul pid` | `criu dump` + copying the other images + `criu restore`, each timed on its node |\n");
-    md.push_str("| frozen | CRIU's frozen time, summed over the dumps (P.Haul's \"frozen time\") | CRIU's frozen time of the dump |\n");
+    md.push_str("Each haul strategy runs beside its plain-CRIU twin, the same kind of migration done with CRIU's own tools: `criu stop-copy` (page-server dump, copy, restore) for stop-copy, `criu post-copy` (lazy dump, lazy-pages daemon, lazy restore) for post-copy, `criu pre-copy` (pre-dump rounds to a page server by P.Haul's rules, final dump, restore) for pre-copy and hybrid; `auto` is compared with the twin of what it resolved to.\n\n");
+    md.push_str("| figure | haul | plain-CRIU twin |\n|---|---|---|\n");
+    md.push_str("| total | wall clock of `haul pid` (post-copy: until every page arrived) | first CRIU step until the restore returned (post-copy: until the lazy dump exited, every page pulled) |\n");
+    md.push_str("| frozen | CRIU's frozen time, summed over the dumps (P.Haul's \"frozen time\") | the same (lazy dump: the harness's clock, CRIU's is wrong there) |\n");
     md.push_str("| restore | CRIU's restore time on the destination | the same |\n");
-    md.push_str("| downtime | final freeze until the destination said the process runs (source's clock) | dump + copy + restore (frozen, then gone, throughout) |\n");
+    md.push_str("| downtime | final freeze until the destination said the process runs (source's clock) | final dump's start until the restore returned |\n");
     md.push_str("| observed downtime | the largest pause between two touches in the workload's own log: the downtime the workload saw | the same |\n");
-    md.push_str("| pages | pages sent by all dumps | pages the dump wrote |\n\n");
-    md.push_str("The observed downtime is only as fine as the workload's touch interval: one page every PAUSE µs, so at the HOWTO's PAUSE of 100000 µs it can be up to 0.1 s more than the real pause. haul's own downtime and the plain-CRIU figures are timed directly.\n\n");
-    md.push_str("Cells are `median [q1–q3]` over the successful repetitions (seconds unless said otherwise); ratios are haul's median over plain CRIU's median for the same workload (below 1: haul is faster).\n\n");
+    md.push_str("| pages | pages sent by all dumps | the same |\n");
+    md.push_str("| bytes on the wire | bytes in and out of the source's link interface during the migration | the same |\n");
+    md.push_str("| floor | the workload's resident memory / the link's bandwidth measured in this run: the time just to move the memory once | the same |\n\n");
+    md.push_str("The observed downtime is only as fine as the workload's touch interval: one page every PAUSE µs, so at the HOWTO's PAUSE of 100000 µs it can be up to 0.1 s more than the real pause.\n\n");
+    md.push_str("Cells are `median [q1–q3]` over the successful repetitions (seconds unless said otherwise); ratios are a haul strategy's median over its twin's median for the same workload (below 1: haul is faster), never over another mode.\n\n");
 
     md.push_str("## Results\n\n");
-    md.push_str("| workload | method | ok/runs | total | frozen | restore | downtime | observed downtime | post-copy window | pages | observed downtime vs CRIU | total vs CRIU |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| workload | method | ok/runs | total | frozen | restore | downtime | observed downtime | post-copy window | pages | MB on the wire | floor | observed downtime vs twin | total vs twin |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for g in &gs {
         if g.unsupported().is_some() {
             continue;
         }
         let (ok, f, _) = g.counts();
-        let base = baseline_of(&gs, &g.case);
-        let is_base = g.is_baseline();
+        let twin = twin_of(&gs, g);
+        let vs = |fig: &str| {
+            if g.is_twin() {
+                "—".to_string()
+            } else {
+                ratio_cell(g, twin, fig)
+            }
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {ok}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {ok}/{} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             g.case,
             g.series,
             ok + f,
@@ -177,63 +208,48 @@ pub fn markdown(records: &[Record], sources: &[PathBuf], plots: &[String]) -> St
             cell(g.summary("observed_downtime_secs"), "s"),
             cell(g.summary("postcopy_window_secs"), "s"),
             cell(g.summary("pages_sent"), "pages"),
-            if is_base {
-                "1".into()
-            } else {
-                ratio_cell(g, base, "observed_downtime_secs")
-            },
-            if is_base {
-                "1".into()
-            } else {
-                ratio_cell(g, base, "total_secs")
-            },
+            cell(g.summary("wire_bytes").map(|s| scale(s, 1e-6)), "MB"),
+            cell(g.summary("floor_secs"), "s"),
+            vs("observed_downtime_secs"),
+            vs("total_secs"),
         );
     }
     md.push('\n');
 
-    md.push_str("## haul vs plain CRIU\n\n");
-    md.push_str("The downtime the workload saw, haul's median over plain CRIU's, per workload and strategy (`auto` resolves to the strategy in brackets):\n\n");
-    let strategies: Vec<String> = crate::group::series_names(&gs)
-        .into_iter()
-        .filter(|s| s != "plain CRIU")
-        .filter(|s| {
-            gs.iter()
-                .any(|g| &g.series == s && g.unsupported().is_none())
-        })
-        .collect();
-    let _ = writeln!(md, "| workload | plain CRIU | {} |", strategies.join(" | "));
-    let _ = writeln!(md, "|---|---|{}", "---|".repeat(strategies.len()));
+    md.push_str("## haul vs its plain-CRIU twin\n\n");
+    md.push_str("The downtime the workload saw and the total time, haul's median and its twin's, with haul's over the twin's, beside the link floor (`auto` resolves to the strategy in brackets):\n\n");
+    md.push_str("| workload | strategy | twin | observed downtime: haul / twin | total: haul / twin | floor |\n|---|---|---|---|---|---|\n");
     for c in case_names(&gs) {
-        let base = baseline_of(&gs, &c);
-        let mut row = format!(
-            "| {c} | {} |",
-            cell(base.and_then(|b| b.summary("observed_downtime_secs")), "s")
-        );
-        for s in &strategies {
-            let g = gs.iter().find(|g| g.case == c && &g.series == s);
-            let text = match g {
-                Some(g) => {
-                    let m = g.median("observed_downtime_secs");
-                    let used = g
-                        .ok()
-                        .find_map(|r| r.figures.strategy_used.clone())
-                        .filter(|u| u != s)
-                        .map(|u| format!(" ({u})"))
-                        .unwrap_or_default();
-                    match m {
-                        Some(m) => format!(
-                            " {} s, {}{used} |",
-                            fmt_value(m, "s"),
-                            ratio_cell(g, base, "observed_downtime_secs")
-                        ),
-                        None => " — |".into(),
-                    }
-                }
-                None => " — |".into(),
+        for g in gs.iter().filter(|g| g.case == c && !g.is_twin()) {
+            if g.unsupported().is_some() {
+                continue;
+            }
+            let twin = twin_of(&gs, g);
+            let used = g
+                .ok()
+                .find_map(|r| r.figures.strategy_used.clone())
+                .filter(|u| !g.series.ends_with(u.as_str()))
+                .map(|u| format!(" ({u})"))
+                .unwrap_or_default();
+            let pair = |fig: &str| {
+                format!(
+                    "{} / {} ({})",
+                    g.median(fig).map_or("—".into(), |m| fmt_value(m, "s")),
+                    twin.and_then(|t| t.median(fig))
+                        .map_or("—".into(), |m| fmt_value(m, "s")),
+                    ratio_cell(g, twin, fig)
+                )
             };
-            row.push_str(&text);
+            let _ = writeln!(
+                md,
+                "| {c} | {}{used} | {} | {} | {} | {} |",
+                g.series,
+                g.twin_name().unwrap_or("—"),
+                pair("observed_downtime_secs"),
+                pair("total_secs"),
+                cell(floor_of(&gs, &c), "s"),
+            );
         }
-        let _ = writeln!(md, "{row}");
     }
     md.push('\n');
 
@@ -244,7 +260,10 @@ pub fn markdown(records: &[Record], sources: &[PathBuf], plots: &[String]) -> St
         ("downtime-vs-size", "Downtime vs memory size per strategy"),
         ("total-vs-rate", "Total time vs dirty rate"),
         ("precopy-rounds", "Pages per pre-copy round"),
-        ("haul-vs-criu", "haul vs plain CRIU"),
+        (
+            "haul-vs-criu",
+            "haul vs its plain-CRIU twin, and the link floor",
+        ),
         ("sync-cost", "What the file sync costs"),
     ] {
         let png = format!("{name}.png");

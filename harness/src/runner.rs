@@ -1,31 +1,30 @@
-//! Running a scenario: provision the nodes, start `haul serve` on the destination, then for
-//! every workload case and repetition migrate a fresh workload with plain CRIU (the
-//! baseline, [`crate::baseline`]) and with haul under every strategy, check it on the
-//! destination, and append one [`Record`] per migration to the results file.
-//!
-//! The order within a repetition is baseline first, then the strategies in the scenario's
-//! order, so that slow drifts of the machine spread over all of them.
+//! Running a scenario: build (local), provision the nodes, measure the link, start `haul
+//! serve`, then for every workload case and repetition, every method of [`method::plan`]
+//! (each haul strategy right after its plain-CRIU twin) on a fresh workload: start it, move
+//! it, check it on the destination ([`verify`]), append one [`Record`] to the results file.
+//! The run stops at the next migration when the [`CancelToken`] is cancelled, and tears
+//! everything down through the providers' `Drop`s, whichever way it ends.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::baseline;
-use crate::provider::{
-    self, shell_quote, LocalConfig, Node, Provider, ProviderConfig, ProviderError,
-};
+use crate::build::{self, BuildError};
+use crate::cancel::CancelToken;
+use crate::case::WorkloadCase;
+use crate::link;
+use crate::method::{self, Method, MigrationContext, Moved};
+use crate::probe::{self, Capabilities};
+use crate::provider::{self, LocalConfig, Provider, ProviderConfig, ProviderError};
 use crate::record::{
-    self, Check, Environment, Figures, Method, NodeInfo, Outcome, Record, RecordError, Round,
-    SyncRound, Writer, FIGURES, SCHEMA,
+    self, Check, Environment, Figures, Outcome, Record, RecordError, Writer, FIGURES, SCHEMA,
 };
-use crate::scenario::{Scenario, WorkloadCase};
+use crate::scenario::Scenario;
+use crate::serve::{HaulServe, ServeError};
+use crate::verify;
 use crate::workload::{self, Workload, WorkloadError};
-
-/// Set by SIGINT/SIGTERM: the run stops after the current migration and cleans up.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Why a run could not go on.
 #[derive(Debug, thiserror::Error)]
@@ -36,15 +35,15 @@ pub enum RunError {
     /// The results file.
     #[error(transparent)]
     Record(#[from] RecordError),
-    /// Building haul's binaries failed.
-    #[error("building haul's binaries failed: {0}")]
-    Build(String),
-    /// `haul serve` did not come up on the destination.
-    #[error("haul serve did not start on the destination: {0}")]
-    Serve(String),
-    /// Interrupted (SIGINT/SIGTERM); the results so far are in the file.
-    #[error("interrupted; {0} migrations recorded in {1}")]
-    Interrupted(usize, String),
+    /// Building haul's binaries.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// `haul serve` on the destination.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// Cancelled (SIGINT/SIGTERM); the results so far are in the file.
+    #[error("cancelled; {0} migrations recorded in {1}")]
+    Cancelled(usize, String),
 }
 
 /// How to run a scenario.
@@ -54,15 +53,35 @@ pub struct RunOptions {
     pub results_dir: PathBuf,
     /// Use this provider instead of the scenario's.
     pub provider: Option<ProviderConfig>,
-    /// The port `haul serve` listens on, on the destination.
+    /// The port `haul serve` listens on, on the destination (the link probe uses the next).
     pub port: u16,
-    /// Build haul's binaries first (`cargo build --release -p haul -p haul-workloads`), for
-    /// the local provider inside the source tree.
+    /// Build haul's binaries first (`cargo build --release -p haul -p haul-workloads`), when
+    /// running inside the source tree and no `bin_dir` is given.
     pub build: bool,
+    /// haul's binaries on this machine (default: the source tree's `target/release`); the
+    /// local nodes run them, the VMs get copies.
+    pub bin_dir: Option<PathBuf>,
     /// Keep the nodes' directories (images, logs) for inspection.
     pub keep: bool,
     /// Show a progress bar.
     pub progress: bool,
+    /// The run's cancellation.
+    pub cancel: CancelToken,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            results_dir: PathBuf::from("results/runs"),
+            provider: None,
+            port: 27600,
+            build: false,
+            bin_dir: None,
+            keep: false,
+            progress: false,
+            cancel: CancelToken::new(),
+        }
+    }
 }
 
 /// What a run did.
@@ -74,205 +93,29 @@ pub struct RunSummary {
     pub records: Vec<Record>,
 }
 
-/// The short git revision and dirtiness of `tree`.
-pub fn git_revision(tree: Option<&Path>) -> (String, bool) {
-    let Some(tree) = tree else {
-        return ("unknown".into(), false);
-    };
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(tree)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let rev = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-        .map(|s| !s.is_empty())
-        .unwrap_or(false);
-    (rev, dirty)
-}
-
-/// Strategies `haul check` says the node cannot run, with its reason.
-pub fn parse_unavailable(check_output: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    for line in check_output.lines() {
-        let t = line.trim();
-        let Some((name, rest)) = t.split_once(char::is_whitespace) else {
-            continue;
-        };
-        if let Some(why) = rest.trim().strip_prefix("unavailable:") {
-            m.insert(name.to_string(), why.trim().to_string());
-        }
-    }
-    m
-}
-
-fn node_info(n: &dyn Node) -> NodeInfo {
-    let t = Duration::from_secs(60);
-    let text = |argv: Vec<String>| {
-        n.exec(&argv, None, t)
-            .map(|o| o.stdout_text().trim().to_string())
-            .unwrap_or_default()
-    };
-    let criu = text(vec![n.criu(), "--version".into()]);
-    let check = text(vec![n.bin("haul"), "check".into()]);
-    NodeInfo {
-        node: n.describe(),
-        kernel: text(vec!["uname".into(), "-r".into()]),
-        criu_version: criu
-            .lines()
-            .find_map(|l| l.strip_prefix("Version:"))
-            .unwrap_or(&criu)
-            .trim()
-            .to_string(),
-        haul_version: text(vec![n.bin("haul"), "--version".into()]),
-        unavailable: parse_unavailable(&check),
-    }
-}
-
-/// Build haul's binaries in `tree` (a no-op when up to date).
-pub fn build_binaries(tree: &Path) -> Result<(), RunError> {
-    let out = std::process::Command::new("cargo")
-        .current_dir(tree)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "haul",
-            "-p",
-            "haul-workloads",
-        ])
-        .status()
-        .map_err(|e| RunError::Build(format!("cannot run cargo: {e}")))?;
-    if !out.success() {
-        return Err(RunError::Build(format!("cargo exited with {out}")));
-    }
-    Ok(())
-}
-
-/// One migration's outcome before it becomes a record.
-#[derive(Debug, Default)]
-pub struct Attempt {
-    /// The figures.
-    pub figures: Figures,
-    /// The check.
-    pub check: Check,
-    /// haul's JSON report.
-    pub haul_report: Option<serde_json::Value>,
-    /// Plain CRIU's details.
-    pub criu: Option<record::CriuDetail>,
-    /// What failed.
-    pub error: Option<String>,
-}
-
-/// The figures of haul's JSON report (the field names of `haul::migrate::report`).
-pub fn figures_from_report(v: &serde_json::Value) -> Figures {
-    let f = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
-    let u = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
-    let rounds = v
-        .get("rounds")
-        .and_then(|r| r.as_array())
-        .map(|rs| {
-            rs.iter()
-                .map(|r| Round {
-                    round: r.get("round").and_then(|x| x.as_u64()).unwrap_or(0) as u32,
-                    pages: r
-                        .pointer("/stats/pages_written")
-                        .and_then(|x| x.as_u64())
-                        .unwrap_or(0),
-                    bytes: r.get("bytes").and_then(|x| x.as_u64()).unwrap_or(0),
-                    secs: r.get("secs").and_then(|x| x.as_f64()).unwrap_or(0.0),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Figures {
-        total_secs: f("total_secs"),
-        frozen_secs: f("frozen_secs"),
-        restore_secs: f("restore_secs"),
-        downtime_secs: f("downtime_secs"),
-        observed_downtime_secs: None,
-        postcopy_window_secs: f("postcopy_window_secs"),
-        pages_sent: u("pages_sent"),
-        memory_bytes_sent: u("memory_bytes_sent"),
-        image_bytes_sent: u("image_bytes_sent"),
-        sync_bytes: v
-            .pointer("/sync/rounds")
-            .and_then(|r| r.as_array())
-            .map(|rs| {
-                rs.iter()
-                    .filter_map(|r| r.get("payload_bytes").and_then(|x| x.as_u64()))
-                    .sum()
-            }),
-        sync_final_secs: v.pointer("/sync/final_round_secs").and_then(|x| x.as_f64()),
-        sync_final_share: v
-            .pointer("/sync/final_share_of_downtime")
-            .and_then(|x| x.as_f64()),
-        sync_rounds: v
-            .pointer("/sync/rounds")
-            .and_then(|r| r.as_array())
-            .map(|rs| {
-                rs.iter()
-                    .map(|r| {
-                        let u = |k: &str| r.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-                        SyncRound {
-                            round: u("round") as u32,
-                            final_round: r
-                                .get("final_round")
-                                .and_then(|x| x.as_bool())
-                                .unwrap_or(false),
-                            bytes: u("payload_bytes"),
-                            files: u("files"),
-                            secs: r.get("secs").and_then(|x| x.as_f64()).unwrap_or(0.0),
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        strategy_used: v
-            .get("strategy")
-            .and_then(|s| s.as_str())
-            .map(str::to_string),
-        rounds,
-    }
-}
-
-/// This migration's figures over the baseline's (same case and repetition).
-pub fn ratios(f: &Figures, base: &Figures) -> BTreeMap<String, f64> {
+/// This migration's figures over its twin's (same case and repetition).
+pub fn ratios(f: &Figures, twin: &Figures) -> BTreeMap<String, f64> {
     FIGURES
         .iter()
         .filter_map(|(k, _, _)| {
-            let r = crate::stats::ratio(f.get(k), base.get(k))?;
+            let r = crate::stats::ratio(f.get(k), twin.get(k))?;
             Some((k.to_string(), r))
         })
         .collect()
 }
 
-/// Which migration of the run.
-#[derive(Debug, Clone)]
-struct Job {
-    seq: u32,
-    rep: u32,
-    method: Method,
-    strategy: String,
-    started: f64,
-}
-
-/// A running scenario: the nodes, `haul serve`, the results file.
+/// A running scenario: the nodes, what they can do, `haul serve`, the link.
 pub struct Runner<'a> {
     scenario: &'a Scenario,
     provider: &'a dyn Provider,
     env: Environment,
+    caps: (Capabilities, Capabilities),
+    methods: Vec<Box<dyn Method>>,
+    serve: HaulServe<'a>,
+    link_dev: Option<String>,
     set: String,
-    port: u16,
-    key: (String, String),
-    serve_pid: Option<i32>,
     timeout: Duration,
+    cancel: CancelToken,
 }
 
 impl std::fmt::Debug for Runner<'_> {
@@ -282,94 +125,64 @@ impl std::fmt::Debug for Runner<'_> {
 }
 
 impl<'a> Runner<'a> {
-    /// Look at the nodes, share a key, start `haul serve` on the destination. `tree` is the
-    /// source tree whose git revision the records name.
+    /// Look at the nodes, measure the link, start `haul serve` on the destination. `tree` is
+    /// the source tree whose git revision the records name.
     pub fn new(
         scenario: &'a Scenario,
         provider: &'a dyn Provider,
         set: &str,
         port: u16,
         tree: Option<&Path>,
+        cancel: &CancelToken,
     ) -> Result<Runner<'a>, RunError> {
         let (src, dst) = (provider.source(), provider.destination());
-        let (git_rev, git_dirty) = git_revision(tree);
-        let host = std::process::Command::new("uname")
-            .arg("-n")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
+        let (git_rev, git_dirty) = probe::git_revision(tree);
+        let (si, di) = (probe::node_info(src), probe::node_info(dst));
+        let caps = (
+            Capabilities {
+                unavailable: si.unavailable.clone(),
+                auto: si.auto.clone(),
+            },
+            Capabilities {
+                unavailable: di.unavailable.clone(),
+                auto: di.auto.clone(),
+            },
+        );
+        let link_bytes_per_sec = if scenario.link_probe_bytes > 0 {
+            match link::bandwidth(provider, port + 1, scenario.link_probe_bytes) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    eprintln!("haul-harness: the link probe failed ({e}): no link floor");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let env = Environment {
             git_rev,
             git_dirty,
             harness_version: env!("CARGO_PKG_VERSION").into(),
             provider: provider.kind().into(),
             provider_detail: provider.describe(),
-            harness_host: format!(
-                "{host}, {} cores",
-                std::thread::available_parallelism().map_or(0, |n| n.get())
-            ),
-            source: node_info(src),
-            destination: node_info(dst),
+            harness_host: probe::harness_host(),
+            source: si,
+            destination: di,
+            link_bytes_per_sec,
         };
-        let t = Duration::from_secs(60);
-        let key = (
-            format!("{}/key", src.work_dir()),
-            format!("{}/key", dst.work_dir()),
-        );
-        let out = src.exec(&[src.bin("haul"), "keygen".into(), key.0.clone()], None, t)?;
-        if !out.success() {
-            return Err(src.failed("haul keygen", &out).into());
-        }
-        let bytes = src.read_file(&key.0)?;
-        if key.1 != key.0 {
-            dst.write_file(&key.1, &bytes)?;
-        }
-        let mut r = Runner {
+        let serve = HaulServe::start(provider, port)?;
+        Ok(Runner {
             scenario,
             provider,
+            methods: method::plan(scenario, &caps.0),
+            caps,
             env,
+            serve,
+            link_dev: link::interface(src),
             set: set.into(),
-            port,
-            key,
-            serve_pid: None,
             timeout: Duration::from_secs_f64(scenario.timeout_secs),
-        };
-        r.start_serve()?;
-        Ok(r)
-    }
-
-    fn start_serve(&mut self) -> Result<(), RunError> {
-        let dst = self.provider.destination();
-        let log = format!("{}/serve.log", dst.work_dir());
-        let argv = vec![
-            dst.bin("haul"),
-            "serve".into(),
-            "--listen".into(),
-            format!("{}:{}", dst.addr(), self.port),
-            "--key".into(),
-            self.key.1.clone(),
-            "--img-path".into(),
-            format!("{}/img", dst.work_dir()),
-        ];
-        let pid = dst.spawn(&argv, &log)?;
-        self.serve_pid = Some(pid);
-        for _ in 0..100 {
-            let text = dst
-                .sh(
-                    &format!("cat {} 2>/dev/null; true", shell_quote(&log)),
-                    Duration::from_secs(30),
-                )
-                .map(|o| o.stdout_text())
-                .unwrap_or_default();
-            if text.contains("haul serve on") {
-                return Ok(());
-            }
-            if !workload::alive(dst, pid) {
-                return Err(RunError::Serve(text.trim().to_string()));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(RunError::Serve("not listening after 10 s".into()))
+            cancel: cancel.clone(),
+        })
     }
 
     /// What the run found out about the nodes.
@@ -377,26 +190,14 @@ impl<'a> Runner<'a> {
         &self.env
     }
 
-    fn unsupported(&self, strategy: &str) -> Option<String> {
-        if strategy == "auto" {
-            return None;
-        }
-        for (role, info) in [
-            ("source", &self.env.source),
-            ("destination", &self.env.destination),
-        ] {
-            if let Some(why) = info.unavailable.get(strategy) {
-                return Some(format!(
-                    "unsupported on this provider ({role} node, haul check): needs {}",
-                    why.trim_start_matches("needs ")
-                ));
-            }
-        }
-        None
+    /// The methods, in the order each repetition runs them.
+    pub fn methods(&self) -> &[Box<dyn Method>] {
+        &self.methods
     }
 
-    fn migration_dir(&self, seq: u32, what: &str) -> String {
-        format!("{}/{seq:03}-{what}", self.provider.shared_dir())
+    /// Migrations the whole scenario makes (unsupported ones included, which take no time).
+    pub fn migrations(&self) -> usize {
+        self.scenario.cases().len() * self.scenario.repetitions as usize * self.methods.len()
     }
 
     /// A synced workload's working directory: on the nodes' own disks (the provider's, else
@@ -421,6 +222,25 @@ impl<'a> Runner<'a> {
         Ok(format!("{base}/{seq:03}-{what}"))
     }
 
+    /// Makes a synced workload's directory on the source and its parent on the destination
+    /// (where the synced tree is made).
+    fn make_node_local(&self, seq: u32, what: &str) -> Result<String, String> {
+        let d = self.node_local_dir(seq, what)?;
+        let parent = d.rsplit_once('/').map_or("/", |(p, _)| p).to_string();
+        let t = Duration::from_secs(60);
+        let q = crate::node::shell_quote;
+        self.provider
+            .source()
+            .sh_ok(&format!("mkdir -p {}", q(&d)), t)
+            .and_then(|_| {
+                self.provider
+                    .destination()
+                    .sh_ok(&format!("mkdir -p {}", q(&parent)), t)
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(d)
+    }
+
     /// Removes a synced workload's directory from both nodes' disks.
     fn remove_node_local(&self, dir: &str) {
         if !provider::removable(dir) {
@@ -428,7 +248,7 @@ impl<'a> Runner<'a> {
         }
         for n in [self.provider.source(), self.provider.destination()] {
             let _ = n.sh(
-                &format!("rm -rf {}", shell_quote(dir)),
+                &format!("rm -rf {}", crate::node::shell_quote(dir)),
                 Duration::from_secs(120),
             );
         }
@@ -452,104 +272,13 @@ impl<'a> Runner<'a> {
         Ok(w)
     }
 
-    /// After a move: the workload runs on the destination as `pid`, keeps touching, and
-    /// checks every page; or, after a failure, the same on the source.
-    pub fn check_after(
-        &self,
-        w: &Workload,
-        case: &WorkloadCase,
-        dest_pid: Option<i32>,
-        a: &mut Attempt,
-    ) {
-        let (src, dst) = (self.provider.source(), self.provider.destination());
-        a.check.left_on_source = workload::alive(src, w.source_pid);
-        let (node, pid): (&dyn Node, i32) = match dest_pid {
-            Some(p) if workload::alive(dst, p) && w.is_at(dst, p, &case.program) => {
-                a.check.destination_pid = Some(p);
-                (dst, p)
-            }
-            _ => {
-                if a.error.is_none() {
-                    a.error = Some(format!(
-                        "the workload does not run on the destination (pid {dest_pid:?})"
-                    ));
-                }
-                (src, w.source_pid)
-            }
-        };
-        if a.check.left_on_source && a.check.destination_pid.is_some() {
-            a.error.get_or_insert_with(|| {
-                "the workload still runs on the source after the migration".into()
-            });
-        }
-        // After a failed migration the workload should resume on the source at once; one
-        // that does not (still frozen by a stuck dump) is not waited for long.
-        let failed = a.error.is_some();
-        let check_timeout = self.timeout.min(Duration::from_secs(60));
-        let wait = if failed {
-            check_timeout.min(Duration::from_secs(10))
-        } else {
-            check_timeout
-        };
-        let before = w.touches(node);
-        let touching = match w.wait_touching(node, pid, before, 3, self.scenario.after_secs, wait) {
-            Ok(n) => {
-                a.check.touches_after = n - before;
-                true
-            }
-            Err(e) => {
-                a.error.get_or_insert(e.to_string());
-                false
-            }
-        };
-        if touching || !failed {
-            match w.stop_and_check(node, check_timeout) {
-                Ok(v) => {
-                    a.check.finished = v.finished;
-                    a.check.mismatches = v.mismatches;
-                    a.check.touches = v.touches;
-                    a.check.passed = v.passed;
-                    a.figures.observed_downtime_secs = Some(v.largest_gap.as_secs_f64());
-                    if !v.passed {
-                        a.error
-                            .get_or_insert_with(|| format!("the workload's check failed: {v}"));
-                    }
-                }
-                Err(e) => {
-                    a.error.get_or_insert(e.to_string());
-                }
-            }
-        }
-        // whatever is left of it goes
-        for _ in 0..50 {
-            if !workload::alive(node, pid) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for (n, p) in [(src, w.source_pid), (dst, dest_pid.unwrap_or(0))] {
-            if p > 0 && workload::alive(n, p) && w.is_at(n, p, &case.program) {
-                workload::kill(n, p);
-            }
-        }
-    }
-
-    /// One haul migration of a fresh workload.
-    pub fn haul_once(&self, case: &WorkloadCase, strategy: &str, seq: u32) -> Attempt {
+    /// One migration of a fresh workload with method `m`: start, move, check.
+    pub fn migrate_once(&self, m: &dyn Method, case: &WorkloadCase, seq: u32) -> Attempt {
         let mut a = Attempt::default();
-        let (src, dst) = (self.provider.source(), self.provider.destination());
+        let src = self.provider.source();
+        let what = m.name().replace(' ', "-");
         let dir = if case.sync {
-            // the directory on the source; its parent on the destination (where the synced
-            // tree is made)
-            let made = self.node_local_dir(seq, strategy).and_then(|d| {
-                let parent = d.rsplit_once('/').map_or("/", |(p, _)| p).to_string();
-                let t = Duration::from_secs(60);
-                src.sh_ok(&format!("mkdir -p {}", shell_quote(&d)), t)
-                    .and_then(|_| dst.sh_ok(&format!("mkdir -p {}", shell_quote(&parent)), t))
-                    .map(|_| d)
-                    .map_err(|e| e.to_string())
-            });
-            match made {
+            match self.make_node_local(seq, &what) {
                 Ok(d) => d,
                 Err(e) => {
                     a.error = Some(e);
@@ -557,7 +286,7 @@ impl<'a> Runner<'a> {
                 }
             }
         } else {
-            self.migration_dir(seq, strategy)
+            format!("{}/{seq:03}-{what}", self.provider.shared_dir())
         };
         let w = match self.start_workload(case, &dir) {
             Ok(w) => w,
@@ -566,154 +295,103 @@ impl<'a> Runner<'a> {
                 return a;
             }
         };
-        let report = format!("{}/report-{seq:03}.json", src.work_dir());
-        let argv = vec![
-            src.bin("haul"),
-            "pid".into(),
-            w.source_pid.to_string(),
-            format!("{}:{}", dst.addr(), self.port),
-            "--key".into(),
-            self.key.0.clone(),
-            "--img-path".into(),
-            format!("{}/img", src.work_dir()),
-            "--strategy".into(),
-            strategy.into(),
-            "--report".into(),
-            report.clone(),
-            "--no-progress".into(),
-        ];
-        let mut argv = argv;
-        if case.sync {
-            argv.extend(["--sync".into(), dir.clone()]);
-        }
+        let resident = w.resident_bytes(src, w.source_pid);
+        let wire0 = self
+            .link_dev
+            .as_deref()
+            .and_then(|d| link::counters(src, d));
+        let cx = MigrationContext {
+            provider: self.provider,
+            serve: &self.serve,
+            scenario: self.scenario,
+            timeout: self.timeout,
+            cancel: &self.cancel,
+            seq,
+            sync_dir: case.sync.then_some(dir.as_str()),
+        };
         let mut dest_pid = None;
-        let serve_log = format!("{}/serve.log", dst.work_dir());
-        let serve_mark: u64 = dst
-            .sh(
-                &format!("wc -c < {} 2>/dev/null; true", shell_quote(&serve_log)),
-                Duration::from_secs(30),
-            )
-            .ok()
-            .and_then(|o| o.stdout_text().trim().parse().ok())
-            .unwrap_or(0);
-        let started = record::now_unix();
-        match src.exec(&argv, None, self.timeout) {
-            Ok(out) if out.success() => match src.read_file(&report) {
-                Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    Ok(v) => {
-                        a.figures = figures_from_report(&v);
-                        dest_pid = v
-                            .get("destination_pid")
-                            .and_then(|p| p.as_i64())
-                            .map(|p| p as i32);
-                        a.haul_report = Some(v);
-                    }
-                    Err(e) => a.error = Some(format!("haul's report {report}: {e}")),
-                },
-                Err(e) => a.error = Some(e.to_string()),
-            },
-            Ok(out) => {
-                // what haul serve logged during this migration only
-                let serve = dst
-                    .sh(
-                        &format!(
-                            "tail -c +{} {} 2>/dev/null | tail -n 4; true",
-                            serve_mark + 1,
-                            shell_quote(&serve_log)
-                        ),
-                        Duration::from_secs(30),
-                    )
-                    .map(|o| o.tail(4))
-                    .unwrap_or_default();
-                a.error = Some(format!(
-                    "haul pid {} after {:.1} s: {} || haul serve's log ends: {}",
-                    out.status_text(),
-                    record::now_unix() - started,
-                    out.tail(6),
-                    serve
-                ));
+        match m.migrate(&cx, &w) {
+            Ok(Moved {
+                figures,
+                destination_pid,
+                haul_report,
+                criu,
+            }) => {
+                a.figures = figures;
+                dest_pid = destination_pid;
+                a.haul_report = haul_report;
+                a.criu = criu;
             }
             Err(e) => a.error = Some(e.to_string()),
         }
-        self.check_after(&w, case, dest_pid, &mut a);
+        let wire1 = self
+            .link_dev
+            .as_deref()
+            .and_then(|d| link::counters(src, d));
+        a.figures.wire_bytes = wire0.zip(wire1).map(|(x, y)| y.saturating_sub(x));
+        a.figures.resident_bytes = resident;
+        a.figures.floor_secs = resident
+            .zip(self.env.link_bytes_per_sec)
+            .map(|(r, bw)| r as f64 / bw);
+        verify::after_move(
+            self.provider,
+            &w,
+            case,
+            dest_pid,
+            self.scenario.after_secs,
+            self.timeout,
+            &mut a.check,
+            &mut a.figures,
+            &mut a.error,
+        );
         if case.sync {
             self.remove_node_local(&dir);
         }
-        self.clean_images(&[
-            format!("{}/img", src.work_dir()),
-            format!("{}/img", dst.work_dir()),
-        ]);
+        self.clean_images();
         a
     }
 
-    /// Remove image directories' contents on both nodes (pages of a 1 GiB workload are 1 GiB).
-    pub fn clean_images(&self, dirs: &[String]) {
+    /// Empty haul's image directories on both nodes (a 1 GiB workload leaves 1 GiB).
+    fn clean_images(&self) {
         for n in [self.provider.source(), self.provider.destination()] {
-            for d in dirs {
-                if provider::removable(d) {
-                    let _ = n.sh(
-                        &format!("rm -rf {}/* 2>/dev/null; true", shell_quote(d)),
-                        Duration::from_secs(120),
-                    );
-                }
-            }
-        }
-    }
-
-    /// One plain-CRIU migration of a fresh workload.
-    pub fn criu_once(&self, case: &WorkloadCase, seq: u32) -> Attempt {
-        let mut a = Attempt::default();
-        let dir = self.migration_dir(seq, "criu");
-        let w = match self.start_workload(case, &dir) {
-            Ok(w) => w,
-            Err(e) => {
-                a.error = Some(e.to_string());
-                return a;
-            }
-        };
-        let dirs = baseline::Dirs {
-            src: format!("{}/{seq:03}-criu-images", self.provider.shared_dir()),
-            dst: format!("{}/criu-{seq:03}", self.provider.destination().work_dir()),
-            port: 28_000 + (seq % 2000) as u16,
-        };
-        let mut dest_pid = None;
-        match baseline::migrate(self.provider, w.source_pid, &dirs, self.timeout) {
-            Ok(m) => {
-                a.figures = m.figures;
-                a.criu = Some(m.detail);
-                dest_pid = Some(m.destination_pid);
-            }
-            Err(e) => a.error = Some(e.to_string()),
-        }
-        self.check_after(&w, case, dest_pid, &mut a);
-        let (src, dst) = (self.provider.source(), self.provider.destination());
-        for (n, d) in [(src, &dirs.src), (dst, &dirs.dst)] {
-            if provider::removable(d) {
+            let d = format!("{}/img", n.work_dir());
+            if provider::removable(&d) {
                 let _ = n.sh(
-                    &format!("rm -rf {}", shell_quote(d)),
+                    &format!(
+                        "rm -rf {}/* 2>/dev/null; true",
+                        crate::node::shell_quote(&d)
+                    ),
                     Duration::from_secs(120),
                 );
             }
         }
-        a
     }
 
-    fn record(&self, job: &Job, case: &WorkloadCase, a: Attempt, outcome: Outcome) -> Record {
+    fn record(
+        &self,
+        job: Job,
+        m: &dyn Method,
+        case: &WorkloadCase,
+        a: Attempt,
+        outcome: Outcome,
+    ) -> Record {
+        let Job { seq, rep, started } = job;
         Record {
             schema: SCHEMA,
             set: self.set.clone(),
             scenario: self.scenario.name.clone(),
-            seq: job.seq,
-            started_at: record::utc(job.started as u64, false),
-            rep: job.rep,
-            method: job.method,
-            strategy: job.strategy.clone(),
+            seq,
+            started_at: record::utc(started as u64, false),
+            rep,
+            method: m.name(),
+            tool: m.tool(),
+            twin: m.twin(),
             workload: case.into(),
             outcome,
             error: a.error,
             figures: a.figures,
             check: a.check,
-            ratio_to_criu: BTreeMap::new(),
+            ratio_to_twin: BTreeMap::new(),
             haul_report: a.haul_report,
             criu: a.criu,
             env: self.env.clone(),
@@ -722,7 +400,7 @@ impl<'a> Runner<'a> {
 
     /// Every migration of the scenario, each record written as soon as it is made.
     pub fn run_all(&self, out: &mut Writer, bar: &ProgressBar) -> Result<Vec<Record>, RunError> {
-        let mut records = Vec::new();
+        let mut records: Vec<Record> = Vec::new();
         let mut seq = 0u32;
         let say = |line: String| {
             if bar.is_hidden() {
@@ -731,77 +409,46 @@ impl<'a> Runner<'a> {
                 bar.println(line);
             }
         };
+        let path = out_path(out);
+        let cancelled = |n: usize| RunError::Cancelled(n, path.clone());
         for case in self.scenario.cases() {
             for rep in 1..=self.scenario.repetitions {
-                let mut base: Option<Figures> = None;
-                let mut jobs: Vec<(Method, String)> = Vec::new();
-                if self.scenario.baseline {
-                    jobs.push((Method::Criu, "criu".into()));
-                }
-                jobs.extend(
-                    self.scenario
-                        .strategies
-                        .iter()
-                        .map(|s| (Method::Haul, s.clone())),
-                );
-                for (method, strategy) in jobs {
-                    if INTERRUPTED.load(Ordering::SeqCst) {
-                        return Err(RunError::Interrupted(
-                            records.len(),
-                            out.path().display().to_string(),
-                        ));
+                let mut done: BTreeMap<String, Figures> = BTreeMap::new();
+                for m in &self.methods {
+                    if self.cancel.is_cancelled() {
+                        return Err(cancelled(records.len()));
                     }
-                    bar.set_message(format!(
-                        "{} {} #{rep}",
-                        case.label(),
-                        if method == Method::Criu {
-                            "plain CRIU"
-                        } else {
-                            &strategy
-                        }
-                    ));
+                    bar.set_message(format!("{} {} #{rep}", case.label(), m.name()));
                     let started = record::now_unix();
-                    let (a, outcome) = match (method, self.unsupported(&strategy)) {
-                        (Method::Haul, Some(why)) => (
+                    let (a, outcome) = match m.unsupported(&self.caps.0, &self.caps.1) {
+                        Some(why) => (
                             Attempt {
                                 error: Some(why),
                                 ..Default::default()
                             },
                             Outcome::Unsupported,
                         ),
-                        _ => {
-                            let a = match method {
-                                Method::Criu => self.criu_once(&case, seq),
-                                Method::Haul => self.haul_once(&case, &strategy, seq),
-                            };
-                            let outcome = if a.error.is_none() {
+                        None => {
+                            let a = self.migrate_once(m.as_ref(), &case, seq);
+                            let o = if a.error.is_none() {
                                 Outcome::Ok
                             } else {
                                 Outcome::Failed
                             };
-                            (a, outcome)
+                            (a, o)
                         }
                     };
-                    if INTERRUPTED.load(Ordering::SeqCst) {
-                        // the migration was cut short by the signal: not a result
-                        return Err(RunError::Interrupted(
-                            records.len(),
-                            out.path().display().to_string(),
-                        ));
+                    if self.cancel.is_cancelled() {
+                        // cut short by the signal: not a result
+                        return Err(cancelled(records.len()));
                     }
-                    let job = Job {
-                        seq,
-                        rep,
-                        method,
-                        strategy: strategy.clone(),
-                        started,
-                    };
-                    let mut r = self.record(&job, &case, a, outcome);
-                    if method == Method::Criu && outcome == Outcome::Ok {
-                        base = Some(r.figures.clone());
+                    let mut r =
+                        self.record(Job { seq, rep, started }, m.as_ref(), &case, a, outcome);
+                    if let Some(t) = r.twin.as_ref().and_then(|t| done.get(t)) {
+                        r.ratio_to_twin = ratios(&r.figures, t);
                     }
-                    if let (Method::Haul, Some(b)) = (method, &base) {
-                        r.ratio_to_criu = ratios(&r.figures, b);
+                    if outcome == Outcome::Ok {
+                        done.insert(r.method.clone(), r.figures.clone());
                     }
                     say(progress_line(&r));
                     out.write(&r)?;
@@ -815,12 +462,34 @@ impl<'a> Runner<'a> {
     }
 }
 
-impl Drop for Runner<'_> {
-    fn drop(&mut self) {
-        if let Some(pid) = self.serve_pid.take() {
-            self.provider.destination().terminate(pid);
-        }
-    }
+fn out_path(out: &Writer) -> String {
+    out.path().display().to_string()
+}
+
+/// Which migration of the run.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    /// Its number in the run.
+    seq: u32,
+    /// The repetition (1-based).
+    rep: u32,
+    /// When it started (Unix seconds).
+    started: f64,
+}
+
+/// One migration's outcome before it becomes a record.
+#[derive(Debug, Default)]
+pub struct Attempt {
+    /// The figures.
+    pub figures: Figures,
+    /// The check.
+    pub check: Check,
+    /// haul's JSON report.
+    pub haul_report: Option<serde_json::Value>,
+    /// Plain CRIU's details.
+    pub criu: Option<record::CriuDetail>,
+    /// What failed.
+    pub error: Option<String>,
 }
 
 fn secs(v: Option<f64>) -> String {
@@ -839,48 +508,50 @@ pub fn progress_line(r: &Record) -> String {
         Outcome::Ok => {
             let f = &r.figures;
             let mut s = format!(
-                "  ok {what}: total {}, frozen {}, downtime {}, observed {}",
+                "  ok {what}: total {}, downtime {}, observed {}, floor {}",
                 secs(f.total_secs),
-                secs(f.frozen_secs),
                 secs(f.downtime_secs),
-                secs(f.observed_downtime_secs)
+                secs(f.observed_downtime_secs),
+                secs(f.floor_secs),
             );
-            if let Some(x) = r.ratio_to_criu.get("observed_downtime_secs") {
-                s.push_str(&format!(" (x{x:.2} of plain CRIU)"));
+            if let (Some(x), Some(t)) = (r.ratio_to_twin.get("observed_downtime_secs"), &r.twin) {
+                s.push_str(&format!(" (x{x:.2} of {t})"));
             }
             s
         }
     }
 }
 
-/// Run a scenario from start to end: build (local), provision, migrate, record, clean up.
+/// Run a scenario from start to end: build (local), provision, migrate, record, tear down.
 pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<RunSummary, RunError> {
     let tree = provider::local::source_tree();
     let config = opts
         .provider
         .clone()
         .unwrap_or_else(|| scenario.provider.clone());
-    if opts.build {
-        if let (ProviderConfig::Local(c), Some(t)) = (&config, &tree) {
-            if c.bin_dir.is_none() {
-                eprintln!(
-                    "building haul's binaries (cargo build --release -p haul -p haul-workloads)"
-                );
-                build_binaries(t)?;
-            }
-        }
-    }
-    // the revision recorded is the one of the tree the binaries come from
-    let git_tree = match &config {
+    let local_bin = match &config {
         ProviderConfig::Local(LocalConfig {
             bin_dir: Some(d), ..
-        }) => Path::new(d)
+        }) => Some(PathBuf::from(d)),
+        _ => opts.bin_dir.clone(),
+    };
+    if opts.build && local_bin.is_none() && !matches!(config, ProviderConfig::Ssh(_)) {
+        if let Some(t) = &tree {
+            build::build_binaries(t)?;
+        }
+    }
+    let host_bin = local_bin
+        .clone()
+        .or_else(|| tree.as_ref().map(|t| t.join("target/release")));
+    // the revision recorded is the one of the tree the binaries come from
+    let git_tree = match &local_bin {
+        Some(d) => d
             .ancestors()
             .find(|a| a.join(".git").exists())
             .map(Path::to_path_buf),
-        _ => tree.clone(),
+        None => tree.clone(),
     };
-    let (rev, _) = git_revision(git_tree.as_deref());
+    let (rev, _) = probe::git_revision(git_tree.as_deref());
     let stem = format!(
         "{}-{}-{}",
         scenario.name,
@@ -893,7 +564,12 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<RunSummary, RunErro
         c.node_local |= scenario.syncs();
     }
     eprintln!("provisioning the {} provider", config.kind());
-    let mut prov = provider::provision(&config, &stem)?;
+    let cx = provider::ProvisionContext {
+        tag: stem.clone(),
+        cancel: opts.cancel.clone(),
+        host_bin_dir: host_bin.map(|p| p.display().to_string()),
+    };
+    let mut prov = provider::provision(&config, &cx)?;
     prov.keep_files(opts.keep);
     eprintln!("{}", prov.describe());
     let mut out = Writer::create(&opts.results_dir, &stem)?;
@@ -908,10 +584,11 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<RunSummary, RunErro
         &set,
         opts.port,
         git_tree.as_deref(),
+        &opts.cancel,
     )?;
     let env = runner.environment();
     eprintln!(
-        "git {}{}; source: kernel {}, CRIU {}; destination: kernel {}, CRIU {}",
+        "git {}{}; source: kernel {}, CRIU {}; destination: kernel {}, CRIU {}; link {}",
         env.git_rev,
         if env.git_dirty {
             " (uncommitted changes)"
@@ -921,11 +598,22 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<RunSummary, RunErro
         env.source.kernel,
         env.source.criu_version,
         env.destination.kernel,
-        env.destination.criu_version
+        env.destination.criu_version,
+        env.link_bytes_per_sec
+            .map_or("not measured".into(), |b| format!("{:.1} MB/s", b / 1e6)),
+    );
+    eprintln!(
+        "methods: {}",
+        runner
+            .methods()
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     eprintln!("results: {}", out.path().display());
     let bar = if opts.progress {
-        ProgressBar::new(scenario.migrations() as u64)
+        ProgressBar::new(runner.migrations() as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -952,35 +640,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn haul_check_output() {
-        let text = "CRIU version 4.2.1 at /usr/local/sbin/criu\n\
-strategies on this node (as source and destination):\n  stop-copy  available\n  pre-copy   unavailable: needs memory dirty tracking (soft-dirty) on the source kernel\n  post-copy  available\n  hybrid     unavailable: needs memory dirty tracking (soft-dirty) on the source kernel\n  auto       -> post-copy: no memory tracking\n";
-        let m = parse_unavailable(text);
-        assert_eq!(m.len(), 2);
-        assert!(m["pre-copy"].starts_with("needs memory dirty tracking"));
-        assert!(m.contains_key("hybrid"));
-    }
-
-    #[test]
-    fn report_figures() {
-        let v = serde_json::json!({
-            "total_secs": 2.0, "frozen_secs": 0.1, "restore_secs": 0.01, "downtime_secs": 0.12,
-            "postcopy_window_secs": null, "pages_sent": 100, "memory_bytes_sent": 409600,
-            "image_bytes_sent": 5000, "strategy": "pre-copy",
-            "rounds": [{"round": 1, "stats": {"pages_written": 60}, "bytes": 245760, "secs": 0.5, "bandwidth": 1.0}]
-        });
-        let f = figures_from_report(&v);
-        assert_eq!(f.total_secs, Some(2.0));
-        assert_eq!(f.postcopy_window_secs, None);
-        assert_eq!(f.pages_sent, Some(100));
-        assert_eq!(f.strategy_used.as_deref(), Some("pre-copy"));
-        assert_eq!(f.rounds[0].pages, 60);
-        let base = Figures {
+    fn ratios_need_both_figures() {
+        let f = Figures {
+            total_secs: Some(2.0),
+            pages_sent: Some(100),
+            ..Default::default()
+        };
+        let twin = Figures {
             total_secs: Some(4.0),
             pages_sent: Some(0),
             ..Default::default()
         };
-        let r = ratios(&f, &base);
+        let r = ratios(&f, &twin);
         assert_eq!(r.get("total_secs"), Some(&0.5));
         assert!(!r.contains_key("pages_sent"));
     }

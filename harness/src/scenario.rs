@@ -5,7 +5,7 @@
 //! description = "The HOWTO's memory toucher at three sizes and three dirty rates"
 //! repetitions = 3
 //! strategies = ["stop-copy", "post-copy", "auto", "pre-copy", "hybrid"]
-//! baseline = true            # also migrate each workload with plain CRIU (dump, copy, restore)
+//! twins = true               # also each strategy's plain-CRIU twin (see the method module)
 //! settle_secs = 1.0          # the workload touches memory this long before it is migrated
 //! after_secs = 1.0           # and this long on the destination before it checks itself
 //!
@@ -30,9 +30,9 @@
 //!
 //! A workload with `sync = true` works in a directory each node keeps on its own disk: the
 //! `local` provider makes one with a mount namespace per node ([`crate::mntns`]); for `ssh`
-//! and `vagrant` nodes the scenario names it (`node_local_dir`, a path on each host's own
-//! disk whose name contains `haul-harness`). Plain CRIU has no file sync: such scenarios run
-//! without the baseline.
+//! and VM nodes the scenario names it (`node_local_dir`, a path on each host's own disk whose
+//! name contains `haul-harness`). Plain CRIU has no file sync: such scenarios run without the
+//! twins.
 //!
 //! [`Scenario::cases`] expands the workloads into [`WorkloadCase`]s (duplicates across
 //! entries are dropped), each of which runs `repetitions` times per strategy.
@@ -43,6 +43,7 @@ use std::path::Path;
 use haul_workloads::mtouch_spec::{parse_size, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
 
+pub use crate::case::{human_size, pre_bytes, WorkloadCase};
 use crate::provider::ProviderConfig;
 
 /// The strategies `haul pid --strategy` knows.
@@ -92,6 +93,12 @@ fn default_after() -> f64 {
 fn default_timeout() -> f64 {
     300.0
 }
+fn default_criu_rounds() -> u32 {
+    8
+}
+fn default_probe_bytes() -> u64 {
+    256 << 20
+}
 fn default_strategies() -> Vec<String> {
     vec!["auto".into()]
 }
@@ -111,9 +118,27 @@ pub struct Scenario {
     /// Strategies to run, as `haul pid --strategy` takes them.
     #[serde(default = "default_strategies")]
     pub strategies: Vec<String>,
-    /// Also migrate every case with plain CRIU (dump to a page server, copy, restore).
-    #[serde(default = "default_true")]
-    pub baseline: bool,
+    /// Also migrate every case with each strategy's plain-CRIU twin (stop-copy: page-server
+    /// dump + restore; post-copy: lazy pages; pre-copy and hybrid: the pre-dump loop).
+    /// `baseline` is the old name.
+    #[serde(default = "default_true", alias = "baseline")]
+    pub twins: bool,
+    /// More `haul pid` options for every haul migration (e.g. `["--max-rounds", "2"]`).
+    #[serde(default)]
+    pub haul_args: Vec<String>,
+    /// Before every haul migration, run the same `haul pid` with `--dry-run` (nothing frozen)
+    /// and record its estimates beside the measured figures (`estimated_downtime_secs`,
+    /// `estimated_total_secs`): how well `--dry-run` predicts (issue #13 asks ±50 %).
+    #[serde(default)]
+    pub dry_run_first: bool,
+    /// Plain CRIU's pre-dump loop: at most this many pre-dumps before the final dump (it
+    /// stops earlier by P.Haul's rules: <= 64 pages written, or the dirty set grew).
+    #[serde(default = "default_criu_rounds")]
+    pub criu_max_rounds: u32,
+    /// Bytes the link probe streams from the source to the destination to measure the
+    /// bandwidth the link floor is computed from (0: no probe, no floor).
+    #[serde(default = "default_probe_bytes")]
+    pub link_probe_bytes: u64,
     /// Seconds the workload runs (after its first touch) before it is migrated.
     #[serde(default = "default_settle")]
     pub settle_secs: f64,
@@ -127,8 +152,8 @@ pub struct Scenario {
     #[serde(default)]
     pub provider: ProviderConfig,
     /// A directory at the same path on both nodes that each keeps on its own disk, for
-    /// workloads with `sync = true` on `ssh` and `vagrant` nodes (the `local` provider makes
-    /// its own). Its path must contain a component starting with `haul-harness`.
+    /// workloads with `sync = true` on `ssh` and VM nodes (the `local` provider makes its
+    /// own). Its path must contain a component starting with `haul-harness`.
     #[serde(default)]
     pub node_local_dir: Option<String>,
     /// The workloads.
@@ -144,7 +169,7 @@ pub struct WorkloadSpec {
     /// The program: `mtouch` (memory), or `file-churn` (files in its working directory).
     #[serde(default = "default_program")]
     pub program: String,
-    /// Memory sizes (`64m`, `1g`, ...); file-churn: bytes of files.
+    /// Memory sizes (`64m`, `1g`, ...).
     pub sizes: Vec<String>,
     /// Pre-touched memory: `all`, a size, or a percentage of the size.
     #[serde(default = "default_pre")]
@@ -177,109 +202,6 @@ fn default_pre() -> String {
 }
 fn default_pattern() -> String {
     "random".into()
-}
-
-/// One point of a workload grid: exactly what one launch of the workload runs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkloadCase {
-    /// The `[[workloads]]` entry it came from.
-    pub name: String,
-    /// The program.
-    pub program: String,
-    /// Mapped memory (bytes).
-    pub size_bytes: u64,
-    /// Pre-touched memory (bytes).
-    pub pre_bytes: u64,
-    /// Microseconds between touches (also set, to 1, when a rate is given; mtouch ignores it).
-    pub pause_us: u64,
-    /// mtouch's `--rate` as given (`4m`, `max`), when the case is rate-driven.
-    pub rate: Option<String>,
-    /// Touch pattern.
-    pub pattern: String,
-    /// More arguments.
-    pub args: Vec<String>,
-    /// Node-local working directory, synced (`haul pid --sync`).
-    #[serde(default)]
-    pub sync: bool,
-}
-
-impl WorkloadCase {
-    /// `SIZE:PRE:PAUSE` as mtouch takes it (sizes in bytes, or `k`/`m`/`g` when whole).
-    pub fn spec(&self) -> String {
-        format!(
-            "{}:{}:{}",
-            human_size(self.size_bytes),
-            human_size(self.pre_bytes),
-            self.pause_us
-        )
-    }
-
-    /// A short label: `256m:256m:100000` or `256m:256m@4m/s`, plus the pattern when not random;
-    /// file-churn: `files 200m@4m/s`, plus ` sync` for a synced working directory.
-    pub fn label(&self) -> String {
-        if self.program == "file-churn" {
-            return format!(
-                "files {}@{}/s{}",
-                human_size(self.size_bytes),
-                self.rate.as_deref().unwrap_or("4m"),
-                if self.sync { " sync" } else { "" }
-            );
-        }
-        let mut s = match &self.rate {
-            Some(r) => format!(
-                "{}:{}@{r}/s",
-                human_size(self.size_bytes),
-                human_size(self.pre_bytes)
-            ),
-            None => self.spec(),
-        };
-        if self.pattern != "random" {
-            s.push_str(&format!(" {}", self.pattern));
-        }
-        s
-    }
-
-    /// The workload's arguments (mtouch: after the log file name).
-    pub fn argv(&self) -> Vec<String> {
-        if self.program == "file-churn" {
-            let mut v = vec!["--size".into(), human_size(self.size_bytes)];
-            if let Some(r) = &self.rate {
-                v.push("--rate".into());
-                v.push(r.clone());
-            }
-            v.extend(self.args.iter().cloned());
-            return v;
-        }
-        let mut v = vec![self.spec()];
-        if let Some(r) = &self.rate {
-            v.push("--rate".into());
-            v.push(r.clone());
-        }
-        v.push("--pattern".into());
-        v.push(self.pattern.clone());
-        v.extend(self.args.iter().cloned());
-        v
-    }
-
-    /// The dirty rate in bytes per second (`None` for `max`, which has no fixed rate).
-    pub fn dirty_rate(&self) -> Option<f64> {
-        match &self.rate {
-            Some(r) if r == "max" => None,
-            Some(r) => parse_size(r).ok().map(|b| b as f64),
-            None if self.pause_us > 0 => Some(PAGE_SIZE as f64 * 1e6 / self.pause_us as f64),
-            None => None,
-        }
-    }
-}
-
-/// `n` as `<k>g`, `<k>m`, `<k>k` when a whole multiple, else plain bytes.
-pub fn human_size(n: u64) -> String {
-    for (shift, suffix) in [(30, "g"), (20, "m"), (10, "k")] {
-        if n > 0 && n.is_multiple_of(1u64 << shift) {
-            return format!("{}{suffix}", n >> shift);
-        }
-    }
-    n.to_string()
 }
 
 impl Scenario {
@@ -323,8 +245,8 @@ impl Scenario {
         if self.repetitions == 0 {
             return Err(self.invalid("repetitions must be at least 1"));
         }
-        if self.strategies.is_empty() && !self.baseline {
-            return Err(self.invalid("no strategies and no baseline: nothing to run"));
+        if self.strategies.is_empty() {
+            return Err(self.invalid("no strategies: nothing to run"));
         }
         for s in &self.strategies {
             if !STRATEGIES.contains(&s.as_str()) {
@@ -361,9 +283,9 @@ impl Scenario {
                     PROGRAMS.join(", ")
                 )));
             }
-            if w.sync && self.baseline {
+            if w.sync && self.twins {
                 return Err(bad(
-                    "sync = true needs baseline = false (plain CRIU has no file sync)".into(),
+                    "sync = true needs twins = false (plain CRIU has no file sync)".into(),
                 ));
             }
             if w.program == "file-churn" && (w.rates.is_empty() || !w.pauses.is_empty()) {
@@ -444,38 +366,45 @@ impl Scenario {
     pub fn syncs(&self) -> bool {
         self.workloads.iter().any(|w| w.sync)
     }
-
-    /// Number of migrations a run makes (unsupported strategies included, which take no time).
-    pub fn migrations(&self) -> usize {
-        self.cases().len()
-            * self.repetitions as usize
-            * (self.strategies.len() + usize::from(self.baseline))
-    }
-}
-
-/// Pre-touched bytes for `pre` (`all`, a size, or `N%`) of `size` bytes, at most `size`.
-pub fn pre_bytes(pre: &str, size: u64) -> Result<u64, String> {
-    if pre == "all" {
-        return Ok(size);
-    }
-    if let Some(p) = pre.strip_suffix('%') {
-        let p: f64 = p
-            .parse()
-            .map_err(|_| format!("pre {pre:?}: not a percentage"))?;
-        if !(0.0..=100.0).contains(&p) {
-            return Err(format!("pre {pre:?}: percentage out of 0..100"));
-        }
-        let b = (size as f64 * p / 100.0) as u64;
-        return Ok(b / PAGE_SIZE * PAGE_SIZE);
-    }
-    let b = parse_size(pre).map_err(|e| e.to_string())?;
-    Ok(b.min(size))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn file_churn_with_sync() {
+        let text = r#"
+name = "files"
+twins = false
+strategies = ["stop-copy"]
+[[workloads]]
+name = "files"
+program = "file-churn"
+sizes = ["200m"]
+rates = ["4m", "16m"]
+sync = true
+"#;
+        let s = Scenario::parse(text, "test").unwrap();
+        assert!(s.syncs());
+        let c = s.cases();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].argv(), ["--size", "200m", "--rate", "4m"]);
+        assert_eq!(c[0].label(), "files 200m@4m/s sync");
+        assert_eq!(c[1].dirty_rate(), Some(16.0 * 1048576.0));
+        let e = Scenario::parse(&text.replace("twins = false\n", ""), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plain CRIU has no file sync"), "{e}");
+        let e = Scenario::parse(
+            &text.replace("rates = [\"4m\", \"16m\"]", "pauses = [1]"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("takes rates"), "{e}");
+    }
 
     const FULL: &str = r#"
 name = "t"
@@ -503,7 +432,7 @@ pattern = "hot:10"
     #[test]
     fn parses_and_expands() {
         let s = Scenario::parse(FULL, "test").unwrap();
-        assert!(s.baseline);
+        assert!(s.twins);
         assert_eq!(s.settle_secs, 1.0);
         let cases = s.cases();
         assert_eq!(cases.len(), 4 + 3);
@@ -516,7 +445,6 @@ pattern = "hot:10"
         assert_eq!(rate.dirty_rate(), Some(4.0 * 1048576.0));
         assert_eq!(rate.label(), "64m:64m@4m/s hot:10");
         assert_eq!(cases[6].dirty_rate(), None);
-        assert_eq!(s.migrations(), 7 * 2 * 3);
     }
 
     #[test]
@@ -582,39 +510,6 @@ pattern = "hot:10"
     }
 
     #[test]
-    fn file_churn_with_sync() {
-        let text = r#"
-name = "files"
-baseline = false
-strategies = ["stop-copy"]
-[[workloads]]
-name = "files"
-program = "file-churn"
-sizes = ["200m"]
-rates = ["4m", "16m"]
-sync = true
-"#;
-        let s = Scenario::parse(text, "test").unwrap();
-        assert!(s.syncs());
-        let c = s.cases();
-        assert_eq!(c.len(), 2);
-        assert_eq!(c[0].argv(), ["--size", "200m", "--rate", "4m"]);
-        assert_eq!(c[0].label(), "files 200m@4m/s sync");
-        assert_eq!(c[1].dirty_rate(), Some(16.0 * 1048576.0));
-        let e = Scenario::parse(&text.replace("baseline = false\n", ""), "t")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("plain CRIU has no file sync"), "{e}");
-        let e = Scenario::parse(
-            &text.replace("rates = [\"4m\", \"16m\"]", "pauses = [1]"),
-            "t",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("takes rates"), "{e}");
-    }
-
-    #[test]
     fn sizes_read_back() {
         assert_eq!(human_size(64 << 20), "64m");
         assert_eq!(human_size(1 << 30), "1g");
@@ -644,7 +539,6 @@ sync = true
             );
             let s = Scenario::parse(&text, "prop").unwrap();
             prop_assert_eq!(s.cases().len(), sizes.len() * pauses.len());
-            prop_assert_eq!(s.migrations(), sizes.len() * pauses.len() * reps as usize * 2);
             for c in s.cases() {
                 prop_assert_eq!(c.pre_bytes, c.size_bytes);
                 prop_assert!(c.dirty_rate().unwrap() > 0.0);

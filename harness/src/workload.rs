@@ -2,7 +2,8 @@
 //! source (with `haul-launch`, in a directory on the shared mount, or on a node-local one for
 //! `--sync`), wait until it touches memory (writes files), find it on the destination after
 //! the move, and have it check every page (block) (stop file, `Finish`, no `Mismatch` or
-//! `Fail:`). Everything goes through [`Node`], so it works on any provider.
+//! `Fail:`). Everything goes through [`Node`], so it works on any provider; every
+//! wait is one command on the node ([`Node::wait_until`]).
 
 use std::time::{Duration, Instant};
 
@@ -10,15 +11,15 @@ use haul_workloads::files::{FILE_CHURN_LOG, FILE_CHURN_STOP, MTOUCH_LOG, MTOUCH_
 use haul_workloads::mtouch_log::analyze;
 use haul_workloads::worklog;
 
-use crate::provider::{shell_quote, Node, ProviderError};
-use crate::scenario::WorkloadCase;
+use crate::case::WorkloadCase;
+use crate::node::{shell_quote, Node, NodeError};
 
 /// Why a workload could not be started or checked.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     /// A node command failed.
     #[error(transparent)]
-    Node(#[from] ProviderError),
+    Node(#[from] NodeError),
     /// `haul-launch` did not report a started workload.
     #[error("haul-launch did not start the workload: {0}")]
     Launch(String),
@@ -176,11 +177,14 @@ impl Workload {
         timeout: Duration,
     ) -> Result<u64, WorkloadError> {
         let start = Instant::now();
-        loop {
-            let n = self.touches(node);
-            if n >= from + more && start.elapsed().as_secs_f64() >= min_secs {
-                return Ok(n);
-            }
+        let cond = format!(
+            "[ \"$(grep -c '^t ' {} 2>/dev/null)\" -ge {} ]",
+            shell_quote(&self.log()),
+            from + more
+        );
+        let reached = node.wait_until(&cond, Some(pid), timeout)?;
+        let n = self.touches(node);
+        if !reached {
             if !alive(node, pid) {
                 return Err(WorkloadError::NotRunning(format!(
                     "the workload (pid {pid} on {}) is gone after {n} touches; its output: {}",
@@ -188,16 +192,26 @@ impl Workload {
                     self.output_tail(node)
                 )));
             }
-            if start.elapsed() >= timeout {
-                return Err(WorkloadError::NotRunning(format!(
-                    "the workload (pid {pid} on {}) logged {} touches in {:.0} s, wanted {more}",
-                    node.describe(),
-                    n.saturating_sub(from),
-                    timeout.as_secs_f64()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            return Err(WorkloadError::NotRunning(format!(
+                "the workload (pid {pid} on {}) logged {} touches in {:.0} s, wanted {more}",
+                node.describe(),
+                n.saturating_sub(from),
+                timeout.as_secs_f64()
+            )));
         }
+        let left = min_secs - start.elapsed().as_secs_f64();
+        if left > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(left));
+        }
+        Ok(self.touches(node))
+    }
+
+    /// Its resident memory on `node` now (bytes, `VmRSS`).
+    pub fn resident_bytes(&self, node: &dyn Node, pid: i32) -> Option<u64> {
+        let script = format!("awk '/^VmRSS:/ {{ print $2 * 1024 }}' /proc/{pid}/status");
+        node.sh(&script, SHORT)
+            .ok()
+            .and_then(|o| o.stdout_text().trim().parse().ok())
     }
 
     fn output_tail(&self, node: &dyn Node) -> String {
@@ -232,14 +246,8 @@ impl Workload {
     ) -> Result<Verdict, WorkloadError> {
         let stop = format!("{}/{}", self.dir, stop_name(&self.program));
         node.sh_ok(&format!(": > {}", shell_quote(&stop)), SHORT)?;
-        let start = Instant::now();
         let wait = format!("grep -q '^Finish' {}", shell_quote(&self.log()));
-        while start.elapsed() < timeout {
-            if node.sh(&wait, SHORT)?.success() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        node.wait_until(&wait, None, timeout)?;
         self.verdict(node)
     }
 

@@ -4,18 +4,19 @@
 //! runs the "remote" command in a local network namespace (the whole ssh code path but the
 //! network login).
 //!
-//! Skips, saying why, when not root, when CRIU does not pass `criu check`, or when haul's
-//! binaries are not built (`cargo build --release -p haul -p haul-workloads`, which
-//! `cargo test --workspace --release` does).
+//! Reported as ignored, with the reason, when not root, when CRIU does not pass `criu check`,
+//! or when haul's binaries are not built (`cargo build --release -p haul -p haul-workloads`,
+//! which `cargo test --workspace --release` does).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use haul_harness::provider::{ProviderConfig, SshConfig, SshHost};
-use haul_harness::record::{self, Method, Outcome};
+use haul_harness::record::{self, Outcome, Tool};
 use haul_harness::runner::{self, RunOptions};
 use haul_harness::scenario::Scenario;
+use haul_test_support::{test, Need};
 
 /// The directory with haul, mtouch and haul-launch: this test's profile dir, else release.
 fn bin_dir() -> Option<PathBuf> {
@@ -23,7 +24,7 @@ fn bin_dir() -> Option<PathBuf> {
     let profile = exe.parent()?.parent()?.to_path_buf();
     let release = profile.parent()?.join("release");
     [profile, release].into_iter().find(|d| {
-        ["haul", "mtouch", "haul-launch"]
+        haul_harness::HAUL_PROGRAMS
             .iter()
             .all(|b| d.join(b).is_file())
     })
@@ -33,29 +34,19 @@ fn criu() -> String {
     haul_harness::provider::local::find_criu()
 }
 
-/// Why this machine cannot run the test, if it cannot.
-fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (network namespaces, CRIU)".into());
-    }
-    match Command::new(criu()).arg("check").output() {
-        Ok(o) if o.status.success() => {}
-        Ok(_) => return Some("`criu check` does not pass on this kernel".into()),
-        Err(_) => return Some("no criu (scripts/setup.sh installs it)".into()),
-    }
-    if bin_dir().is_none() {
-        return Some(
-            "haul's binaries are not built: cargo build --release -p haul -p haul-workloads".into(),
-        );
-    }
-    None
+/// What these tests need: haul's binaries built.
+fn binaries() -> Option<String> {
+    bin_dir().is_none().then(|| {
+        "needs haul's binaries: cargo build --release -p haul -p haul-workloads".to_string()
+    })
 }
 
 const SMOKE: &str = r#"
 name = "itest"
 repetitions = 1
 strategies = ["post-copy"]
-baseline = true
+twins = true
+link_probe_bytes = 16777216
 settle_secs = 0.5
 after_secs = 0.5
 timeout_secs = 30
@@ -71,24 +62,36 @@ fn check_records(path: &Path) {
     let text = std::fs::read_to_string(path).unwrap();
     assert_eq!(text.lines().count(), 2, "{text}");
     let records = record::read(path).unwrap();
-    let criu = records.iter().find(|r| r.method == Method::Criu).unwrap();
-    let haul = records.iter().find(|r| r.method == Method::Haul).unwrap();
+    let criu = records.iter().find(|r| r.tool == Tool::Criu).unwrap();
+    let haul = records.iter().find(|r| r.tool == Tool::Haul).unwrap();
     for r in [criu, haul] {
         assert_eq!(r.outcome, Outcome::Ok, "{:?}", r.error);
         assert!(r.check.passed && r.check.finished && r.check.mismatches == 0);
         assert!(r.check.destination_pid.is_some() && !r.check.left_on_source);
         assert!(r.figures.total_secs.unwrap() > 0.0);
         assert!(r.figures.observed_downtime_secs.unwrap() > 0.0);
-        assert!(r.figures.pages_sent.unwrap() >= 4096, "{:?}", r.figures);
+        assert!(
+            r.tool == Tool::Criu || r.figures.pages_sent.unwrap() >= 4096,
+            "{:?}",
+            r.figures
+        );
         assert_eq!(r.workload.case.size_bytes, 16 << 20);
         assert!(!r.env.source.kernel.is_empty() && !r.env.source.criu_version.is_empty());
     }
-    assert_eq!(haul.strategy, "post-copy");
+    assert_eq!(haul.method, "haul post-copy");
+    assert_eq!(criu.method, "criu post-copy");
+    assert_eq!(haul.twin.as_deref(), Some("criu post-copy"));
     assert_eq!(haul.figures.strategy_used.as_deref(), Some("post-copy"));
     assert!(haul.haul_report.as_ref().unwrap()["total_secs"].is_f64());
-    assert!(haul.ratio_to_criu.contains_key("observed_downtime_secs"));
-    assert!(criu.criu.as_ref().unwrap().dump.is_some());
+    assert!(haul.ratio_to_twin.contains_key("observed_downtime_secs"));
+    let detail = criu.criu.as_ref().unwrap();
+    assert!(detail.dump.is_some() && detail.lazy_done_secs.is_some());
     assert!(criu.figures.restore_secs.is_some());
+    for r in [criu, haul] {
+        assert!(r.figures.floor_secs.unwrap() > 0.0, "{:?}", r.figures);
+        assert!(r.figures.wire_bytes.unwrap() >= 16 << 20, "{:?}", r.figures);
+    }
+    assert!(haul.env.link_bytes_per_sec.unwrap() > 0.0);
 }
 
 fn check_report(dir: &Path) {
@@ -110,17 +113,13 @@ fn check_report(dir: &Path) {
     }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("![Downtime vs memory size per strategy](downtime-vs-size.png)"));
-    assert!(md.contains("| 16m:16m:1000 | post-copy | "), "{md}");
+    assert!(md.contains("| 16m:16m:1000 | haul post-copy | "), "{md}");
+    assert!(md.contains("| 16m:16m:1000 | criu post-copy | "), "{md}");
     let png = std::fs::read(dir.join("haul-vs-criu.png")).unwrap();
     assert_eq!(&png[1..4], b"PNG");
 }
 
-#[test]
 fn tiny_scenario_on_the_local_provider() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
     let bins = bin_dir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let scenario = tmp.path().join("itest.toml");
@@ -190,12 +189,7 @@ fn tiny_scenario_on_the_local_provider() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("No figure changed"));
 }
 
-#[test]
 fn tiny_scenario_through_the_ssh_provider() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
     let bins = bin_dir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     // `ssh [options] HOST -- COMMAND` runs COMMAND with sh in the network namespace HOST
@@ -206,7 +200,7 @@ fn tiny_scenario_through_the_ssh_provider() {
     )
     .unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let pair = haul_harness::NodePair::new("ssht").unwrap();
+    let pair = haul_test_support::NodePair::new("ssht").unwrap();
     let shared = tmp.path().join("nfs");
     std::fs::create_dir_all(&shared).unwrap();
     let ssh = SshConfig {
@@ -223,15 +217,14 @@ fn tiny_scenario_through_the_ssh_provider() {
         bin_dir: bins.display().to_string(),
         criu: criu(),
         ssh: vec![fake.display().to_string()],
+        multiplex: false,
     };
     let scenario = Scenario::parse(SMOKE, "itest").unwrap();
     let opts = RunOptions {
         results_dir: tmp.path().join("runs"),
         provider: Some(ProviderConfig::Ssh(ssh.clone())),
         port: 27612,
-        build: false,
-        keep: false,
-        progress: false,
+        ..Default::default()
     };
     let mut summary = runner::run(&scenario, &opts).unwrap();
     for attempt in 2..=3 {
@@ -258,4 +251,22 @@ fn tiny_scenario_through_the_ssh_provider() {
         0
     );
     let _ = std::fs::remove_dir_all(&ssh.work_root);
+}
+
+fn main() -> std::process::ExitCode {
+    let needs = [Need::Root, Need::Criu, Need::Check(binaries)];
+    haul_test_support::run(vec![
+        test!(
+            tiny_scenario_on_the_local_provider,
+            needs[0],
+            needs[1],
+            needs[2]
+        ),
+        test!(
+            tiny_scenario_through_the_ssh_provider,
+            needs[0],
+            needs[1],
+            needs[2]
+        ),
+    ])
 }

@@ -6,6 +6,8 @@
 
 use tokio::net::TcpStream;
 
+use crate::criu::diagnosis::Diagnosis;
+use crate::preflight::{Finding, Severity};
 use crate::wire::auth::{self, AuthError, Purpose};
 use crate::wire::frame::{Conn, FrameError};
 use crate::wire::pb::{self, message::Body};
@@ -70,8 +72,13 @@ pub enum ChannelError {
         peer: String,
         /// The error kind it sent, by name.
         kind: &'static str,
-        /// Its message.
+        /// What it said: its diagnosis of a failed CRIU run, or its pre-flight refusals, or
+        /// its message as sent.
         message: String,
+        /// Its pre-flight findings, when it refused.
+        findings: Vec<Finding>,
+        /// Its diagnosis of a failed CRIU run, when it had one.
+        diagnosis: Option<Box<Diagnosis>>,
     },
 }
 
@@ -81,6 +88,30 @@ impl ChannelError {
         match self {
             ChannelError::PeerFailed { kind, .. } => Some(kind),
             _ => None,
+        }
+    }
+
+    /// The peer's failure as it sent it: its findings and diagnosis decoded (malformed JSON
+    /// is dropped: the message still says what happened).
+    fn peer_failed(peer: &str, e: pb::Error) -> ChannelError {
+        let findings: Vec<Finding> = serde_json::from_str(&e.findings_json).unwrap_or_default();
+        let diagnosis: Option<Box<Diagnosis>> = serde_json::from_str(&e.diagnosis_json).ok();
+        let refusals: Vec<String> = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Refuse)
+            .map(|f| f.to_string())
+            .collect();
+        let message = match (&diagnosis, refusals.is_empty()) {
+            (Some(d), _) => d.to_string(),
+            (None, false) => refusals.join("; "),
+            (None, true) => e.message,
+        };
+        ChannelError::PeerFailed {
+            peer: peer.to_string(),
+            kind: kind_name(e.kind),
+            message,
+            findings,
+            diagnosis,
         }
     }
 }
@@ -96,6 +127,7 @@ pub fn kind_name(kind: i32) -> &'static str {
         Ok(pb::ErrorKind::Criu) => "CRIU",
         Ok(pb::ErrorKind::Io) => "I/O",
         Ok(pb::ErrorKind::Busy) => "busy",
+        Ok(pb::ErrorKind::Refused) => "pre-flight",
         Ok(pb::ErrorKind::Unspecified) | Err(_) => "unspecified",
     }
 }
@@ -138,8 +170,8 @@ impl<S: Stream> Control<S> {
     }
 
     /// Sends an `Error` message (best effort: the connection may already be gone).
-    pub async fn send_error(&mut self, kind: pb::ErrorKind, message: String) {
-        let _ = self.conn.send(&pb::Message::error(kind, message)).await;
+    pub async fn send_error(&mut self, error: pb::Error) {
+        let _ = self.conn.send(&pb::Message::of(Body::Error(error))).await;
     }
 
     /// Receives the next message within `wait`; the peer's `Error` becomes
@@ -159,11 +191,7 @@ impl<S: Stream> Control<S> {
             })?,
         };
         match msg.body {
-            Some(Body::Error(e)) => Err(ChannelError::PeerFailed {
-                peer: self.peer.clone(),
-                kind: kind_name(e.kind),
-                message: e.message,
-            }),
+            Some(Body::Error(e)) => Err(ChannelError::peer_failed(&self.peer, e)),
             Some(b) => Ok(b),
             None => Err(ChannelError::Unexpected {
                 peer: self.peer.clone(),
@@ -289,7 +317,12 @@ mod tests {
             ),
             "{e}"
         );
-        b.send_error(pb::ErrorKind::Space, "no room".into()).await;
+        b.send_error(pb::Error {
+            kind: pb::ErrorKind::Space as i32,
+            message: "no room".into(),
+            ..Default::default()
+        })
+        .await;
         let e = a.expect::<pb::Ready>(W).await.unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -87,3 +87,12 @@ pub const SPACE_MARGIN: u64 = 64 << 20;
 /// control channel (each at most [`crate::sync::limits::MAX_MESSAGE`] = 1 MiB: at most
 /// 16 MiB in memory), enough to keep the channel busy while the next file is read.
 pub const SYNC_QUEUE: usize = 16;
+
+/// The source writes into a bandwidth probe for this long.
+pub const PROBE_SECS: Duration = Duration::from_millis(300);
+
+/// A bandwidth probe carries at most this many bytes.
+pub const PROBE_BYTES: u64 = 1 << 30;
+
+/// The destination reads a bandwidth probe for at most this long.
+pub const PROBE_WAIT: Duration = Duration::from_secs(10);

@@ -82,6 +82,13 @@ pub struct MigrationReport {
     /// File sync (`--sync`): rounds, bytes, files, the frozen final round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<crate::sync::stats::SyncReport>,
+    /// A dry run (`--dry-run`): nothing was frozen; `preflight` says what would happen.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Pre-flight on both nodes: findings, the options it turned on, every strategy's
+    /// estimate and `auto`'s choice.
+    #[serde(default)]
+    pub preflight: Option<crate::preflight::PreflightReport>,
 }
 
 impl MigrationReport {

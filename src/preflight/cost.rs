@@ -58,6 +58,12 @@ pub struct CostModel {
     pub default_dirty_fraction: f64,
     /// Pre-copy: the duration of a converged round (s), over which the final dirty set accrues.
     pub round_secs: f64,
+    /// Total time outside the freeze with nothing to move (s): connecting, both nodes' checks,
+    /// the goodbye.
+    pub setup_secs: f64,
+    /// Post-copy's total time after the last page arrived (s): the lazy-pages daemon's exit
+    /// and its verdict.
+    pub lazy_tail_secs: f64,
     /// Differences up to this many seconds count as small.
     pub similar_secs: f64,
     /// Differences up to this share of the lowest estimate count as small.
@@ -78,7 +84,10 @@ impl CostModel {
     ///   through haul's two relays);
     /// - `default_dirty_fraction`, `round_secs`: pre-copy cannot run on this kernel (no
     ///   soft-dirty); from the VM runs (results/vm: the 256 MiB toucher's final round wrote
-    ///   731 of 32784 pages, 2.2 %; 5 % is the conservative guess) and a round's length there.
+    ///   731 of 32784 pages, 2.2 %; 5 % is the conservative guess) and a round's length there;
+    /// - `setup_secs`: the same bench's stop-copy total minus downtime (0.107 / 0.126 / 0.161 s);
+    /// - `lazy_tail_secs`: its post-copy total minus downtime minus resident / `lazy_rate`
+    ///   (0.51 / 0.34 / 0.06 s at 64 MiB / 256 MiB / 1 GiB: 0.5 s, the small sizes' figure).
     pub const CRIU_4_2_1: CostModel = CostModel {
         sc_fixed_secs: 0.41,
         dump_rate: 1.16 * GIB,
@@ -89,6 +98,8 @@ impl CostModel {
         lazy_rate: 0.3 * GIB,
         default_dirty_fraction: 0.05,
         round_secs: 0.5,
+        setup_secs: 0.12,
+        lazy_tail_secs: 0.5,
         similar_secs: 0.1,
         similar_ratio: 0.25,
     };
@@ -129,6 +140,9 @@ pub struct Estimate {
     pub downtime_secs: f64,
     /// Estimated post-copy window (s): how long the source must still serve pages afterwards.
     pub postcopy_window_secs: Option<f64>,
+    /// Estimated total time (s): set-up, pre-copy rounds, the freeze, the post-copy window.
+    #[serde(default)]
+    pub total_secs: f64,
     /// Why it cannot run on these nodes, if it cannot.
     pub unavailable: Option<String>,
 }
@@ -137,9 +151,10 @@ impl fmt::Display for Estimate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:<9} downtime ~{:.2}s",
+            "{:<9} downtime ~{:.2}s, total ~{:.2}s",
             self.strategy.name(),
-            self.downtime_secs
+            self.downtime_secs,
+            self.total_secs
         )?;
         if let Some(w) = self.postcopy_window_secs {
             write!(f, ", post-copy window ~{w:.2}s")?;
@@ -189,11 +204,22 @@ pub fn estimates(model: &CostModel, inputs: &CostInputs) -> Vec<Estimate> {
         None => r * model.default_dirty_fraction,
     };
     let lazy_setup = model.pc_fixed_secs + m * model.lazy_setup_secs_per_mapped_byte;
-    let estimate = |strategy: Strategy, downtime: f64, window: Option<f64>| Estimate {
-        strategy,
-        downtime_secs: downtime,
-        postcopy_window_secs: window,
-        unavailable: strategy.missing(inputs.source, inputs.destination),
+    // Pre-copy's rounds before the freeze: the first moves everything, the others the dirty
+    // set, about `round_secs` each (three of them, the VMs' typical count).
+    let rounds = r / dump + 3.0 * model.round_secs;
+    let estimate = |strategy: Strategy, downtime: f64, window: Option<f64>| {
+        let before = match strategy {
+            Strategy::PreCopy | Strategy::Hybrid => rounds,
+            _ => 0.0,
+        };
+        let after = window.map_or(0.0, |w| w + model.lazy_tail_secs);
+        Estimate {
+            strategy,
+            downtime_secs: downtime,
+            postcopy_window_secs: window,
+            total_secs: model.setup_secs + before + downtime + after,
+            unavailable: strategy.missing(inputs.source, inputs.destination),
+        }
     };
     vec![
         estimate(

@@ -59,9 +59,34 @@ pub struct DestinationRequirements {
     pub files: Vec<FileRequirement>,
     /// Bytes the images will take (resident memory plus deleted files' content).
     pub image_bytes: u64,
+    /// Files the tree holds locks on: nobody may hold a lock on them on the destination.
+    #[serde(default)]
+    pub locked_files: Vec<String>,
 }
 
 impl DestinationRequirements {
+    /// The requirements without the files under `roots` (the `--sync` trees, canonical):
+    /// they travel with the migration, so the destination need not have them (the sync's own
+    /// pre-flight checks every held file outside the trees, `crate::sync::preflight`).
+    pub fn without_synced(&self, roots: &[std::path::PathBuf]) -> Self {
+        let synced = |p: &str| roots.iter().any(|r| std::path::Path::new(p).starts_with(r));
+        DestinationRequirements {
+            files: self
+                .files
+                .iter()
+                .filter(|f| !synced(&f.path))
+                .cloned()
+                .collect(),
+            locked_files: self
+                .locked_files
+                .iter()
+                .filter(|f| !synced(f))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// Cuts the requirements out of the source's inspection.
     pub fn from_inspection(t: &TreeInspection) -> Self {
         let ports: BTreeSet<PortUse> = t
@@ -94,6 +119,13 @@ impl DestinationRequirements {
             },
             files: files.into_iter().collect(),
             image_bytes: t.resident() + t.deleted.iter().map(|d| d.size).sum::<u64>(),
+            locked_files: t
+                .locks
+                .iter()
+                .filter_map(|l| l.path.clone())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         }
     }
 }
@@ -116,6 +148,10 @@ pub struct NodeState {
     pub taken_pids: BTreeSet<i32>,
     /// Each required file: its state, or `None` when missing.
     pub files: BTreeMap<String, Option<FileState>>,
+    /// Each required locked file: the pid holding a lock on it here, when one does (`0`:
+    /// a holder /proc/locks does not name).
+    #[serde(default)]
+    pub locks_held: BTreeMap<String, i32>,
     /// Free bytes in the image directory.
     pub free_bytes: u64,
     /// The image directory.
@@ -181,9 +217,35 @@ pub fn observe_node(req: &DestinationRequirements, img_path: &Path) -> NodeState
                 (f.path.clone(), st)
             })
             .collect(),
+        locks_held: locks_held(&req.locked_files),
         free_bytes: crate::migrate::images::free_bytes(img_path).unwrap_or(0),
         img_path: img_path.display().to_string(),
     }
+}
+
+/// Which of `paths` someone holds a lock on in this kernel (`/proc/locks`, by device and
+/// inode), with the holder's pid.
+pub fn locks_held(paths: &[String]) -> BTreeMap<String, i32> {
+    let mut out = BTreeMap::new();
+    if paths.is_empty() {
+        return out;
+    }
+    let Ok(locks) = procfs::locks() else {
+        return out;
+    };
+    for path in paths {
+        let Ok(m) = std::fs::metadata(path) else {
+            continue;
+        };
+        let (maj, min) = (libc::major(m.dev()), libc::minor(m.dev()));
+        if let Some(l) = locks
+            .iter()
+            .find(|l| l.inode == m.ino() && l.devmaj == maj && l.devmin == min)
+        {
+            out.insert(path.clone(), l.pid.unwrap_or(0));
+        }
+    }
+    out
 }
 
 /// Whether a socket bound to `b` would collide with `a` (same protocol and port, and the same
@@ -220,6 +282,21 @@ pub fn check(req: &DestinationRequirements, node: &NodeState) -> Vec<Finding> {
                 ),
             ));
         }
+    }
+    for (path, holder) in &node.locks_held {
+        out.push(dest(
+            ObstacleKind::LockTaken,
+            Resource::File {
+                path: path.clone(),
+                size: None,
+                expected_size: None,
+                mode: None,
+                expected_mode: None,
+            },
+            format!(
+                "{path} is locked on the destination already (by pid {holder} there): the restore would wait for the lock forever"
+            ),
+        ));
     }
     for pid in req.pids.iter().filter(|p| node.taken_pids.contains(p)) {
         out.push(dest(
@@ -303,6 +380,7 @@ mod tests {
                 open: true,
             }],
             image_bytes: 1 << 20,
+            locked_files: vec!["/srv/a".into()],
         }
     }
 
@@ -318,9 +396,30 @@ mod tests {
                 }),
             )]
             .into(),
+            locks_held: BTreeMap::new(),
             free_bytes: 1 << 30,
             img_path: "/var/local/haul".into(),
         }
+    }
+
+    #[test]
+    fn files_under_the_synced_trees_are_not_required() {
+        let mut r = req();
+        r.files.push(FileRequirement {
+            path: "/srv/data/log".into(),
+            size: 1,
+            size_checked: false,
+            mode: 0o100644,
+            open: true,
+        });
+        r.locked_files.push("/srv/data/db".into());
+        let cut = r.without_synced(&["/srv/data".into()]);
+        assert!(cut.files.iter().all(|f| !f.path.starts_with("/srv/data/")));
+        assert_eq!(cut.files.len(), r.files.len() - 1);
+        assert_eq!(cut.locked_files, ["/srv/a"]);
+        // a sibling whose name only starts like a root is not under it
+        assert_eq!(r.without_synced(&["/srv/dat".into()]), r);
+        assert_eq!(r.without_synced(&[]), r);
     }
 
     #[test]
@@ -420,11 +519,34 @@ mod tests {
                 open: true,
             }],
             image_bytes: 0,
+            locked_files: vec![],
         };
         let n = observe_node(&r, Path::new("/tmp"));
         assert_eq!(n.taken_pids, [me].into());
         assert_eq!(n.files.values().next(), Some(&None));
         assert!(n.free_bytes > 0);
+    }
+
+    #[test]
+    fn a_lock_held_here_refuses_the_file_and_names_its_holder() {
+        use std::os::fd::AsRawFd;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("locked");
+        let f = std::fs::File::create(&path).unwrap();
+        // SAFETY: flock on an fd this test owns; no memory is passed.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let p = path.display().to_string();
+        let held = locks_held(std::slice::from_ref(&p));
+        assert_eq!(held.get(&p), Some(&(std::process::id() as i32)));
+        let mut node = fine();
+        node.locks_held = held;
+        let f = check(&req(), &node);
+        assert!(
+            f.iter()
+                .any(|x| x.kind == ObstacleKind::LockTaken && x.detail.contains(&p)),
+            "{f:?}"
+        );
+        assert!(locks_held(&["/nonexistent/x".to_string()]).is_empty());
     }
 
     #[test]

@@ -593,33 +593,55 @@ fn inspect_ipc(members: &HashSet<i32>, t: &mut TreeInspection) {
             .map(|l| l.split_whitespace().map(str::to_string).collect())
             .collect()
     };
-    let pid_at = |row: &[String], i: usize| row.get(i).and_then(|v| v.parse::<i32>().ok());
-    // shm: key shmid perms size cpid lpid nattch ...
+    let num = |row: &[String], i: usize| row.get(i).and_then(|v| v.parse::<i64>().ok());
+    // A pid column names whoever did it last, and pids are reused: it counts only when that
+    // happened after the tree's process of that pid started (a segment left by an exited
+    // program whose pid a tree member has now is not the tree's).
+    let started: HashMap<i32, i64> = members
+        .iter()
+        .filter_map(|&p| started_at(p).map(|s| (p, s)))
+        .collect();
+    let by_member = |pid: Option<i64>, when: Option<i64>| -> Option<i32> {
+        let p = i32::try_from(pid?).ok()?;
+        let start = *started.get(&p)?;
+        (when? + 1 >= start).then_some(p)
+    };
+    // shm: key shmid perms size cpid lpid nattch uid gid cuid cgid atime dtime ctime ...
     for row in table("shm") {
-        let Some(id) = pid_at(&row, 1) else { continue };
-        for (col, what) in [(4, "created"), (5, "last attached or detached")] {
-            if let Some(p) = pid_at(&row, col).filter(|p| members.contains(p)) {
-                t.ipc.push(IpcUse {
-                    class: "shm".into(),
-                    id,
-                    why: format!("{what} by pid {p}"),
-                });
-                break;
-            }
+        let Some(id) = num(&row, 1).and_then(|v| i32::try_from(v).ok()) else {
+            continue;
+        };
+        let last_use = num(&row, 11).max(num(&row, 12));
+        let seen = [
+            ("created", by_member(num(&row, 4), num(&row, 13))),
+            (
+                "last attached or detached",
+                by_member(num(&row, 5), last_use),
+            ),
+        ];
+        if let Some((what, Some(p))) = seen.into_iter().find(|(_, p)| p.is_some()) {
+            t.ipc.push(IpcUse {
+                class: "shm".into(),
+                id,
+                why: format!("{what} by pid {p}"),
+            });
         }
     }
-    // msg: key msqid perms cbytes qnum lspid lrpid ...
+    // msg: key msqid perms cbytes qnum lspid lrpid uid gid cuid cgid stime rtime ctime
     for row in table("msg") {
-        let Some(id) = pid_at(&row, 1) else { continue };
-        for (col, what) in [(5, "last sent to"), (6, "last received from")] {
-            if let Some(p) = pid_at(&row, col).filter(|p| members.contains(p)) {
-                t.ipc.push(IpcUse {
-                    class: "msg".into(),
-                    id,
-                    why: format!("{what} by pid {p}"),
-                });
-                break;
-            }
+        let Some(id) = num(&row, 1).and_then(|v| i32::try_from(v).ok()) else {
+            continue;
+        };
+        let seen = [
+            ("last sent to", by_member(num(&row, 5), num(&row, 11))),
+            ("last received from", by_member(num(&row, 6), num(&row, 12))),
+        ];
+        if let Some((what, Some(p))) = seen.into_iter().find(|(_, p)| p.is_some()) {
+            t.ipc.push(IpcUse {
+                class: "msg".into(),
+                id,
+                why: format!("{what} by pid {p}"),
+            });
         }
     }
     // Attached segments show as /SYSV<key> mappings; their shmid is the mapping's inode.
@@ -644,9 +666,27 @@ fn inspect_ipc(members: &HashSet<i32>, t: &mut TreeInspection) {
     }
 }
 
+/// When process `pid` started (Unix seconds), from its start time in ticks since boot.
+fn started_at(pid: i32) -> Option<i64> {
+    let ticks = Process::new(pid).ok()?.stat().ok()?.starttime;
+    let boot = procfs::boot_time_secs().ok()?;
+    let hz = procfs::ticks_per_second();
+    i64::try_from(boot + ticks / hz.max(1)).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_started_after_boot_and_not_in_the_future() {
+        let me = started_at(std::process::id() as i32).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        assert!(me <= now + 1 && me > now - 3600, "{me} vs {now}");
+    }
 
     #[test]
     fn inspects_this_test_process() {

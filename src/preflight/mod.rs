@@ -101,6 +101,28 @@ impl fmt::Display for Finding {
     }
 }
 
+/// Findings that refuse a migration, as an error: every finding of the node that made them
+/// (so that the report has them all), displayed as the refusing ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Every finding (the refusing ones first).
+    pub findings: Vec<Finding>,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let refusals: Vec<String> = self
+            .findings
+            .iter()
+            .filter(|x| x.severity == Severity::Refuse)
+            .map(|x| x.to_string())
+            .collect();
+        f.write_str(&refusals.join("; "))
+    }
+}
+
+impl std::error::Error for Refusal {}
+
 /// What the user asked for on the command line (the options that change what the process
 /// experiences are only ever turned on here).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,6 +81,9 @@ pub struct PreflightReport {
     pub mapped_bytes: u64,
     /// `auto`'s choice with every strategy's estimate.
     pub strategy: Choice,
+    /// The memory channel's measured bandwidth (bytes/s), when it was measured.
+    #[serde(default)]
+    pub bandwidth: Option<f64>,
 }
 
 impl PreflightReport {
@@ -96,6 +99,7 @@ impl PreflightReport {
             resident_bytes: src.inspection.resident(),
             mapped_bytes: src.inspection.mapped(),
             strategy: choice,
+            bandwidth: None,
         }
     }
 
@@ -126,6 +130,13 @@ impl PreflightReport {
             self.resident_bytes >> 20,
             self.mapped_bytes >> 20
         ));
+        match self.bandwidth {
+            Some(bw) => s.push_str(&format!(
+                "memory channel: {:.0} MiB/s measured\n",
+                bw / f64::from(1u32 << 20)
+            )),
+            None => s.push_str("memory channel: not measured\n"),
+        }
         for e in &self.strategy.estimates {
             s.push_str(&format!("  {e}\n"));
         }

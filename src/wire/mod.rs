@@ -43,16 +43,22 @@ pub mod pb {
 pub use auth::{Key, KeyError};
 pub use frame::{Conn, FrameError, Header};
 
+/// The memory channel "round" of a bandwidth probe (`Probe`): no page server round uses it.
+pub const PROBE_ROUND: u32 = u32::MAX;
+
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol version this build accepts from a peer.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// A message type that is one variant of [`pb::message::Body`].
 pub trait Variant: Sized {
     /// The variant's name, as [`pb::Message::kind_name`] gives it.
     const NAME: &'static str;
     /// The message, when `body` is this variant; `body` back otherwise.
+    // The body comes back whole by design (the caller names it in its error); it is moved,
+    // not copied, so its size costs nothing.
+    #[allow(clippy::result_large_err)]
     fn from_body(body: pb::message::Body) -> Result<Self, pb::message::Body>;
 }
 
@@ -94,6 +100,8 @@ variants!(
     LazyFinished,
     Finish,
     Finished,
+    Probe,
+    ProbeDone,
     Error,
 );
 
@@ -122,6 +130,7 @@ impl pb::Message {
         pb::Message::of(pb::message::Body::Error(pb::Error {
             kind: kind as i32,
             message: message.into(),
+            ..Default::default()
         }))
     }
 
@@ -149,6 +158,8 @@ impl pb::Message {
             Some(LazyFinished(_)) => "LazyFinished",
             Some(Finish(_)) => "Finish",
             Some(Finished(_)) => "Finished",
+            Some(Probe(_)) => "Probe",
+            Some(ProbeDone(_)) => "ProbeDone",
             Some(Error(_)) => "Error",
             Some(SyncOpen(_)) => "SyncOpen",
             Some(SyncOpened(_)) => "SyncOpened",

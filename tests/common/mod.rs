@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use haul_harness::NodePair;
+use haul_test_support::NodePair;
 use haul_workloads::launch::{launch, LaunchSpec};
 use haul_workloads::mtouch_log;
 
@@ -22,28 +22,22 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// Why this machine cannot run the test, if it cannot.
-pub fn cannot_run() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (CRIU and network namespaces)".into());
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    if let Err(e) = rt.block_on(haul::criu::Criu::locate_checked()) {
-        return Some(format!("no usable CRIU: {e}"));
-    }
-    None
-}
+/// What the end-to-end tests need: root (namespaces) and a CRIU >= 4.1 that passes
+/// `criu check`; a test lacking either is reported as ignored, with the reason.
+pub const NEEDS: [haul_test_support::Need; 2] =
+    [haul_test_support::Need::Root, haul_test_support::Need::Criu];
 
-/// Returns early from a test, with the reason printed, when this machine cannot run it.
+/// Reports the running test as skipped (ignored, with the reason) unless haul's own CRIU
+/// lookup finds a usable CRIU (a stricter check than [`NEEDS`], done by the test itself).
 #[macro_export]
 macro_rules! skip_unless_runnable {
     () => {
-        if let Some(why) = $crate::common::cannot_run() {
-            eprintln!("skipped: {why}");
-            return;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        if let Err(e) = rt.block_on(haul::criu::Criu::locate_checked()) {
+            haul_test_support::skip(format!("no usable CRIU: {e}"));
         }
     };
 }
@@ -93,7 +87,7 @@ pub fn start_serve_with(
 ) -> Serve {
     let port = 27600 + (std::process::id() % 300) as u16;
     let log = dir.join("serve.log");
-    let child = nodes
+    let mut child = nodes
         .b
         .command(HAUL)
         .args(["serve", "--listen", &format!("{}:{port}", nodes.b.addr)])
@@ -105,22 +99,35 @@ pub fn start_serve_with(
         .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let serve = Serve { child, port, log };
-    let t = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(&serve.log).unwrap_or_default();
-        if text.contains("haul serve on") {
-            return serve;
+    // its log lines are copied to serve.log as they come; the one saying it listens is the
+    // event waited for (no polling of the file)
+    let pipe = child.stderr.take().expect("haul serve's stderr");
+    let mut file = std::fs::File::create(&log).unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut r = BufReader::new(pipe);
+        let mut line = Vec::new();
+        let mut ready = Some(ready_tx);
+        while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let _ = file.write_all(&line);
+            if ready.is_some() && String::from_utf8_lossy(&line).contains("haul serve on") {
+                let _ = ready.take().map(|tx| tx.send(()));
+            }
+            line.clear();
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "haul serve did not start:\n{text}"
+    });
+    let serve = Serve { child, port, log };
+    if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        panic!(
+            "haul serve did not start:\n{}",
+            std::fs::read_to_string(&serve.log).unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(50));
     }
+    serve
 }
 
 /// Starts mtouch in node A in its own pid namespace; returns (host pid, workdir).

@@ -47,8 +47,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use haul_harness::netns::procs_in_netns;
-use haul_harness::NodePair;
+use haul_test_support::nodes::procs_in_netns;
+use haul_test_support::NodePair;
 use haul_workloads::launch::{launch, LaunchSpec, Launched, StartProtocol};
 use haul_workloads::worklog::{self, SelfCheckVerdict};
 
@@ -61,17 +61,7 @@ pub const CLIENT_ADDR: &str = "172.31.0.1";
 /// Generous: 2 cores shared with builds and other tests.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Poll `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use haul_test_support::wait_for;
 
 /// Runs `ip ARGS`, panicking with what it said when it fails.
 pub fn ip(args: &[&str]) {
@@ -548,7 +538,7 @@ impl ClientNode {
 
 impl Drop for ClientNode {
     fn drop(&mut self) {
-        haul_harness::netns::destroy_netns(&self.netns);
+        haul_test_support::nodes::destroy_netns(&self.netns);
     }
 }
 

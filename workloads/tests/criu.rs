@@ -28,25 +28,20 @@ fn criu_or_skip(test: &str) -> Option<PathBuf> {
         .map(|d| d.join("criu"))
         .find(|p| p.is_file());
     let Some(criu) = criu else {
-        eprintln!("skipping {test}: criu not found on PATH");
-        return None;
+        haul_test_support::skip(format!("{test}: needs criu on PATH"));
     };
     let check = Command::new(&criu).arg("check").output();
     match check {
         Ok(out) if out.status.success() => Some(criu),
-        Ok(out) => {
-            eprintln!(
-                "skipping {test}: `criu check` fails here: {}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            );
-            None
-        }
+        Ok(out) => haul_test_support::skip(format!(
+            "needs a CRIU that passes `criu check` here: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )),
         Err(e) => {
-            eprintln!("skipping {test}: cannot run {}: {e}", criu.display());
-            None
+            haul_test_support::skip(format!("needs criu: cannot run {}: {e}", criu.display()))
         }
     }
 }
@@ -158,7 +153,6 @@ fn wait_finish(log: &Path) {
     });
 }
 
-#[test]
 fn mtouch_through_criu() {
     let Some(criu) = criu_or_skip("mtouch_through_criu") else {
         return;
@@ -180,7 +174,6 @@ fn mtouch_through_criu() {
     eprintln!("mtouch through CRIU: {v}");
 }
 
-#[test]
 fn mt_threads_through_criu() {
     let Some(criu) = criu_or_skip("mt_threads_through_criu") else {
         return;
@@ -200,7 +193,6 @@ fn mt_threads_through_criu() {
     assert!(v.passed(), "{v}\n{}", show(&log));
 }
 
-#[test]
 fn ptree_through_criu() {
     let Some(criu) = criu_or_skip("ptree_through_criu") else {
         return;
@@ -224,7 +216,6 @@ fn ptree_through_criu() {
     assert!(v.passed(), "{v}\n{}", show(&log));
 }
 
-#[test]
 fn rec_writer_through_criu() {
     let Some(criu) = criu_or_skip("rec_writer_through_criu") else {
         return;
@@ -245,7 +236,6 @@ fn rec_writer_through_criu() {
     records::verify_file(dir.path().join(REC_WRITER_DATA), Some(n)).unwrap();
 }
 
-#[test]
 fn tcp_connections_survive_criu() {
     let Some(criu) = criu_or_skip("tcp_connections_survive_criu") else {
         return;
@@ -285,4 +275,16 @@ fn tcp_connections_survive_criu() {
         v.summary.as_deref().unwrap_or_default(),
         v.summary_value("max_reply_gap_ms").unwrap_or(0)
     );
+}
+
+fn main() -> std::process::ExitCode {
+    #[allow(unused_imports)]
+    use haul_test_support::{test, Need::*};
+    haul_test_support::run(vec![
+        test!(mtouch_through_criu, Root, Criu),
+        test!(mt_threads_through_criu, Root, Criu),
+        test!(ptree_through_criu, Root, Criu),
+        test!(rec_writer_through_criu, Root, Criu),
+        test!(tcp_connections_survive_criu, Root, Criu),
+    ])
 }

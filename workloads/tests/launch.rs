@@ -40,7 +40,6 @@ fn stat_field(pid: i32, index: usize) -> i32 {
     rest.split_whitespace().nth(index).unwrap().parse().unwrap()
 }
 
-#[test]
 fn workload_is_what_criu_can_dump() {
     if !root_or_skip("workload_is_what_criu_can_dump") {
         return;
@@ -108,7 +107,6 @@ fn workload_is_what_criu_can_dump() {
     drop(stray);
 }
 
-#[test]
 fn exit_status_is_relayed() {
     if !root_or_skip("exit_status_is_relayed") {
         return;
@@ -138,7 +136,6 @@ fn exit_status_is_relayed() {
     assert!(!WorkloadExit::Signal(9).success() && WorkloadExit::Code(0).success());
 }
 
-#[test]
 fn environment_and_signals_are_clean() {
     if !root_or_skip("environment_and_signals_are_clean") {
         return;
@@ -173,7 +170,6 @@ fn environment_and_signals_are_clean() {
     assert_eq!(fds.len(), 4, "{out}");
 }
 
-#[test]
 fn failures_name_what_failed() {
     if !root_or_skip("failures_name_what_failed") {
         return;
@@ -256,7 +252,6 @@ fn failures_name_what_failed() {
     }
 }
 
-#[test]
 fn haul_launch_prints_the_child_line() {
     if !root_or_skip("haul_launch_prints_the_child_line") {
         return;
@@ -304,4 +299,16 @@ fn haul_launch_prints_the_child_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-program-xyz"));
+}
+
+fn main() -> std::process::ExitCode {
+    #[allow(unused_imports)]
+    use haul_test_support::{test, Need::*};
+    haul_test_support::run(vec![
+        test!(workload_is_what_criu_can_dump, Root),
+        test!(exit_status_is_relayed, Root),
+        test!(environment_and_signals_are_clean, Root),
+        test!(failures_name_what_failed, Root),
+        test!(haul_launch_prints_the_child_line, Root),
+    ])
 }

@@ -28,7 +28,6 @@ fn stop_and_verdict(r: &mut Running) -> (MtouchVerdict, WorkloadExit) {
     (analyze(r.dir.join(LOG)).unwrap(), exit)
 }
 
-#[test]
 fn intact_run_verifies_clean() {
     if !root_or_skip("intact_run_verifies_clean") {
         return;
@@ -54,7 +53,6 @@ fn intact_run_verifies_clean() {
     assert!(v.largest_gap > std::time::Duration::ZERO);
 }
 
-#[test]
 fn corrupted_pages_are_reported() {
     if !root_or_skip("corrupted_pages_are_reported") {
         return;
@@ -99,7 +97,6 @@ fn corrupted_pages_are_reported() {
     assert_eq!(exit, WorkloadExit::Code(1));
 }
 
-#[test]
 fn fill_mode_finds_a_byte_inside_a_page() {
     if !root_or_skip("fill_mode_finds_a_byte_inside_a_page") {
         return;
@@ -129,7 +126,6 @@ fn fill_mode_finds_a_byte_inside_a_page() {
     }
 }
 
-#[test]
 fn rate_and_patterns() {
     if !root_or_skip("rate_and_patterns") {
         return;
@@ -186,7 +182,6 @@ fn rate_and_patterns() {
     assert!(v.touches > 10 * v.touch_lines, "batched: {v}");
 }
 
-#[test]
 fn start_codes_reach_the_launcher() {
     if !root_or_skip("start_codes_reach_the_launcher") {
         return;
@@ -225,7 +220,6 @@ fn start_codes_reach_the_launcher() {
     }
 }
 
-#[test]
 fn runs_by_hand_like_the_original() {
     if !root_or_skip("runs_by_hand_like_the_original") {
         return;
@@ -281,7 +275,6 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[test]
 fn runs_in_place_under_another_launcher() {
     if !root_or_skip("runs_in_place_under_another_launcher") {
         return;
@@ -303,4 +296,18 @@ fn runs_in_place_under_another_launcher() {
     let (v, exit) = stop_and_verdict(&mut r);
     assert!(v.passed(), "{v}");
     assert_eq!(exit, WorkloadExit::Code(0));
+}
+
+fn main() -> std::process::ExitCode {
+    #[allow(unused_imports)]
+    use haul_test_support::{test, Need::*};
+    haul_test_support::run(vec![
+        test!(intact_run_verifies_clean, Root),
+        test!(corrupted_pages_are_reported, Root),
+        test!(fill_mode_finds_a_byte_inside_a_page, Root),
+        test!(rate_and_patterns, Root),
+        test!(start_codes_reach_the_launcher, Root),
+        test!(runs_by_hand_like_the_original, Root),
+        test!(runs_in_place_under_another_launcher, Root),
+    ])
 }

@@ -25,7 +25,6 @@ fn finish(r: &mut Running, stop_file: &str, log: &str) -> (SelfCheckVerdict, Wor
 
 // ------------------------------------------------------------------ mt-threads
 
-#[test]
 fn mt_threads_intact() {
     if !root_or_skip("mt_threads_intact") {
         return;
@@ -49,7 +48,6 @@ fn mt_threads_intact() {
     assert!(v.summary_value("iterations").unwrap() > 0, "{log}");
 }
 
-#[test]
 fn mt_threads_damaged_memory_fails() {
     if !root_or_skip("mt_threads_damaged_memory_fails") {
         return;
@@ -97,7 +95,6 @@ fn tree(root: i32) -> (Vec<i32>, Vec<i32>) {
     (live, zombies)
 }
 
-#[test]
 fn ptree_intact() {
     if !root_or_skip("ptree_intact") {
         return;
@@ -150,7 +147,6 @@ fn ptree_with_a_kill(pick: impl Fn(&[i32], &Path) -> i32, name: &str) {
     );
 }
 
-#[test]
 fn ptree_killed_child_fails() {
     if !root_or_skip("ptree_killed_child_fails") {
         return;
@@ -172,7 +168,6 @@ fn ptree_killed_child_fails() {
     );
 }
 
-#[test]
 fn ptree_killed_grandchild_fails() {
     if !root_or_skip("ptree_killed_grandchild_fails") {
         return;
@@ -225,7 +220,6 @@ fn tcp_pair() -> TcpPair {
     }
 }
 
-#[test]
 fn tcp_intact() {
     if !root_or_skip("tcp_intact") {
         return;
@@ -247,7 +241,6 @@ fn tcp_intact() {
     assert_eq!(s.summary_value("requests"), Some(ok), "{slog}");
 }
 
-#[test]
 fn tcp_server_killed_counts_failures() {
     if !root_or_skip("tcp_server_killed_counts_failures") {
         return;
@@ -275,7 +268,6 @@ fn tcp_server_killed_counts_failures() {
 
 // ------------------------------------------------------------------ rec-writer
 
-#[test]
 fn rec_writer_intact_and_verifier_both_ways() {
     if !root_or_skip("rec_writer_intact_and_verifier_both_ways") {
         return;
@@ -323,7 +315,6 @@ fn rec_writer_intact_and_verifier_both_ways() {
     ));
 }
 
-#[test]
 fn rec_writer_torn_file_fails_its_self_check() {
     if !root_or_skip("rec_writer_torn_file_fails_its_self_check") {
         return;
@@ -367,7 +358,6 @@ const CHURN_ARGS: &[&str] = &[
     "5",
 ];
 
-#[test]
 fn file_churn_intact() {
     if !root_or_skip("file_churn_intact") {
         return;
@@ -387,7 +377,6 @@ fn file_churn_intact() {
     assert!(dir.path().join(FILE_CHURN_DIR).join("sparse").is_file());
 }
 
-#[test]
 fn file_churn_damaged_file_fails_its_self_check() {
     if !root_or_skip("file_churn_damaged_file_fails_its_self_check") {
         return;
@@ -414,4 +403,22 @@ fn file_churn_damaged_file_fails_its_self_check() {
     assert!(v.failures[0].contains("data-002: block 0"), "{log}");
     assert_eq!(v.summary_value("bad_files"), Some(1), "{log}");
     assert!(log.contains("FAIL: 1 file(s) differ"), "{log}");
+}
+
+fn main() -> std::process::ExitCode {
+    #[allow(unused_imports)]
+    use haul_test_support::{test, Need::*};
+    haul_test_support::run(vec![
+        test!(mt_threads_intact, Root),
+        test!(mt_threads_damaged_memory_fails, Root),
+        test!(ptree_intact, Root),
+        test!(ptree_killed_child_fails, Root),
+        test!(ptree_killed_grandchild_fails, Root),
+        test!(tcp_intact, Root),
+        test!(tcp_server_killed_counts_failures, Root),
+        test!(rec_writer_intact_and_verifier_both_ways, Root),
+        test!(rec_writer_torn_file_fails_its_self_check, Root),
+        test!(file_churn_intact, Root),
+        test!(file_churn_damaged_file_fails_its_self_check, Root),
+    ])
 }

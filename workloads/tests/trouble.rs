@@ -66,7 +66,6 @@ fn start(program: &str, args: &[&str], dir: &Path) -> Running {
     Running::start(program, args, dir, None)
 }
 
-#[test]
 fn ghost_file_both_ways() {
     if !root_or_skip("ghost_file_both_ways") {
         return;
@@ -101,7 +100,6 @@ fn ghost_file_both_ways() {
     );
 }
 
-#[test]
 fn unix_peer_both_ways() {
     if !root_or_skip("unix_peer_both_ways") {
         return;
@@ -131,7 +129,6 @@ fn unix_peer_both_ways() {
     fails(&mut r, UNIX_PEER_STOP, UNIX_PEER_LOG, "request");
 }
 
-#[test]
 fn port_listener_intact() {
     if !root_or_skip("port_listener_intact") {
         return;
@@ -153,7 +150,6 @@ fn port_listener_intact() {
     );
 }
 
-#[test]
 fn sysv_ipc_both_ways() {
     if !root_or_skip("sysv_ipc_both_ways") {
         return;
@@ -187,7 +183,6 @@ fn sysv_ipc_both_ways() {
     fails(&mut r, SYSV_IPC_STOP, SYSV_IPC_LOG, &format!("queue {msg}"));
 }
 
-#[test]
 fn uring_user_intact() {
     if !root_or_skip("uring_user_intact") {
         return;
@@ -203,7 +198,6 @@ fn uring_user_intact() {
     assert!(v.summary_value("ops").unwrap() >= 30 + 3 + 16);
 }
 
-#[test]
 fn file_follower_both_ways() {
     if !root_or_skip("file_follower_both_ways") {
         return;
@@ -233,7 +227,6 @@ fn file_follower_both_ways() {
     fails(&mut r, FILE_FOLLOWER_STOP, FILE_FOLLOWER_LOG, "\"bogus\"");
 }
 
-#[test]
 fn pty_holder_both_ways() {
     if !root_or_skip("pty_holder_both_ways") {
         return;
@@ -259,7 +252,6 @@ fn pty_holder_both_ways() {
     fails(&mut r, PTY_HOLDER_STOP, PTY_HOLDER_LOG, "intruder");
 }
 
-#[test]
 fn lock_holder_both_ways() {
     if !root_or_skip("lock_holder_both_ways") {
         return;
@@ -294,7 +286,6 @@ fn lock_holder_both_ways() {
     );
 }
 
-#[test]
 fn sparse_map_both_ways() {
     if !root_or_skip("sparse_map_both_ways") {
         return;
@@ -336,4 +327,19 @@ fn sparse_map_both_ways() {
             .unwrap();
     }
     fails(&mut r, SPARSE_MAP_STOP, SPARSE_MAP_LOG, "written page ");
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::{test, Need::*};
+    haul_test_support::run(vec![
+        test!(ghost_file_both_ways, Root),
+        test!(unix_peer_both_ways, Root),
+        test!(port_listener_intact, Root),
+        test!(sysv_ipc_both_ways, Root),
+        test!(uring_user_intact, Root),
+        test!(file_follower_both_ways, Root),
+        test!(pty_holder_both_ways, Root),
+        test!(lock_holder_both_ways, Root),
+        test!(sparse_map_both_ways, Root),
+    ])
 }

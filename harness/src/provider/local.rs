@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{removable, run_local, Node, Output, Provider, ProviderError};
-use crate::netns::NodePair;
+use super::{removable, Node, Output, Provider, ProviderError};
+use crate::cancel::CancelToken;
+use crate::node::{run_local, NodeError};
+use haul_test_support::NodePair;
 
 /// The `[provider]` table for `kind = "local"`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -82,6 +84,7 @@ pub struct LocalNode {
     /// Node-local disk: (its mount namespace file, the path both nodes use, this node's
     /// directory behind it).
     local: Option<(PathBuf, String, String)>,
+    cancel: CancelToken,
 }
 
 impl LocalNode {
@@ -158,12 +161,12 @@ impl Node for LocalNode {
         argv: &[String],
         stdin: Option<&[u8]>,
         timeout: Duration,
-    ) -> Result<Output, ProviderError> {
-        run_local(self.command(argv), stdin, timeout)
+    ) -> Result<Output, NodeError> {
+        run_local(self.command(argv), stdin, timeout, &self.cancel)
     }
 
-    fn spawn(&self, argv: &[String], log: &str) -> Result<i32, ProviderError> {
-        let io = |source| ProviderError::Io {
+    fn spawn(&self, argv: &[String], log: &str) -> Result<i32, NodeError> {
+        let io = |source| NodeError::Io {
             what: format!("cannot open {log}"),
             source,
         };
@@ -179,7 +182,7 @@ impl Node for LocalNode {
             .stdout(f)
             .stderr(f2)
             .spawn()
-            .map_err(|source| ProviderError::Spawn {
+            .map_err(|source| NodeError::Spawn {
                 program: argv.first().cloned().unwrap_or_default(),
                 source,
             })?;
@@ -200,9 +203,9 @@ impl Node for LocalNode {
         }
     }
 
-    fn read_file(&self, path: &str) -> Result<Vec<u8>, ProviderError> {
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, NodeError> {
         let path = self.host_path(path);
-        std::fs::read(&path).map_err(|source| ProviderError::Io {
+        std::fs::read(&path).map_err(|source| NodeError::Io {
             what: format!("cannot read {path}"),
             source,
         })
@@ -225,13 +228,17 @@ pub struct LocalProvider {
 
 impl LocalProvider {
     /// Make the namespaces and directories; needs root.
-    pub fn new(config: &LocalConfig, tag: &str) -> Result<LocalProvider, ProviderError> {
+    pub fn new(
+        config: &LocalConfig,
+        cx: &super::ProvisionContext,
+    ) -> Result<LocalProvider, ProviderError> {
+        let tag = cx.tag.as_str();
         if !nix::unistd::geteuid().is_root() {
             return Err(ProviderError::Config(
                 "the local provider needs root (network namespaces, CRIU)".into(),
             ));
         }
-        let bin_dir = match &config.bin_dir {
+        let bin_dir = match config.bin_dir.as_ref().or(cx.host_bin_dir.as_ref()) {
             Some(d) => d.clone(),
             None => source_tree()
                 .map(|t| t.join("target/release").display().to_string())
@@ -241,7 +248,7 @@ impl LocalProvider {
                     )
                 })?,
         };
-        for p in ["haul", "mtouch", "haul-launch"] {
+        for p in crate::HAUL_PROGRAMS {
             if !Path::new(&bin_dir).join(p).is_file() {
                 return Err(ProviderError::Config(format!(
                     "{bin_dir}/{p} is missing: build it (cargo build --release -p haul -p haul-workloads)"
@@ -271,7 +278,7 @@ impl LocalProvider {
         } else {
             None
         };
-        let node = |role, n: &crate::netns::Node, sub: &str| LocalNode {
+        let node = |role, n: &haul_test_support::Node, sub: &str| LocalNode {
             role,
             netns: n.netns.clone(),
             addr: n.addr.clone(),
@@ -287,6 +294,7 @@ impl LocalProvider {
                 };
                 (ns.clone(), local.clone(), own.display().to_string())
             }),
+            cancel: cx.cancel.clone(),
         };
         let a = node("source", &pair.a, "a");
         let b = node("destination", &pair.b, "b");
@@ -301,7 +309,7 @@ impl LocalProvider {
             keep: false,
         };
         for d in [&p.a.work_dir, &p.b.work_dir, &p.shared] {
-            std::fs::create_dir_all(d).map_err(|source| ProviderError::Io {
+            std::fs::create_dir_all(d).map_err(|source| NodeError::Io {
                 what: format!("cannot make {d}"),
                 source,
             })?;

@@ -1,10 +1,12 @@
-//! The `ssh` provider (any two hosts) and the `vagrant` provider (the two VMs of `vagrant/`,
-//! which is ssh configured from the VMs' state directory).
+//! The `ssh` provider: any two hosts, each reached through one multiplexed ssh connection
+//! (OpenSSH's ControlMaster: one master per host for the whole run, every command a new
+//! channel on it, so a wait or a check costs a round trip, not a handshake). The `qemu` and
+//! `vagrant` providers hand their VMs to it.
 //!
 //! Both hosts need, as the user the harness logs in as (root): haul's programs in `bin_dir`
-//! (`haul`, `mtouch`, `haul-launch`), CRIU >= 4.1, and a directory both mount at the same
-//! path (`shared_dir`, e.g. NFS), where the workloads keep their logs and plain CRIU's
-//! non-page images travel. The migration traffic goes between `source.addr` and
+//! (`haul`, `mtouch`, `haul-launch`, `link-probe`), CRIU >= 4.1, and a directory both mount at
+//! the same path (`shared_dir`, e.g. NFS), where the workloads keep their logs and plain
+//! CRIU's non-page images travel. The migration traffic goes between `source.addr` and
 //! `destination.addr`; the harness itself only talks ssh.
 //!
 //! ```toml
@@ -15,19 +17,15 @@
 //! shared_dir = "/srv/haul-shared"
 //! ssh = ["ssh", "-o", "BatchMode=yes", "-i", "/root/.ssh/haul"]   # optional
 //! ```
-//!
-//! `kind = "vagrant"` needs no more than `vagrant/vm.sh up && vagrant/vm.sh provision`: it
-//! reads `ssh_config` from the state directory (`state_dir`, else `$HAUL_VM_STATE`, else
-//! `/var/tmp/haul-vm`) and uses hosts `src` (192.168.77.1) and `dst` (192.168.77.2) and the
-//! NFS mount `/srv/haul-shared`.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{removable, run_local, shell_join, shell_quote, Node, Output, Provider, ProviderError};
+use super::{removable, Node, Output, Provider, ProviderError};
+use crate::cancel::CancelToken;
+use crate::node::{run_local, shell_join, shell_quote, NodeError};
 
 /// One host of the `ssh` provider.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -74,6 +72,14 @@ pub struct SshConfig {
     /// The ssh program and its options; the host and the command are appended.
     #[serde(default = "default_ssh")]
     pub ssh: Vec<String>,
+    /// One ControlMaster connection per host for the whole run (OpenSSH); `false` runs a
+    /// new connection per command (for an `ssh` stand-in that knows no `-o`).
+    #[serde(default = "default_true")]
+    pub multiplex: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl SshConfig {
@@ -105,74 +111,15 @@ impl SshConfig {
     }
 }
 
-/// The `[provider]` table for `kind = "vagrant"`: the VMs of `vagrant/vm.sh`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct VagrantConfig {
-    /// The VMs' state directory (default `$HAUL_VM_STATE`, else `/var/tmp/haul-vm`).
-    #[serde(default)]
-    pub state_dir: Option<String>,
-    /// The NFS mount both VMs share (default `/srv/haul-shared`).
-    #[serde(default)]
-    pub shared_dir: Option<String>,
-    /// Where `vagrant/vm.sh provision` put haul's programs (default `/usr/local/bin`).
-    #[serde(default)]
-    pub bin_dir: Option<String>,
-}
-
-/// The VMs' link addresses and shared mount (vagrant/lib.sh).
-pub const VAGRANT_SRC_ADDR: &str = "192.168.77.1";
-/// See [`VAGRANT_SRC_ADDR`].
-pub const VAGRANT_DST_ADDR: &str = "192.168.77.2";
-/// See [`VAGRANT_SRC_ADDR`].
-pub const VAGRANT_SHARED: &str = "/srv/haul-shared";
-
-impl VagrantConfig {
-    /// The state directory in use.
-    pub fn state_dir(&self) -> String {
-        self.state_dir
-            .clone()
-            .or_else(|| std::env::var("HAUL_VM_STATE").ok())
-            .unwrap_or_else(|| "/var/tmp/haul-vm".into())
-    }
-
-    /// The ssh configuration this amounts to; fails when the VMs are not up.
-    pub fn to_ssh(&self) -> Result<SshConfig, ProviderError> {
-        let state = self.state_dir();
-        let cfg = Path::new(&state).join("ssh_config");
-        if !cfg.is_file() {
-            return Err(ProviderError::Config(format!(
-                "no {} : start the VMs first (vagrant/vm.sh up && vagrant/vm.sh provision)",
-                cfg.display()
-            )));
-        }
-        Ok(SshConfig {
-            source: SshHost {
-                host: "src".into(),
-                addr: VAGRANT_SRC_ADDR.into(),
-            },
-            destination: SshHost {
-                host: "dst".into(),
-                addr: VAGRANT_DST_ADDR.into(),
-            },
-            shared_dir: self
-                .shared_dir
-                .clone()
-                .unwrap_or_else(|| VAGRANT_SHARED.into()),
-            work_root: default_remote_root(),
-            bin_dir: self.bin_dir.clone().unwrap_or_else(default_bin_dir),
-            criu: default_criu(),
-            ssh: vec!["ssh".into(), "-F".into(), cfg.display().to_string()],
-        })
-    }
-}
-
 /// One host reached over ssh.
 #[derive(Debug)]
 pub struct SshNode {
     role: &'static str,
     host: SshHost,
     ssh: Vec<String>,
+    /// The ControlMaster's socket, once the master runs.
+    control: Option<String>,
+    cancel: CancelToken,
     bin_dir: String,
     criu: String,
     work_dir: String,
@@ -181,14 +128,71 @@ pub struct SshNode {
 }
 
 impl SshNode {
-    /// The local command that runs `argv` on the host.
+    /// The local command that runs `argv` on the host (on the master's connection).
     pub fn command(&self, argv: &[String]) -> Command {
         let mut c = Command::new(&self.ssh[0]);
-        c.args(&self.ssh[1..])
-            .arg(&self.host.host)
-            .arg("--")
-            .arg(shell_join(argv));
+        c.args(&self.ssh[1..]);
+        if let Some(path) = &self.control {
+            c.args(["-o", "ControlMaster=no", "-o"])
+                .arg(format!("ControlPath={path}"));
+        }
+        c.arg(&self.host.host).arg("--").arg(shell_join(argv));
         c
+    }
+
+    /// Start this host's ControlMaster on socket `path`: `ssh -f -N -o ControlMaster=yes`
+    /// returns once the connection is authenticated (the event itself, no polling).
+    fn start_master(&mut self, path: String) -> Result<(), NodeError> {
+        let mut c = Command::new(&self.ssh[0]);
+        c.args(&self.ssh[1..])
+            .args([
+                "-f",
+                "-N",
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                "ControlPersist=yes",
+            ])
+            .args([
+                "-o",
+                "ServerAliveInterval=5",
+                "-o",
+                "ServerAliveCountMax=12",
+                "-o",
+            ])
+            .arg(format!("ControlPath={path}"))
+            .arg(&self.host.host);
+        let out = run_local(c, None, Duration::from_secs(120), &self.cancel)?;
+        if !out.success() {
+            return Err(self.failed(
+                "ssh -f -N -o ControlMaster=yes (the master connection)",
+                &out,
+            ));
+        }
+        self.control = Some(path);
+        Ok(())
+    }
+
+    /// Close the master (`ssh -O exit`); every channel on it ends.
+    fn stop_master(&mut self) {
+        let Some(path) = self.control.take() else {
+            return;
+        };
+        let mut c = Command::new(&self.ssh[0]);
+        c.args(&self.ssh[1..])
+            .args(["-O", "exit", "-o"])
+            .arg(format!("ControlPath={path}"))
+            .arg(&self.host.host);
+        // not the run's token: the master must go even after a cancellation
+        let _ = run_local(c, None, Duration::from_secs(30), &CancelToken::new());
+    }
+}
+
+impl SshNode {
+    /// A script run even after the run was cancelled (clean-up).
+    fn sh_uncancelled(&self, script: &str, timeout: Duration) -> Result<Output, NodeError> {
+        let argv = ["sh".to_string(), "-c".into(), script.into()];
+        run_local(self.command(&argv), None, timeout, &CancelToken::new())
     }
 }
 
@@ -218,22 +222,22 @@ impl Node for SshNode {
         argv: &[String],
         stdin: Option<&[u8]>,
         timeout: Duration,
-    ) -> Result<Output, ProviderError> {
-        let out = run_local(self.command(argv), stdin, timeout)?;
+    ) -> Result<Output, NodeError> {
+        let out = run_local(self.command(argv), stdin, timeout, &self.cancel)?;
         if out.code == Some(255) && String::from_utf8_lossy(&out.stderr).contains("ssh:") {
             return Err(self.failed("ssh", &out));
         }
         Ok(out)
     }
 
-    fn spawn(&self, argv: &[String], log: &str) -> Result<i32, ProviderError> {
+    fn spawn(&self, argv: &[String], log: &str) -> Result<i32, NodeError> {
         let script = format!(
             "nohup {} >>{} 2>&1 </dev/null & echo $!",
             shell_join(argv),
             shell_quote(log)
         );
         let text = self.sh_ok(&script, Duration::from_secs(60))?;
-        let pid: i32 = text.trim().parse().map_err(|_| ProviderError::Command {
+        let pid: i32 = text.trim().parse().map_err(|_| NodeError::Command {
             node: self.describe(),
             command: script.clone(),
             why: format!("printed {text:?} instead of a pid"),
@@ -248,7 +252,7 @@ impl Node for SshNode {
         let script = format!(
             "kill {pid} 2>/dev/null; i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; kill -9 {pid} 2>/dev/null; true"
         );
-        let _ = self.sh(&script, Duration::from_secs(30));
+        let _ = self.sh_uncancelled(&script, Duration::from_secs(30));
         if let Ok(mut s) = self.spawned.lock() {
             s.retain(|p| *p != pid);
         }
@@ -265,29 +269,54 @@ pub struct SshProvider {
     b: SshNode,
     shared: String,
     keep: bool,
+    /// Where the ControlMaster sockets are (removed after the masters).
+    control_dir: Option<tempfile::TempDir>,
 }
 
 impl SshProvider {
-    /// Connect to both hosts, check haul's programs are there, make the directories.
-    pub fn new(kind: &'static str, c: &SshConfig, tag: &str) -> Result<SshProvider, ProviderError> {
+    /// Connect to both hosts (one master connection each), check haul's programs are
+    /// there, make the directories.
+    pub fn new(
+        kind: &'static str,
+        c: &SshConfig,
+        tag: &str,
+        cancel: &CancelToken,
+    ) -> Result<SshProvider, ProviderError> {
         c.validate().map_err(ProviderError::Config)?;
         let node = |role, host: &SshHost, sub: &str| SshNode {
             role,
             host: host.clone(),
             ssh: c.ssh.clone(),
+            control: None,
+            cancel: cancel.clone(),
             bin_dir: c.bin_dir.clone(),
             criu: c.criu.clone(),
             work_dir: format!("{}/{tag}/{sub}", c.work_root),
             run_dir: format!("{}/{tag}", c.work_root),
             spawned: std::sync::Mutex::new(Vec::new()),
         };
-        let p = SshProvider {
+        let mut p = SshProvider {
             kind,
             a: node("source", &c.source, "a"),
             b: node("destination", &c.destination, "b"),
             shared: format!("{}/haul-harness/{tag}", c.shared_dir.trim_end_matches('/')),
             keep: false,
+            control_dir: None,
         };
+        if c.multiplex {
+            // a private directory for the two sockets (short: a socket path has 108 bytes)
+            let dir = tempfile::Builder::new()
+                .prefix("haul-ssh-")
+                .tempdir_in("/tmp")
+                .map_err(|source| NodeError::Io {
+                    what: "cannot make a directory for the ssh control sockets".into(),
+                    source,
+                })?;
+            let base = dir.path().display().to_string();
+            p.control_dir = Some(dir);
+            p.a.start_master(format!("{base}/a"))?;
+            p.b.start_master(format!("{base}/b"))?;
+        }
         for d in [&p.a.run_dir, &p.b.run_dir, &p.shared] {
             if !removable(d) {
                 return Err(ProviderError::Config(format!(
@@ -297,7 +326,8 @@ impl SshProvider {
         }
         for n in [&p.a, &p.b] {
             let script = format!(
-                "set -e; for p in haul mtouch haul-launch; do test -x {bin}/$p || {{ echo \"$p missing in {bin}\" >&2; exit 1; }}; done; mkdir -p {dir}",
+                "set -e; for p in {progs}; do test -x {bin}/$p || {{ echo \"$p missing in {bin}\" >&2; exit 1; }}; done; mkdir -p {dir}",
+                progs = crate::HAUL_PROGRAMS.join(" "),
                 bin = shell_quote(&c.bin_dir),
                 dir = shell_quote(&n.work_dir)
             );
@@ -363,21 +393,23 @@ impl Drop for SshProvider {
                 n.terminate(pid);
             }
         }
-        if self.keep {
-            return;
-        }
-        for (n, d) in [
-            (&self.a, &self.a.run_dir),
-            (&self.b, &self.b.run_dir),
-            (&self.a, &self.shared),
-        ] {
-            if removable(d) {
-                let _ = n.sh(
-                    &format!("rm -rf {}", shell_quote(d)),
-                    Duration::from_secs(120),
-                );
+        if !self.keep {
+            for (n, d) in [
+                (&self.a, &self.a.run_dir),
+                (&self.b, &self.b.run_dir),
+                (&self.a, &self.shared),
+            ] {
+                if removable(d) {
+                    let _ = n.sh_uncancelled(
+                        &format!("rm -rf {}", shell_quote(d)),
+                        Duration::from_secs(120),
+                    );
+                }
             }
         }
+        self.a.stop_master();
+        self.b.stop_master();
+        drop(self.control_dir.take());
     }
 }
 
@@ -400,6 +432,7 @@ mod tests {
             bin_dir: default_bin_dir(),
             criu: default_criu(),
             ssh: default_ssh(),
+            multiplex: true,
         }
     }
 
@@ -410,6 +443,8 @@ mod tests {
             role: "source",
             host: c.source.clone(),
             ssh: c.ssh.clone(),
+            control: Some("/tmp/haul-ssh-x/a".into()),
+            cancel: CancelToken::new(),
             bin_dir: c.bin_dir.clone(),
             criu: c.criu.clone(),
             work_dir: "/var/tmp/haul-harness/x/a".into(),
@@ -427,9 +462,13 @@ mod tests {
             [
                 "-o",
                 "BatchMode=yes",
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                "ControlPath=/tmp/haul-ssh-x/a",
                 "root@a",
                 "--",
-                r"sh -c 'echo '\''hi'\'' $X'"
+                &shell_join(&["sh".into(), "-c".into(), "echo 'hi' $X".into()]),
             ]
         );
         assert_eq!(n.bin("haul"), "/usr/local/bin/haul");
@@ -447,28 +486,6 @@ mod tests {
     }
 
     #[test]
-    fn vagrant_reads_the_vm_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let v = VagrantConfig {
-            state_dir: Some(dir.path().display().to_string()),
-            ..Default::default()
-        };
-        assert!(v.to_ssh().unwrap_err().to_string().contains("vm.sh up"));
-        std::fs::write(dir.path().join("ssh_config"), "Host src\n").unwrap();
-        let s = v.to_ssh().unwrap();
-        assert_eq!(s.source.host, "src");
-        assert_eq!(s.destination.addr, VAGRANT_DST_ADDR);
-        assert_eq!(s.shared_dir, VAGRANT_SHARED);
-        assert_eq!(
-            s.ssh[1..],
-            [
-                "-F".to_string(),
-                dir.path().join("ssh_config").display().to_string()
-            ]
-        );
-    }
-
-    #[test]
     fn toml_tables() {
         let p: crate::provider::ProviderConfig = toml::from_str(
             "kind = \"ssh\"\nshared_dir = \"/srv/s\"\nsource = { host = \"a\", addr = \"1.2.3.4\" }\ndestination = { host = \"b\", addr = \"1.2.3.5\" }\n",
@@ -478,8 +495,8 @@ mod tests {
             panic!("not ssh")
         };
         assert_eq!(s.bin_dir, "/usr/local/bin");
-        let v: crate::provider::ProviderConfig =
-            toml::from_str("kind = \"vagrant\"\nstate_dir = \"/x\"\n").unwrap();
+        assert!(s.multiplex);
+        let v: crate::provider::ProviderConfig = toml::from_str("kind = \"vagrant\"\n").unwrap();
         assert_eq!(v.kind(), "vagrant");
     }
 }

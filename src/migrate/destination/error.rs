@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+use crate::criu::diagnosis::{diagnose_error, Diagnosis};
 use crate::criu::{CriuError, CriuVersion};
-use crate::wire::pb::ErrorKind;
+use crate::preflight::Refusal;
+use crate::wire::pb::{self, ErrorKind};
 
 use super::super::control::ChannelError;
 use super::super::error::PathError;
@@ -33,6 +35,10 @@ pub enum PrepareError {
     },
     /// this node's CPU cannot run the source's process (CRIU's CPUINFO_CHECK failed): migrate between nodes with the same CPU features
     CpuMismatch(#[source] CriuError),
+    /// the source's pre-flight requirements do not decode (a source of another haul version?)
+    BadRequirements(#[source] serde_json::Error),
+    /// {0}
+    Refused(Refusal),
     /// {0}
     Io(#[from] PathError),
 }
@@ -153,6 +159,36 @@ pub enum ServeError {
 }
 
 impl ServeError {
+    /// The `Error` message the source is told: the kind, the whole cause chain, and the
+    /// findings or CRIU diagnosis behind it, typed (JSON of haul's own types).
+    pub fn to_wire(&self) -> pb::Error {
+        let findings_json = match self {
+            ServeError::Prepare(PrepareError::Refused(r)) => {
+                serde_json::to_string(&r.findings).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        let diagnosis_json = self
+            .diagnosis()
+            .and_then(|d| serde_json::to_string(&d).ok())
+            .unwrap_or_default();
+        pb::Error {
+            kind: self.wire_kind() as i32,
+            message: super::super::error::chain(self),
+            findings_json,
+            diagnosis_json,
+        }
+    }
+
+    /// The diagnosis of the CRIU run behind this failure, from its log.
+    pub fn diagnosis(&self) -> Option<Diagnosis> {
+        match self {
+            ServeError::Restore(RestoreError::Criu(e))
+            | ServeError::PageServer(PageServerError::Criu { source: e, .. }) => diagnose_error(e),
+            _ => None,
+        }
+    }
+
     /// The kind the source is told.
     pub fn wire_kind(&self) -> ErrorKind {
         match self {
@@ -164,6 +200,8 @@ impl ServeError {
                 PrepareError::CriuTooOld { .. } => ErrorKind::Version,
                 PrepareError::NoSpace { .. } => ErrorKind::Space,
                 PrepareError::CpuMismatch(_) => ErrorKind::Cpu,
+                PrepareError::BadRequirements(_) => ErrorKind::Protocol,
+                PrepareError::Refused(_) => ErrorKind::Refused,
                 PrepareError::Io(_) => ErrorKind::Io,
             },
             ServeError::PageServer(p) => match p {

@@ -4,6 +4,7 @@
 //! - [`channels`]: memory channels meeting the migrations that asked for them;
 //! - [`session`]: one migration's typed states ([`session::State`]) and its one step function;
 //! - [`prepare`]: the checks at `Begin` (versions, space, CPU);
+//! - [`probe`]: measuring the memory channel for the source's cost estimates;
 //! - [`page_server`]: CRIU page servers, one per round, on an authenticated memory channel;
 //! - [`restore`]: the two-phase restore (held at `post-restore` until the source says go);
 //! - [`lazy`]: post-copy's `criu lazy-pages` daemon and its relay process;
@@ -16,7 +17,11 @@
 //! ```mermaid
 //! stateDiagram-v2
 //!     [*] --> Connected: handshake ok
-//!     Connected --> Prepared: Begin (versions, space, CPU ok) / Ready
+//!     Connected --> Prepared: Begin (versions, space, CPU, tree requirements ok) / Ready
+//!     Connected --> DryRun: Begin{dry_run} / Ready
+//!     Prepared --> Prepared: Probe / ProbeDone
+//!     DryRun --> DryRun: Probe / ProbeDone
+//!     DryRun --> [*]: Finish / Finished (nothing kept)
 //!     Prepared --> Prepared: StartPageServer / PageServerStarted, EndPageServer / PageServerEnded, ImageChunk
 //!     Prepared --> Held: Restore / RestoreHeld (restored, held at post-restore)
 //!     Held --> Running: Resume / Restored (post-restore acknowledged: it runs here)
@@ -33,6 +38,7 @@ pub mod error;
 pub mod lazy;
 pub mod page_server;
 pub mod prepare;
+pub mod probe;
 pub mod restore;
 pub mod session;
 pub mod sync;

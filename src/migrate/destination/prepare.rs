@@ -16,9 +16,12 @@ use super::super::transfer::ImageReceiver;
 use super::error::{PageServerError, PrepareError, ServeError};
 use super::page_server::PageServer;
 use super::Service;
+use crate::preflight::{DestinationRequirements, Refusal, Severity};
 
 /// A migration that passed the checks: where its images go and what runs for it.
 pub struct Prepared {
+    /// A dry run (`haul pid --dry-run`): nothing but a probe comes, nothing is kept.
+    pub dry_run: bool,
     /// The migration id (its directory's name).
     pub id: String,
     /// Its directory on this node.
@@ -36,8 +39,12 @@ pub struct Prepared {
 }
 
 /// Checks what the source announced: the migration id, CRIU versions (source <= this node,
-/// as P.Haul required), free space for the announced memory plus [`limits::SPACE_MARGIN`],
-/// and the source's `cpuinfo.img` against this CPU (CRIU's CPUINFO_CHECK).
+/// as P.Haul required), free space for the announced memory (or the images' estimated size)
+/// plus [`limits::SPACE_MARGIN`], the source's `cpuinfo.img` against this CPU (CRIU's
+/// CPUINFO_CHECK), and the tree's requirements (ports free in this network namespace, pids
+/// free where the tree has no pid namespace of its own, the files it holds here with the same
+/// size and mode: [`crate::preflight::destination`]). Every one of these would otherwise fail
+/// the restore after the source froze the process.
 pub async fn prepare(
     service: &Arc<Service>,
     begin: pb::Begin,
@@ -54,9 +61,17 @@ pub async fn prepare(
             ours,
         });
     }
+    let requirements: DestinationRequirements = if begin.requirements_json.is_empty() {
+        DestinationRequirements::default()
+    } else {
+        serde_json::from_str(&begin.requirements_json).map_err(PrepareError::BadRequirements)?
+    };
     let img_path = &service.cfg.img_path;
     let free = images::free_bytes(img_path)?;
-    let need = begin.memory_bytes.saturating_add(limits::SPACE_MARGIN);
+    let need = begin
+        .memory_bytes
+        .max(requirements.image_bytes)
+        .saturating_add(limits::SPACE_MARGIN);
     if free < need {
         return Err(PrepareError::NoSpace {
             path: img_path.clone(),
@@ -65,16 +80,17 @@ pub async fn prepare(
         });
     }
     let dir = MigrationDir::create(img_path, &begin.migration_id)?;
-    let cpu = dir.sub("cpuinfo")?;
-    let img = cpu.path().join("cpuinfo.img");
-    std::fs::write(&img, &begin.cpuinfo)
-        .map_err(|e| super::super::error::PathError::new("cannot write", &img, e))?;
-    let log = cpu.path().join("cpuinfo-check.log");
-    service
-        .criu
-        .cpuinfo_check(options::base(cpu.fd(), "cpuinfo-check.log"), Some(log))
-        .await
-        .map_err(PrepareError::CpuMismatch)?;
+    let checked = check_here(service, &dir, &begin.cpuinfo, &requirements).await;
+    let findings = match checked {
+        Ok(f) => f,
+        Err(e) => {
+            // A dry run keeps nothing; a refused migration keeps the CPU check's log.
+            if begin.dry_run {
+                let _ = std::fs::remove_dir_all(dir.root());
+            }
+            return Err(e);
+        }
+    };
     info!(
         "{peer}: migration {} prepared in {} (strategy {}, source CRIU {src})",
         begin.migration_id,
@@ -86,8 +102,14 @@ pub async fn prepare(
         features: Some(service.features.into()),
         free_bytes: free,
         img_dir: dir.root().display().to_string(),
+        findings_json: if findings.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&findings).unwrap_or_default()
+        },
     };
     let prepared = Prepared {
+        dry_run: begin.dry_run,
         id: begin.migration_id,
         dir,
         budget: free.saturating_sub(limits::SPACE_MARGIN / 2),
@@ -97,6 +119,31 @@ pub async fn prepare(
         sync: Default::default(),
     };
     Ok((prepared, ready))
+}
+
+/// The checks that need the migration's directory: CRIU's CPUINFO_CHECK of the source's
+/// `cpuinfo.img`, then the tree's requirements. Returns the findings that do not refuse.
+async fn check_here(
+    service: &Arc<Service>,
+    dir: &MigrationDir,
+    cpuinfo: &[u8],
+    requirements: &DestinationRequirements,
+) -> Result<Vec<crate::preflight::Finding>, PrepareError> {
+    let cpu = dir.sub("cpuinfo")?;
+    let img = cpu.path().join("cpuinfo.img");
+    std::fs::write(&img, cpuinfo)
+        .map_err(|e| super::super::error::PathError::new("cannot write", &img, e))?;
+    let log = cpu.path().join("cpuinfo-check.log");
+    service
+        .criu
+        .cpuinfo_check(options::base(cpu.fd(), "cpuinfo-check.log"), Some(log))
+        .await
+        .map_err(PrepareError::CpuMismatch)?;
+    let (_, findings) = crate::preflight::report::destination(requirements, &service.cfg.img_path);
+    if findings.iter().any(|f| f.severity == Severity::Refuse) {
+        return Err(PrepareError::Refused(Refusal { findings }));
+    }
+    Ok(findings)
 }
 
 impl Prepared {

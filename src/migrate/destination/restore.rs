@@ -81,7 +81,7 @@ pub async fn restore(
         shell_job: r.shell_job,
         file_locks: r.file_locks,
         link_remap: false,
-        ext_unix_sk: false,
+        ext_unix_sk: r.ext_unix_sk,
     }
     .apply(&mut opts);
     if r.lazy {

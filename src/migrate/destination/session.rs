@@ -15,10 +15,10 @@ use crate::fault::{self, Phase};
 use crate::wire::pb::{self, message::Body};
 
 use super::super::control::{Control, Stream};
-use super::super::error::chain;
 use super::super::limits;
 use super::error::ServeError;
 use super::prepare::{self, Prepared};
+use super::probe;
 use super::restore::{self, Held, Running};
 use super::Service;
 
@@ -28,6 +28,9 @@ pub enum State {
     Connected,
     /// `Begin` passed the checks: image directory, receivers, page servers per round.
     Prepared(Prepared),
+    /// A dry run's `Begin` passed the checks: only a `Probe` and `Finish` may follow, and
+    /// nothing is kept.
+    DryRun(Prepared),
     /// Restored, held at `post-restore` until the source says `Resume`.
     Held(Held),
     /// The process runs here (post-copy: its pages may still be coming).
@@ -40,6 +43,7 @@ impl State {
         match self {
             State::Connected => "Connected",
             State::Prepared(_) => "Prepared",
+            State::DryRun(_) => "DryRun",
             State::Held(_) => "Held",
             State::Running(_) => "Running",
         }
@@ -53,6 +57,10 @@ impl State {
             State::Prepared(mut p) => {
                 p.stop_page_servers().await;
                 super::sync::rollback(std::mem::take(&mut p.sync), why).await;
+                p.id
+            }
+            State::DryRun(p) => {
+                let _ = std::fs::remove_dir_all(p.dir.root());
                 p.id
             }
             State::Held(h) => {
@@ -122,11 +130,22 @@ pub async fn step(
             Ok(Transition::Finished(state))
         }
         (State::Connected, Body::Begin(b)) => match prepare::prepare(service, b, peer).await {
+            Ok((prepared, ready)) if prepared.dry_run => {
+                Ok(Transition::To(State::DryRun(prepared), Some(ready.into())))
+            }
             Ok((prepared, ready)) => Ok(Transition::To(
                 State::Prepared(prepared),
                 Some(ready.into()),
             )),
             Err(e) => Err(fail(State::Connected, e)),
+        },
+        (State::Prepared(p), Body::Probe(_)) => match probe::receive(service, &p.id).await {
+            Ok(done) => Ok(Transition::To(State::Prepared(p), Some(done.into()))),
+            Err(e) => Err(fail(State::Prepared(p), e)),
+        },
+        (State::DryRun(p), Body::Probe(_)) => match probe::receive(service, &p.id).await {
+            Ok(done) => Ok(Transition::To(State::DryRun(p), Some(done.into()))),
+            Err(e) => Err(fail(State::DryRun(p), e)),
         },
         (State::Prepared(mut p), Body::StartPageServer(s)) => {
             match p.start_page_server(service, s.round).await {
@@ -252,8 +271,9 @@ async fn abort<S: Stream>(
     state: State,
     error: ServeError,
 ) -> ServeError {
-    let message = chain(&error);
-    ctl.send_error(error.wire_kind(), message.clone()).await;
-    state.close(service, &message).await;
+    let wire = error.to_wire();
+    let why = wire.message.clone();
+    ctl.send_error(wire).await;
+    state.close(service, &why).await;
     error
 }

@@ -1,6 +1,9 @@
 //! What can fail in `haul pid`, and where the process is afterwards.
 
+use crate::criu::diagnosis::{diagnose_error, Diagnosis};
 use crate::criu::CriuError;
+use crate::preflight::inspect::InspectError;
+use crate::preflight::Refusal;
 
 use super::super::control::ChannelError;
 use super::super::error::PathError;
@@ -13,6 +16,12 @@ pub enum SourceError {
     NoSuchPid(i32),
     /// {0}
     Criu(#[from] CriuError),
+    /// {0}
+    CriuFailed(Box<Diagnosis>),
+    /// cannot inspect the process tree
+    Inspect(#[from] InspectError),
+    /// pre-flight refused the migration, nothing was frozen: {0}
+    Refused(Refusal),
     /// {0}
     Channel(#[from] ChannelError),
     /// {0}
@@ -50,6 +59,17 @@ pub enum SourceError {
     LazyFailed(String),
     /// {0}
     Sync(#[from] super::sync::FileSyncError),
+}
+
+impl SourceError {
+    /// A failed CRIU request, diagnosed from its log when it can be (the cause, the resource,
+    /// the remedy: never a line CRIU logs on every run).
+    pub fn from_criu(e: CriuError) -> SourceError {
+        match diagnose_error(&e) {
+            Some(d) => SourceError::CriuFailed(Box::new(d)),
+            None => SourceError::Criu(e),
+        }
+    }
 }
 
 impl From<SendError> for SourceError {

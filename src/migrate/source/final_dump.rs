@@ -50,7 +50,7 @@ impl Session {
         let rd = self.dir.round(0)?;
         let mut opts = options::base(rd.fd(), "dump.log");
         opts.pid = Some(self.cfg.pid);
-        self.cfg.tree.apply(&mut opts);
+        self.assessment.apply(&mut opts);
         if let Some(p) = &parent {
             opts.parent_img = Some(format!("../{p}"));
             opts.track_mem = Some(true);
@@ -91,7 +91,7 @@ impl Session {
                 b.abandon();
             }
             return Err(match reached {
-                Err(e) => e.into(),
+                Err(e) => SourceError::from_criu(e),
                 _ => SourceError::NoPostDump,
             });
         }

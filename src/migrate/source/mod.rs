@@ -5,7 +5,10 @@
 //! acknowledged and CRIU kills the source tasks. Every failure before that answers
 //! `post-dump` with a failure, and CRIU resumes the tasks where they were.
 //!
-//! - [`preflight`]: what is checked on this node before anything else (pid, CRIU, CPU);
+//! - [`preflight`]: what is checked on this node before anything else (pid, CRIU, CPU, and
+//!   the tree itself: [`crate::preflight`]);
+//! - [`probe`]: the memory channel's measured bandwidth, for `auto`'s estimates;
+//! - [`dry_run`]: `--dry-run`: both nodes' checks and the estimates, nothing frozen;
 //! - [`session`]: one migration with the destination, from `Begin` to `Finish`, and the
 //!   [`Stage`] that says where the process is at each point;
 //! - [`precopy`]: pre-dump rounds while the process runs;
@@ -21,11 +24,13 @@
 //!                                                      └─ any failure: post-dump nacked ─▶ Resumed
 //! ```
 
+pub mod dry_run;
 pub mod error;
 pub mod final_dump;
 pub mod postcopy;
 pub mod precopy;
 pub mod preflight;
+pub mod probe;
 pub mod progress;
 pub mod session;
 pub mod sync;
@@ -59,8 +64,15 @@ pub struct SourceConfig {
     pub img_path: PathBuf,
     /// The strategy asked for.
     pub strategy: Strategy,
-    /// What the tree needs from CRIU.
+    /// What the tree needs from CRIU, as the user asked (pre-flight adds the safe options the
+    /// tree needs).
     pub tree: TreeOptions,
+    /// `--ghost-limit` (bytes): deleted files up to this size travel in the images.
+    pub ghost_limit: Option<u64>,
+    /// `--dry-run`: check both nodes, estimate, freeze nothing.
+    pub dry_run: bool,
+    /// `--ignore-preflight`: go on although pre-flight refused (CRIU then fails, diagnosed).
+    pub ignore_preflight: bool,
     /// Pre-copy: when the rounds stop (rounds, dirty-set rules, downtime target, on-timeout).
     pub convergence: Convergence,
     /// Show a progress bar on stderr (only drawn on a terminal).
@@ -96,6 +108,9 @@ pub async fn migrate_with(
     let checked = preflight::check(&cfg, criu.as_ref())
         .await
         .map_err(untouched)?;
+    if cfg.dry_run {
+        return dry_run::run(cfg, checked, t0).await.map_err(untouched);
+    }
     let mut session = session::Session::begin(cfg, criu, checked, t0)
         .await
         .map_err(untouched)?;

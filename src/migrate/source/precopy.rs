@@ -32,7 +32,7 @@ impl Session {
             if let Some(p) = &parent {
                 opts.parent_img = Some(format!("../{p}"));
             }
-            self.cfg.tree.apply(&mut opts);
+            self.assessment.apply(&mut opts);
             options::page_server_fd(&mut opts, fd.as_raw_fd());
             let req = client::new_request(CriuReqType::PreDump, Some(opts));
             let log = rd.path().join("pre-dump.log");
@@ -40,7 +40,7 @@ impl Session {
                 .criu
                 .start_request(req, &[fd.as_raw_fd()], Some(log))
                 .await?;
-            op.run_to_end().await?;
+            op.run_to_end().await.map_err(SourceError::from_criu)?;
             drop(fd);
             let bytes = self.end_round(round).await?;
             let st = stats::read_dump(rd.path()).unwrap_or_default();

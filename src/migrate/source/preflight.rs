@@ -1,14 +1,18 @@
 //! What the source checks on its own node before it contacts the destination: the pid, its
-//! CRIU (version >= [`MIN_CRIU_VERSION`], features), transparent huge pages, and this CPU's
-//! description for the destination's CPUINFO_CHECK. Nothing is frozen here.
+//! CRIU (version >= [`MIN_CRIU_VERSION`], features), transparent huge pages, this CPU's
+//! description for the destination's CPUINFO_CHECK, and the tree itself (what it holds that
+//! CRIU cannot move, the options it needs, what the destination must check:
+//! [`crate::preflight`]). Nothing is frozen here: a problem found refuses the migration with
+//! its cause and remedy, and the process runs on untouched.
 
 use crate::criu::service::CriuService;
 use crate::criu::{options, CriuError, CriuVersion, Features, MIN_CRIU_VERSION};
+use crate::preflight::{report::SourcePreflight, Asked, Refusal};
 
 use super::super::error::PathError;
 use super::super::images::{self, MigrationDir};
 use super::super::strategy::Strategy;
-use super::super::tree;
+use super::super::tree as proc_tree;
 use super::{SourceConfig, SourceError};
 
 /// What the checks found, for the migration that follows.
@@ -28,12 +32,14 @@ pub struct Checked {
     pub memory_bytes: u64,
     /// Warnings for the report.
     pub warnings: Vec<String>,
+    /// What the tree holds, pre-flight's verdict and what the destination must check.
+    pub tree: SourcePreflight,
 }
 
 /// Checks this node and prepares the migration's directory.
 pub async fn check(cfg: &SourceConfig, criu: &dyn CriuService) -> Result<Checked, SourceError> {
     let pid = cfg.pid;
-    if !tree::alive(pid) {
+    if !proc_tree::alive(pid) {
         return Err(SourceError::NoSuchPid(pid));
     }
     let version = criu.version().await?;
@@ -46,8 +52,18 @@ pub async fn check(cfg: &SourceConfig, criu: &dyn CriuService) -> Result<Checked
         .into());
     }
     let features = criu.features().await?;
+    let asked = Asked {
+        tree: cfg.tree.clone(),
+        ghost_limit: cfg.ghost_limit,
+    };
+    let tree = crate::preflight::report::source(pid, &asked)?;
+    if tree.assessment.refused() && !cfg.dry_run && !cfg.ignore_preflight {
+        return Err(SourceError::Refused(Refusal {
+            findings: tree.assessment.findings.clone(),
+        }));
+    }
     let mut warnings = Vec::new();
-    if tree::thp_mode().as_deref() == Some("always") && cfg.strategy != Strategy::StopCopy {
+    if proc_tree::thp_mode().as_deref() == Some("always") && cfg.strategy != Strategy::StopCopy {
         warnings.push(
             "transparent huge pages are `always` on this node: dirty tracking works per 2 MiB and pre-copy saves little; set /sys/kernel/mm/transparent_hugepage/enabled to never".into(),
         );
@@ -69,7 +85,8 @@ pub async fn check(cfg: &SourceConfig, criu: &dyn CriuService) -> Result<Checked
         migration_id,
         dir,
         cpuinfo,
-        memory_bytes: tree::resident_bytes(pid),
+        memory_bytes: proc_tree::resident_bytes(pid),
         warnings,
+        tree,
     })
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::TcpStream;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::criu::service::CriuService;
 use crate::criu::{CriuVersion, Features};
@@ -21,7 +21,12 @@ use super::super::report::MigrationReport;
 use super::super::strategy::Strategy;
 use super::super::tree;
 use super::preflight::Checked;
+use super::probe;
 use super::{SourceConfig, SourceError, SourceFailure, Whereabouts};
+use crate::preflight::report::SourcePreflight;
+use crate::preflight::{
+    choose_strategy, Assessment, Choice, CostModel, Finding, PreflightReport, Severity,
+};
 
 /// Where the process is, as far as the source knows (decides the [`Whereabouts`] of a
 /// failure).
@@ -48,6 +53,8 @@ pub struct Session {
     pub criu: Arc<dyn CriuService>,
     /// The control channel.
     pub ctl: Control<TcpStream>,
+    /// Pre-flight's verdict on both nodes, and the CRIU options it set (asked and safe ones).
+    pub assessment: Assessment,
     /// The migration's directory on this node.
     pub dir: MigrationDir,
     /// What is measured, as it is measured.
@@ -77,28 +84,45 @@ impl Session {
         let mut report = new_report(&cfg, &checked.migration_id);
         report.source_criu = Some(checked.version);
         report.source_img_dir = checked.dir.root().display().to_string();
-        report.warnings = checked.warnings;
-        let begin = pb::Begin {
-            migration_id: checked.migration_id.clone(),
-            criu_version: Some(checked.version.into()),
-            strategy: cfg.strategy.name().into(),
-            memory_bytes: checked.memory_bytes,
-            cpuinfo: checked.cpuinfo,
-        };
+        report.warnings = checked.warnings.clone();
+        let begin = begin_message(&cfg, &checked, false);
         let wait = limits::REPLY.named("the destination's pre-flight checks");
         let ready: pb::Ready = ctl.request(begin, wait).await?;
         let sync = super::sync::FileSync::new(ready.features.is_some_and(|f| f.file_sync));
         let dst_version: CriuVersion = ready.criu_version.unwrap_or_default().into();
         report.destination_criu = Some(dst_version);
-        report.destination_img_dir = ready.img_dir;
+        report.destination_img_dir = ready.img_dir.clone();
         let dst_features: Features = ready.features.unwrap_or_default().into();
-        let (strategy, why) = cfg.strategy.resolve(checked.features, dst_features);
-        if let Some(missing) = strategy.missing(checked.features, dst_features) {
-            return Err(SourceError::StrategyUnavailable {
-                strategy: strategy.name(),
-                why: missing,
-            });
+        let dst_findings = destination_findings(&ready);
+        // Only `auto` needs the link's bandwidth (its estimates); it costs total time, not
+        // downtime.
+        let bandwidth = match cfg.strategy {
+            Strategy::Auto => match probe::bandwidth(&mut ctl, &cfg, &checked.migration_id).await {
+                Ok(bw) => Some(bw),
+                Err(e) => {
+                    warn!("cannot measure the memory channel: {}", chain(&e));
+                    None
+                }
+            },
+            _ => None,
+        };
+        let (strategy, why, choice) = pick_strategy(
+            &cfg,
+            &checked.tree,
+            checked.features,
+            dst_features,
+            bandwidth,
+        )?;
+        let mut assessment = checked.tree.assessment.clone();
+        assessment.extend(dst_findings.clone());
+        for f in assessment
+            .findings
+            .iter()
+            .filter(|f| f.severity > Severity::Info)
+        {
+            info!("pre-flight: {f}");
         }
+        report.preflight = Some(PreflightReport::new(&checked.tree, dst_findings, choice));
         report.strategy = strategy.name().into();
         report.strategy_reason = why;
         info!(
@@ -112,6 +136,7 @@ impl Session {
             cfg,
             criu,
             ctl,
+            assessment,
             dir: checked.dir,
             report,
             stage: Stage::Running,
@@ -188,13 +213,7 @@ impl Session {
 
     /// A memory channel for `round`, authenticated and bound to this migration.
     pub async fn memory_channel(&self, round: u32, lazy: bool) -> Result<TcpStream, ChannelError> {
-        let purpose = Purpose::Memory(pb::MemoryPurpose {
-            migration_id: self.report.migration_id.clone(),
-            round,
-            lazy,
-        });
-        let conn = control::connect(&self.cfg.destination, &self.cfg.key, purpose).await?;
-        Ok(conn.into_inner())
+        memory_channel(&self.cfg, &self.report.migration_id, round, lazy).await
     }
 
     /// Asks the destination for a page server for `round` and opens its memory channel;
@@ -240,12 +259,13 @@ impl Session {
 
     /// Sends `Restore` with what the tree needs.
     pub async fn send_restore(&mut self, lazy: bool) -> Result<(), SourceError> {
-        let t = &self.cfg.tree;
+        let t = &self.assessment.options;
         let restore = pb::Restore {
             lazy,
             tcp_established: t.tcp_established,
             shell_job: t.shell_job,
             file_locks: t.file_locks,
+            ext_unix_sk: t.ext_unix_sk,
         };
         Ok(self.ctl.send(restore).await?)
     }
@@ -291,4 +311,81 @@ fn new_report(cfg: &SourceConfig, migration_id: &str) -> MigrationReport {
             .unwrap_or(0.0),
         ..Default::default()
     }
+}
+
+/// A memory channel for `round` of migration `migration_id`, authenticated and bound to it.
+pub async fn memory_channel(
+    cfg: &SourceConfig,
+    migration_id: &str,
+    round: u32,
+    lazy: bool,
+) -> Result<TcpStream, ChannelError> {
+    let purpose = Purpose::Memory(pb::MemoryPurpose {
+        migration_id: migration_id.to_string(),
+        round,
+        lazy,
+    });
+    let conn = control::connect(&cfg.destination, &cfg.key, purpose).await?;
+    Ok(conn.into_inner())
+}
+
+/// The `Begin` of a migration (or a dry run): what the destination must check.
+pub fn begin_message(cfg: &SourceConfig, checked: &Checked, dry_run: bool) -> pb::Begin {
+    pb::Begin {
+        migration_id: checked.migration_id.clone(),
+        criu_version: Some(checked.version.into()),
+        strategy: cfg.strategy.name().into(),
+        memory_bytes: checked.memory_bytes,
+        cpuinfo: checked.cpuinfo.clone(),
+        // --ignore-preflight: the destination checks nothing of the tree either.
+        requirements_json: if cfg.ignore_preflight {
+            String::new()
+        } else {
+            // files under the --sync trees travel with the process: not the destination's to have
+            let roots: Vec<std::path::PathBuf> = cfg
+                .sync
+                .paths
+                .iter()
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+                .collect();
+            let req = checked.tree.requirements.without_synced(&roots);
+            serde_json::to_string(&req).unwrap_or_default()
+        },
+        dry_run,
+    }
+}
+
+/// The destination's findings that did not refuse (sent in `Ready`).
+pub fn destination_findings(ready: &pb::Ready) -> Vec<Finding> {
+    serde_json::from_str(&ready.findings_json).unwrap_or_default()
+}
+
+/// Which strategy runs: `auto` by estimated cost ([`choose_strategy`]), any other as asked,
+/// when both nodes can run it. Also returns the cost model's choice with every estimate,
+/// for the report.
+pub fn pick_strategy(
+    cfg: &SourceConfig,
+    tree: &SourcePreflight,
+    source: Features,
+    destination: Features,
+    bandwidth: Option<f64>,
+) -> Result<(Strategy, String, Choice), SourceError> {
+    let inputs = tree.cost_inputs(
+        source,
+        destination,
+        bandwidth,
+        cfg.convergence.max_downtime_secs,
+    );
+    let choice = choose_strategy(&CostModel::default(), &inputs);
+    let (strategy, why) = match cfg.strategy {
+        Strategy::Auto => (choice.strategy, choice.reason.clone()),
+        asked => (asked, "asked for on the command line".to_string()),
+    };
+    if let Some(missing) = strategy.missing(source, destination) {
+        return Err(SourceError::StrategyUnavailable {
+            strategy: strategy.name(),
+            why: missing,
+        });
+    }
+    Ok((strategy, why, choice))
 }

@@ -7,23 +7,22 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use haul_workloads::launch::{launch, LaunchSpec, Launched};
 
-/// Generous: the machine has 2 cores shared with other jobs.
-pub const PATIENCE: Duration = Duration::from_secs(60);
+pub use haul_test_support::wait::PATIENCE;
+pub use haul_test_support::wait_for;
 
-/// True when running as root; otherwise prints why the test is skipped.
-pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!(
-            "skipping {test}: needs root (pid namespaces, /proc/PID/mem, network namespaces)"
-        );
+/// True when running as root; otherwise reports the running test as skipped (ignored, with
+/// the reason) through haul_test_support's runner.
+pub fn root_or_skip(_test: &str) -> bool {
+    if let Some(why) = haul_test_support::Need::Root.missing() {
+        haul_test_support::skip(format!(
+            "{why} (pid namespaces, /proc/PID/mem, network namespaces)"
+        ));
     }
-    root
+    true
 }
 
 /// Path of one of this crate's programs.
@@ -57,18 +56,6 @@ pub fn workdir() -> tempfile::TempDir {
         .prefix("haul-workloads-test.")
         .tempdir()
         .expect("create a temp dir")
-}
-
-/// Poll `cond` every 20 ms until it holds; panics with `what` after `timeout`.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A launched workload that is killed (whole pid namespace) and reaped on drop.
