@@ -122,6 +122,7 @@ async fn migrate_in(
             img_path: img.path().join("dst"),
             criu: Criu::at("/nonexistent/criu"),
             max_migrations: Some(1),
+            sync: Default::default(),
         },
         Arc::new(destination.clone()),
     ));
@@ -150,6 +151,7 @@ async fn migrate_in(
             engine: false,
             ..Default::default()
         },
+        sync: Default::default(),
     };
     let outcome = source::migrate_with(cfg, Arc::new(source.clone())).await;
     if outcome.is_ok() {

@@ -91,6 +91,11 @@ pub const MAX_PARKED: usize = 64;
 /// Extra free space the destination requires beyond the announced memory size (bytes).
 pub const SPACE_MARGIN: u64 = 64 << 20;
 
+/// File sync: messages of a round the source's reader thread may have produced ahead of the
+/// control channel (each at most [`crate::sync::limits::MAX_MESSAGE`] = 1 MiB: at most
+/// 16 MiB in memory), enough to keep the channel busy while the next file is read.
+pub const SYNC_QUEUE: usize = 16;
+
 /// The source writes into a bandwidth probe for this long.
 pub const PROBE_SECS: Duration = Duration::from_millis(300);
 

@@ -135,6 +135,9 @@ pub struct MigrationReport {
     /// process is.
     #[serde(default)]
     pub failure: Option<String>,
+    /// File sync (`--sync`): rounds, bytes, files, the frozen final round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<crate::sync::stats::SyncReport>,
     /// A dry run (`--dry-run`): nothing was frozen; `preflight` says what would happen.
     #[serde(default)]
     pub dry_run: bool,
@@ -170,6 +173,9 @@ impl MigrationReport {
             s.push_str(&format!(
                 "post-copy window {w:.2} sec (the source served the remaining pages; losing it then would lose the process)\n"
             ));
+        }
+        if let Some(sync) = &self.sync {
+            s.push_str(&sync.summary());
         }
         s
     }

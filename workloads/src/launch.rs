@@ -11,6 +11,8 @@
 //! ```text
 //! caller ── fork ─▶ reaper                    host pid namespace, comm "haul-reaper"
 //!                    setsid()                 its own session, no controlling terminal
+//!                    setns(MNT, NEWNS)        optional: a node's own view of the files
+//!                                             (/dev/null and the output reopened there)
 //!                    setns(NAME, NEWNET)      optional: /run/netns/NAME
 //!                    unshare(CLONE_NEWPID)    its children go into a new pid namespace
 //!                    fork ─▶ init             pid 1 there; its host pid is reported
@@ -76,6 +78,11 @@ pub struct LaunchSpec {
     pub cwd: PathBuf,
     /// A network namespace to run in: a name under [`NETNS_DIR`] or a path to a namespace file.
     pub netns: Option<String>,
+    /// A mount namespace to run in (a namespace file: a bind-mounted `/proc/PID/ns/mnt`), the
+    /// stand-in for a node's own disks when two nodes share one machine. `cwd`, `output`
+    /// and the program are resolved there (give absolute paths); `haul pid` must run in the
+    /// same namespace, so that CRIU dumps no mount namespace.
+    pub mntns: Option<PathBuf>,
     /// A file for its stdout and stderr (appended to); `None` puts them on `/dev/null`.
     pub output: Option<PathBuf>,
     /// Environment variables set for it on top of the caller's environment.
@@ -99,6 +106,7 @@ impl LaunchSpec {
             args: Vec::new(),
             cwd: PathBuf::from("."),
             netns: None,
+            mntns: None,
             output: None,
             env: Vec::new(),
             protocol: StartProtocol::StartFd,
@@ -132,6 +140,13 @@ impl LaunchSpec {
     /// Run inside the network namespace `name` (under [`NETNS_DIR`], or a path).
     pub fn netns(mut self, name: impl Into<String>) -> Self {
         self.netns = Some(name.into());
+        self
+    }
+
+    /// Run inside the mount namespace of the namespace file `path` (see
+    /// [`mntns`](Self::mntns)).
+    pub fn mntns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.mntns = Some(path.into());
         self
     }
 
@@ -293,6 +308,9 @@ pub enum Stage {
     ReaperSetsid = 1,
     /// `setns(CLONE_NEWNET)` into the network namespace.
     Setns,
+    /// `setns(CLONE_NEWNS)` into the mount namespace, or reopening /dev/null and the output
+    /// file there.
+    SetnsMnt,
     /// `unshare(CLONE_NEWPID)`.
     Unshare,
     /// `fork()` of the namespace init.
@@ -314,6 +332,7 @@ impl Stage {
         [
             Stage::ReaperSetsid,
             Stage::Setns,
+            Stage::SetnsMnt,
             Stage::Unshare,
             Stage::Fork,
             Stage::InitSetsid,
@@ -332,6 +351,9 @@ impl fmt::Display for Stage {
         f.write_str(match self {
             Stage::ReaperSetsid => "setsid() in the reaper",
             Stage::Setns => "setns(CLONE_NEWNET) into the network namespace",
+            Stage::SetnsMnt => {
+                "setns(CLONE_NEWNS) into the mount namespace (or reopening /dev/null and the output file there)"
+            }
             Stage::Unshare => "unshare(CLONE_NEWPID)",
             Stage::Fork => "fork() of the namespace init",
             Stage::InitSetsid => "setsid() in the namespace init",
@@ -370,6 +392,15 @@ pub enum LaunchError {
     /// The network namespace file cannot be opened.
     #[error("network namespace {path:?} cannot be opened: {source} (create it with `ip netns add NAME`)")]
     Netns {
+        /// The namespace file.
+        path: PathBuf,
+        /// What `open` said.
+        #[source]
+        source: io::Error,
+    },
+    /// The mount namespace file cannot be opened.
+    #[error("mount namespace {path:?} cannot be opened: {source}")]
+    Mntns {
         /// The namespace file.
         path: PathBuf,
         /// What `open` said.
@@ -504,8 +535,9 @@ pub fn launch(spec: &LaunchSpec) -> Result<Launched, LaunchError> {
         null,
         output,
         netns,
+        mntns,
     } = plan_io;
-    drop((status_w, start_w, null, output, netns));
+    drop((status_w, start_w, null, output, netns, mntns));
 
     let deadline = Instant::now() + spec.start_timeout;
     let (status, timed_out) = read_to_eof(&status_r, deadline).map_err(sys("read status pipe"))?;
@@ -662,6 +694,7 @@ struct PlanIo {
     null: OwnedFd,
     output: Option<OwnedFd>,
     netns: Option<OwnedFd>,
+    mntns: Option<OwnedFd>,
 }
 
 fn move_high(fd: OwnedFd) -> io::Result<OwnedFd> {
@@ -716,6 +749,15 @@ fn open_io(spec: &LaunchSpec) -> Result<PlanIo, LaunchError> {
     let null = move_high(null.into()).map_err(sys("fcntl"))?;
     let output = match &spec.output {
         None => None,
+        // in a mount namespace the file is opened there (a file of the caller's mounts is one
+        // CRIU cannot find in the tree's namespace): /dev/null holds its fd number until then
+        Some(_) if spec.mntns.is_some() => {
+            let f = OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .map_err(sys("open /dev/null"))?;
+            Some(move_high(f.into()).map_err(sys("fcntl"))?)
+        }
         Some(path) => {
             let f = OpenOptions::new()
                 .append(true)
@@ -744,6 +786,19 @@ fn open_io(spec: &LaunchSpec) -> Result<PlanIo, LaunchError> {
             Some(move_high(f.into()).map_err(sys("fcntl"))?)
         }
     };
+    let mntns =
+        match &spec.mntns {
+            None => None,
+            Some(path) => {
+                let f = OpenOptions::new().read(true).open(path).map_err(|source| {
+                    LaunchError::Mntns {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Some(move_high(f.into()).map_err(sys("fcntl"))?)
+            }
+        };
     let (status_r, status_w) = pipe_high().map_err(sys("pipe2"))?;
     let (start_r, start_w) = match spec.protocol {
         StartProtocol::StartFd => {
@@ -760,6 +815,7 @@ fn open_io(spec: &LaunchSpec) -> Result<PlanIo, LaunchError> {
         null,
         output,
         netns,
+        mntns,
     })
 }
 
@@ -774,6 +830,10 @@ struct ChildPlan {
     null: RawFd,
     output: RawFd,
     netns: RawFd,
+    mntns: RawFd,
+    /// In a mount namespace: `/dev/null` and the output file (absolute), opened there.
+    null_path: CString,
+    output_path: Option<CString>,
     new_pidns: bool,
     status_w: RawFd,
     start_w: RawFd,
@@ -788,7 +848,13 @@ impl ChildPlan {
         let path = cstring(program.as_os_str().as_bytes(), || {
             format!("program path {program:?}")
         })?;
-        let cwd = cstring(spec.cwd.as_os_str().as_bytes(), || {
+        // in a mount namespace the reaper starts at its root: relative paths mean the caller's
+        let absolute = |p: &Path| match (&spec.mntns, p.is_relative()) {
+            (Some(_), true) => std::env::current_dir().unwrap_or_default().join(p),
+            _ => p.to_path_buf(),
+        };
+        let cwd_path = absolute(&spec.cwd);
+        let cwd = cstring(cwd_path.as_os_str().as_bytes(), || {
             format!("working directory {:?}", spec.cwd)
         })?;
         let mut argv = vec![cstring(spec.program.as_os_str().as_bytes(), || {
@@ -838,6 +904,14 @@ impl ChildPlan {
                 .as_ref()
                 .map_or(io.null.as_raw_fd(), |f| f.as_raw_fd()),
             netns: raw(&io.netns),
+            mntns: raw(&io.mntns),
+            null_path: c"/dev/null".to_owned(),
+            output_path: match (&spec.mntns, &spec.output) {
+                (Some(_), Some(o)) => Some(cstring(absolute(o).as_os_str().as_bytes(), || {
+                    format!("output file {o:?}")
+                })?),
+                _ => None,
+            },
             new_pidns: spec.own_pid_namespace,
             status_w: io.status_w.as_raw_fd(),
             start_w: raw(&io.start_w),
@@ -928,6 +1002,9 @@ fn reaper_main(plan: &ChildPlan) -> ! {
     if unsafe { libc::setsid() } < 0 {
         child_fail(plan.status_w, Stage::ReaperSetsid, errno());
     }
+    if plan.mntns >= 0 {
+        enter_mntns(plan);
+    }
     // SAFETY: setns on an fd opened before the fork; it changes only this process.
     if plan.netns >= 0 && unsafe { libc::setns(plan.netns, libc::CLONE_NEWNET) } < 0 {
         child_fail(plan.status_w, Stage::Setns, errno());
@@ -990,6 +1067,37 @@ fn reaper_main(plan: &ChildPlan) -> ! {
     }
     // SAFETY: _exit ends this process without running the caller's code.
     unsafe { libc::_exit(libc::WEXITSTATUS(status)) }
+}
+
+/// The reaper enters the mount namespace (it is single-threaded, as `setns(CLONE_NEWNS)`
+/// requires) and reopens /dev/null and the output file there, onto the fd numbers the plan
+/// gave them, so that no fd of the tree points into the caller's mounts.
+fn enter_mntns(plan: &ChildPlan) {
+    let st = plan.status_w;
+    // SAFETY: setns on an fd opened before the fork; it changes only this process.
+    if unsafe { libc::setns(plan.mntns, libc::CLONE_NEWNS) } < 0 {
+        child_fail(st, Stage::SetnsMnt, errno());
+    }
+    let reopen = |path: &CString, flags: libc::c_int, onto: RawFd| {
+        // SAFETY: open of a NUL-terminated path prepared before the fork, dup3 onto an fd
+        // number this child owns (close-on-exec like the one it replaces), close of the
+        // temporary: plain system calls.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o644);
+            if fd < 0 || libc::dup3(fd, onto, libc::O_CLOEXEC) < 0 {
+                child_fail(st, Stage::SetnsMnt, errno());
+            }
+            libc::close(fd);
+        }
+    };
+    reopen(&plan.null_path, libc::O_RDWR, plan.null);
+    if let Some(out) = &plan.output_path {
+        reopen(
+            out,
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+            plan.output,
+        );
+    }
 }
 
 fn init_main(plan: &ChildPlan) -> ! {

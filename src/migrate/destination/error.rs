@@ -180,6 +180,8 @@ pub enum ServeError {
     Io(#[from] PathError),
     /// this node cannot serve
     Node(#[from] super::StartError),
+    /// {0}
+    Sync(#[from] super::sync::FileSyncError),
 }
 
 impl ServeError {
@@ -251,6 +253,7 @@ impl ServeError {
             },
             ServeError::Io(_) => ErrorKind::Io,
             ServeError::Node(_) => ErrorKind::Busy,
+            ServeError::Sync(s) => s.wire_kind(),
         }
     }
 }
