@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""tables.py RUNS_DIR: markdown tables from run.sh's case directories (README.md's tables).
+"""tables.py RUNS_DIR: markdown tables (T_SECS=3.0 for runs-T3, the target the summary compares to) from run.sh's case directories (README.md's tables).
 
 Per case: what the toucher saw (its longest pause, its touch rate before, during each round and
 after, every page checked), haul's or CRIU's figures, one row per pre-dump round; medians over
@@ -325,9 +325,9 @@ def main():
     order = {"auto": 0, "off": 1, "criu": 2}
     migrations.sort(key=lambda nd: (order.get(re.sub(r"-r\d+$", "", nd[0]), 9), nd[0]))
     rows = [case_row(n, d) for n, d in migrations]
-    print("### Link\n")
     for n, d in dirs:
         if n == "link":
+            print("### Link\n")
             link(d)
     print("\n### Every run\n")
     summary(rows, T)
