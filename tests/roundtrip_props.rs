@@ -639,6 +639,8 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                     secs: f[0],
                     bandwidth: f[1],
                     est_downtime_secs: f[2],
+                    est_memory_secs: rate,
+                    est_frozen_secs: rate.map(|r| r / 2.0),
                     link_bandwidth: f[4],
                     fixed_secs: f[5],
                     throttle,
