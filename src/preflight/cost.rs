@@ -99,10 +99,14 @@ impl CostModel {
     /// - `setup_secs`: the same bench's stop-copy total minus downtime (0.107 / 0.126 / 0.161 s);
     /// - `lazy_tail_secs`: its post-copy total minus downtime minus resident / `lazy_rate`
     ///   (0.51 / 0.34 / 0.06 s at 64 MiB / 256 MiB / 1 GiB: 0.5 s, the small sizes' figure);
-    /// - the `engine_*` figures: haul's memory path beside plain CRIU on the local nodes
-    ///   (results/memory-path-2026-11-30.md, medians of 3, the machine loaded, link
-    ///   1.06 GiB/s): post-copy 0.060 / 0.161 s downtime at 64 MiB / 1 GiB and every page in
-    ///   2.30 s at 1 GiB; stop-copy 0.249 / 0.560 / 1.851 s at 64 MiB / 256 MiB / 1 GiB.
+    /// - the `engine_*` figures: haul's memory path on the local nodes, fitted to
+    ///   `harness/scenarios/dry-run.toml`'s migrations of mtouch (results/dry-run-2026-11-30.md,
+    ///   medians of 3, the machine loaded, link 1.08 GiB/s), between haul's own downtime and
+    ///   the pause the toucher saw (which adds up to one touch interval): stop-copy
+    ///   0.178–0.239 / 0.426–0.488 / 1.341–1.383 s at 64 MiB / 256 MiB / 1 GiB, i.e. 0.13 s
+    ///   plus 1.23 s/GiB (0.105 s/GiB of page pipes and mappings, the rest the fill at
+    ///   0.89 GiB/s); post-copy 0.07–0.16 / 0.09–0.17 / 0.15–0.28 s, i.e. 0.09 s plus the
+    ///   per-byte part.
     pub const CRIU_4_2_1: CostModel = CostModel {
         sc_fixed_secs: 0.41,
         dump_rate: 1.16 * GIB,
@@ -115,10 +119,10 @@ impl CostModel {
         round_secs: 0.5,
         setup_secs: 0.12,
         lazy_tail_secs: 0.5,
-        engine_pc_fixed_secs: 0.05,
+        engine_pc_fixed_secs: 0.09,
         engine_secs_per_resident_byte: 0.105 / GIB,
-        engine_sc_fixed_secs: 0.145,
-        engine_rate: 0.6 * GIB,
+        engine_sc_fixed_secs: 0.13,
+        engine_rate: 0.89 * GIB,
         similar_secs: 0.1,
         similar_ratio: 0.25,
     };
