@@ -9,8 +9,8 @@
 //! one repetition: file-churn (200 MiB of files, 4 MiB/s changed) works on each guest's own
 //! disk, moves with `haul pid --sync` and checks every block it wrote on dst.
 //!
-//! Minutes under TCG: it runs when `CI` or `HAUL_VM_TESTS` is set and is reported as ignored
-//! otherwise. Needs root and the host's CRIU >= 4.1 (scripts/setup.sh) and haul's binaries
+//! Minutes under TCG: the first runs when `CI` or `HAUL_VM_TESTS` is set, the sync one (about
+//! 23 minutes) only with `HAUL_VM_TESTS`; each is reported as ignored otherwise. Needs root and the host's CRIU >= 4.1 (scripts/setup.sh) and haul's binaries
 //! (`cargo build --release --workspace`, which the test command's build does).
 //! `HAUL_VM_PROVIDER=qemu` runs the same through plain QEMU (vagrant/vm.sh) instead.
 
@@ -183,9 +183,12 @@ fn main() -> std::process::ExitCode {
             Need::Root,
             Need::Check(binaries)
         ),
+        // ~23 min under TCG (results/vm/sync-2026-11-30/): the guests' link is slower than
+        // the churn, so the final round carries most of the tree; too long for CI's budget,
+        // run with HAUL_VM_TESTS=1.
         test!(
             file_churn_moves_with_sync_between_two_vms,
-            Need::OptIn(&["CI", "HAUL_VM_TESTS"]),
+            Need::OptIn(&["HAUL_VM_TESTS"]),
             Need::Root,
             Need::Check(binaries)
         ),
