@@ -6,7 +6,7 @@
 //!
 //! Without a target nothing is throttled. With one, the throttle is real: the child goes into
 //! haul's cgroup on this node (root and a cgroup CPU controller or freezer needed; without
-//! them those checks are skipped, visibly) and must be back in exactly its own cgroups, with
+//! them those tests are reported as ignored, with the reason) and must be back in exactly its own cgroups, with
 //! haul's cgroup and journal gone, before the final dump, after a failed round and after a
 //! cancel.
 
@@ -55,14 +55,12 @@ impl Drop for Sleeper {
     }
 }
 
-/// Whether this node can throttle (root and a mechanism), or why not.
-fn can_throttle() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("needs root (cgroups)".into());
-    }
+/// Why this node cannot throttle (no cgroup CPU controller or freezer), or `None` when it can.
+/// Root is a need of its own.
+fn throttle_missing() -> Option<String> {
     haul::throttle::mechanism()
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .err()
+        .map(|e| format!("this node cannot throttle: {e}"))
 }
 
 /// One test at a time: the throttle tests move processes between this node's cgroups.
@@ -213,7 +211,6 @@ fn kept_report(run: &Run, id: &str) -> MigrationReport {
     serde_json::from_slice(&std::fs::read(&path).expect("report.json kept")).expect("a report")
 }
 
-#[tokio::test]
 async fn without_a_target_the_rounds_follow_phaul_and_nothing_is_throttled() {
     let _one = SERIAL.lock().await;
     let child = Sleeper::start();
@@ -289,7 +286,6 @@ async fn without_a_target_the_rounds_follow_phaul_and_nothing_is_throttled() {
     assert_eq!(run.source.open_operations(), 0);
 }
 
-#[tokio::test]
 async fn throttling_off_never_touches_the_tree() {
     let _one = SERIAL.lock().await;
     let child = Sleeper::start();
@@ -324,12 +320,7 @@ async fn throttling_off_never_touches_the_tree() {
     assert_eq!(child.cgroups(), before);
 }
 
-#[tokio::test]
 async fn a_target_out_of_reach_throttles_the_tree_and_releases_it_before_the_final_dump() {
-    if let Err(why) = can_throttle() {
-        eprintln!("skipped: this node cannot throttle: {why}");
-        return;
-    }
     let _one = SERIAL.lock().await;
     let child = Sleeper::start();
     let before = child.cgroups();
@@ -364,12 +355,7 @@ async fn a_target_out_of_reach_throttles_the_tree_and_releases_it_before_the_fin
     assert!(leftovers(&report.migration_id).is_empty());
 }
 
-#[tokio::test]
 async fn a_failed_round_releases_the_throttle_first() {
-    if let Err(why) = can_throttle() {
-        eprintln!("skipped: this node cannot throttle: {why}");
-        return;
-    }
     let _one = SERIAL.lock().await;
     let child = Sleeper::start();
     let before = child.cgroups();
@@ -412,12 +398,7 @@ async fn a_failed_round_releases_the_throttle_first() {
     assert_eq!(run.source.open_operations(), 0);
 }
 
-#[tokio::test]
 async fn a_cancel_at_the_cap_releases_the_throttle() {
-    if let Err(why) = can_throttle() {
-        eprintln!("skipped: this node cannot throttle: {why}");
-        return;
-    }
     let _one = SERIAL.lock().await;
     let child = Sleeper::start();
     let before = child.cgroups();
@@ -446,7 +427,6 @@ async fn a_cancel_at_the_cap_releases_the_throttle() {
     assert!(!run.source.requests().iter().any(|r| r == "DUMP"));
 }
 
-#[tokio::test]
 async fn read_pre_dumps_are_refused_with_this_criu() {
     let _one = SERIAL.lock().await;
     let child = Sleeper::start();
@@ -467,4 +447,42 @@ async fn read_pre_dumps_are_refused_with_this_criu() {
     assert!(f.to_string().contains("restore a broken process"), "{f}");
     assert_eq!(f.whereabouts, Whereabouts::Untouched(child.pid()));
     assert_eq!(run.source.requests(), ["CPUINFO_DUMP"], "no pre-dump");
+}
+
+/// A test of an `async fn`, on a runtime of its own (what `#[tokio::test]` builds).
+macro_rules! test_async {
+    ($f:ident $(, $need:expr)* $(,)?) => {
+        haul_test_support::Test::new(stringify!($f), || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime")
+                .block_on($f())
+        })
+        .needs([$($need),*])
+    };
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::Need::*;
+    haul_test_support::run(vec![
+        test_async!(without_a_target_the_rounds_follow_phaul_and_nothing_is_throttled),
+        test_async!(throttling_off_never_touches_the_tree),
+        test_async!(
+            a_target_out_of_reach_throttles_the_tree_and_releases_it_before_the_final_dump,
+            Root,
+            Check(throttle_missing)
+        ),
+        test_async!(
+            a_failed_round_releases_the_throttle_first,
+            Root,
+            Check(throttle_missing)
+        ),
+        test_async!(
+            a_cancel_at_the_cap_releases_the_throttle,
+            Root,
+            Check(throttle_missing)
+        ),
+        test_async!(read_pre_dumps_are_refused_with_this_criu),
+    ])
 }

@@ -519,9 +519,9 @@ fn holds_or_tick(dir: &Path) {
 }
 
 fn node_check_for_haul_check_json() {
-    let Ok(criu) = haul::criu::Criu::locate() else {
-        eprintln!("skipped node_check_for_haul_check_json: no criu on this machine");
-        return;
+    let criu = match haul::criu::Criu::locate() {
+        Ok(c) => c,
+        Err(e) => haul_test_support::skip(format!("needs CRIU on this machine: {e}")),
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -20,11 +20,15 @@ use haul_workloads::files::{FILE_CHURN_LOG, FILE_CHURN_STOP};
 use haul_workloads::worklog::analyze;
 use sync_support::*;
 
-fn churn_bin() -> Option<PathBuf> {
-    let p = std::path::Path::new(env!("CARGO_BIN_EXE_haul"))
-        .parent()?
-        .join("file-churn");
-    p.exists().then_some(p)
+fn churn_bin() -> PathBuf {
+    std::path::Path::new(env!("CARGO_BIN_EXE_haul")).with_file_name("file-churn")
+}
+
+/// Why the test cannot run (file-churn not built), or `None`.
+fn churn_missing() -> Option<String> {
+    (!churn_bin().exists()).then(|| {
+        "needs file-churn built next to haul (run the tests with `cargo test --workspace`)".into()
+    })
 }
 
 struct Child(std::process::Child);
@@ -40,15 +44,8 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
 }
 
-#[test]
 fn a_live_writer_moves_with_its_files() {
-    let Some(bin) = churn_bin() else {
-        eprintln!(
-            "skipping a_live_writer_moves_with_its_files: file-churn is not built next to haul \
-             (run the tests with `cargo test --workspace`)"
-        );
-        return;
-    };
+    let bin = churn_bin();
     let size = std::env::var("HAUL_SYNC_SIZE").unwrap_or_else(|_| "32m".into());
     let rate = std::env::var("HAUL_SYNC_RATE").unwrap_or_else(|_| "4m".into());
     let pair = Pair::new();
@@ -153,4 +150,12 @@ fn a_live_writer_moves_with_its_files() {
             "{table}"
         );
     }
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::{test, Need::*};
+    haul_test_support::run(vec![test!(
+        a_live_writer_moves_with_its_files,
+        Check(churn_missing)
+    )])
 }

@@ -2,7 +2,8 @@
 //! namespace is moved into haul's cgroup, slowed, released; it must end exactly where it was
 //! (every thread, every hierarchy), unthrottled, with haul's cgroup gone, and its dirty rate
 //! back, also when the owning code fails, panics or is killed, when a member exits and when
-//! tasks are forked meanwhile. Needs root and a cgroup mechanism; skips visibly otherwise.
+//! tasks are forked meanwhile. Needs root and a cgroup mechanism; reported as ignored, with
+//! the reason, otherwise.
 //!
 //! The rate figures are printed (`--nocapture`); thresholds are loose because the machine is
 //! shared (2 cores).
@@ -20,6 +21,7 @@ use haul::throttle::{
     sweep_stale, tracer_pid, Layout, Mechanism, MechanismKind, Throttle, ThrottleConfig,
     ThrottleError,
 };
+use haul_test_support::skip;
 use haul_workloads::launch::{launch, LaunchSpec, Launched, StartProtocol};
 use haul_workloads::rate_log;
 use haul_workloads::worklog::Timestamp;
@@ -61,10 +63,7 @@ macro_rules! need {
     ($kind:expr) => {
         match mechanism($kind) {
             Ok(m) => m,
-            Err(why) => {
-                eprintln!("skipped: {why}");
-                return;
-            }
+            Err(why) => skip(why),
         }
     };
 }
@@ -258,7 +257,6 @@ fn rate_phases(m: &Mechanism, lvl: u8) -> (f64, f64, f64) {
     (base, slowed, after)
 }
 
-#[test]
 fn a_cpu_quota_slows_the_tree_and_the_release_restores_it() {
     let _s = serial();
     let m = need!(cpu_quota);
@@ -275,7 +273,6 @@ fn a_cpu_quota_slows_the_tree_and_the_release_restores_it() {
     );
 }
 
-#[test]
 fn a_freezer_duty_cycle_v1_slows_the_tree_and_the_release_thaws_it() {
     let _s = serial();
     let m = need!(|k| k == MechanismKind::Freezer);
@@ -289,7 +286,6 @@ fn a_freezer_duty_cycle_v1_slows_the_tree_and_the_release_thaws_it() {
     );
 }
 
-#[test]
 fn a_freezer_duty_cycle_v2_slows_the_tree_and_the_release_thaws_it() {
     let _s = serial();
     let m = need!(|k| k == MechanismKind::Freeze);
@@ -309,7 +305,6 @@ fn engage_then_fail(w: &Workload, m: &Mechanism, journal: &Path) -> Result<(), T
     Err(ThrottleError::NoSuchPid(-1))
 }
 
-#[test]
 fn an_error_in_the_owning_code_releases_the_throttle() {
     let _s = serial();
     let m = need!(cpu_quota);
@@ -328,7 +323,6 @@ fn an_error_in_the_owning_code_releases_the_throttle() {
     assert!(!leftover.exists());
 }
 
-#[test]
 fn a_panic_in_the_owning_code_releases_the_throttle() {
     let _s = serial();
     let m = need!(cpu_quota);
@@ -353,7 +347,6 @@ fn a_panic_in_the_owning_code_releases_the_throttle() {
         .exists());
 }
 
-#[test]
 fn a_member_that_exits_meanwhile_does_not_stop_the_release() {
     let _s = serial();
     let m = need!(cpu_quota);
@@ -384,7 +377,6 @@ fn a_member_that_exits_meanwhile_does_not_stop_the_release() {
     ));
 }
 
-#[test]
 fn tasks_forked_while_throttled_go_back_too() {
     let _s = serial();
     let m = need!(cpu_quota);
@@ -420,7 +412,6 @@ fn tasks_forked_while_throttled_go_back_too() {
 
 /// cgroup v1: a thread of a multi-threaded process sits in a cgroup of its own; it must get
 /// back to it, not to its process's.
-#[test]
 fn threads_go_back_to_their_own_cgroups() {
     let _s = serial();
     let m = need!(|k| k == MechanismKind::CfsQuota);
@@ -467,16 +458,9 @@ fn threads_go_back_to_their_own_cgroups() {
     assert_restored(w.pid(), &before);
 }
 
-/// The child half of `a_killed_haul_is_swept`: engages and waits to be killed.
-#[test]
-fn killed_haul_child() {
-    let (Ok(pid), Ok(dir), Ok(name)) = (
-        std::env::var("HAUL_THROTTLE_CHILD_PID"),
-        std::env::var("HAUL_THROTTLE_CHILD_JOURNAL"),
-        std::env::var("HAUL_THROTTLE_CHILD_NAME"),
-    ) else {
-        return; // only run by a_killed_haul_is_swept
-    };
+/// The child half of `a_killed_haul_is_swept` (not a test: `main` runs it instead of the tests
+/// when the parent's environment variables are set): engages and waits to be killed.
+fn killed_haul_child(pid: String, dir: String, name: String) {
     let m = mechanism(cpu_quota).unwrap();
     let cfg = ThrottleConfig {
         journal_dir: Some(dir.into()),
@@ -488,7 +472,6 @@ fn killed_haul_child() {
     std::thread::sleep(Duration::from_secs(120));
 }
 
-#[test]
 fn a_killed_haul_is_swept() {
     let _s = serial();
     let m = need!(cpu_quota);
@@ -498,12 +481,6 @@ fn a_killed_haul_is_swept() {
     let before = snapshot(w.pid());
     let name = format!("test-{}-killed", std::process::id());
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "killed_haul_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env("HAUL_THROTTLE_CHILD_PID", w.pid().to_string())
         .env("HAUL_THROTTLE_CHILD_JOURNAL", journal.path())
         .env("HAUL_THROTTLE_CHILD_NAME", &name)
@@ -545,7 +522,6 @@ fn a_killed_haul_is_swept() {
 /// before: a tree freed while CRIU starts up dirties memory unthrottled) and put back once it
 /// runs again. Here the test itself seizes the root the way CRIU does (PTRACE_SEIZE +
 /// PTRACE_INTERRUPT, then PTRACE_DETACH).
-#[test]
 fn the_limit_is_lifted_while_the_tree_is_seized() {
     let _s = serial();
     let m = need!(cpu_quota);
@@ -600,7 +576,6 @@ fn the_limit_is_lifted_while_the_tree_is_seized() {
 
 /// The cgroup a task came from is removed while it is throttled: it goes to the nearest
 /// ancestor that exists, and the report says so.
-#[test]
 fn a_vanished_original_cgroup_sends_tasks_to_its_parent() {
     let _s = serial();
     let m = need!(cpu_quota);
@@ -656,7 +631,6 @@ fn seize_for(root: i32, hold: Duration) {
 }
 
 /// A pre-dump's freeze is not the tree's appetite: the baseline leaves seized time out.
-#[test]
 fn seized_time_is_left_out_of_the_baseline() {
     let _s = serial();
     let m = need!(cpu_quota);
@@ -691,9 +665,8 @@ fn seized_time_is_left_out_of_the_baseline() {
 }
 
 /// The dirty rate against the level, for the record (`cargo test --release --test
-/// throttle_cgroup -- --ignored --nocapture level_sweep`); asserts only that it falls.
-#[test]
-#[ignore = "a measurement: run by hand under the measurement lock"]
+/// throttle_cgroup -- --ignored --nocapture level_sweep`); asserts only that it falls. Opt-in
+/// (`--ignored`), as `#[ignore]` was.
 fn level_sweep() {
     let _s = serial();
     let m = need!(cpu_quota);
@@ -737,4 +710,40 @@ fn level_sweep() {
         rates.windows(2).all(|w| w[1].1 < w[0].1 * 1.05),
         "{rates:?}"
     );
+}
+
+fn main() -> std::process::ExitCode {
+    use haul_test_support::{test, Need::*};
+    if let (Ok(pid), Ok(dir), Ok(name)) = (
+        std::env::var("HAUL_THROTTLE_CHILD_PID"),
+        std::env::var("HAUL_THROTTLE_CHILD_JOURNAL"),
+        std::env::var("HAUL_THROTTLE_CHILD_NAME"),
+    ) {
+        killed_haul_child(pid, dir, name);
+        return std::process::ExitCode::SUCCESS;
+    }
+    haul_test_support::run(vec![
+        test!(a_cpu_quota_slows_the_tree_and_the_release_restores_it, Root),
+        test!(
+            a_freezer_duty_cycle_v1_slows_the_tree_and_the_release_thaws_it,
+            Root
+        ),
+        test!(
+            a_freezer_duty_cycle_v2_slows_the_tree_and_the_release_thaws_it,
+            Root
+        ),
+        test!(an_error_in_the_owning_code_releases_the_throttle, Root),
+        test!(a_panic_in_the_owning_code_releases_the_throttle, Root),
+        test!(
+            a_member_that_exits_meanwhile_does_not_stop_the_release,
+            Root
+        ),
+        test!(tasks_forked_while_throttled_go_back_too, Root),
+        test!(threads_go_back_to_their_own_cgroups, Root),
+        test!(a_killed_haul_is_swept, Root),
+        test!(the_limit_is_lifted_while_the_tree_is_seized, Root),
+        test!(a_vanished_original_cgroup_sends_tasks_to_its_parent, Root),
+        test!(seized_time_is_left_out_of_the_baseline, Root),
+        test!(level_sweep, Root).opt_in(),
+    ])
 }
