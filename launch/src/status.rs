@@ -24,6 +24,9 @@ use std::os::fd::RawFd;
 /// The size of every message on the status pipe, in bytes.
 pub(crate) const MSG_LEN: usize = 6;
 
+// One write(2) of a message is atomic on a pipe only up to PIPE_BUF bytes.
+const _: () = assert!(MSG_LEN <= libc::PIPE_BUF);
+
 const TAG_PID: u8 = b'P';
 const TAG_FAILED: u8 = b'E';
 
@@ -179,8 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_fixed_size_and_atomic_on_a_pipe() {
-        assert!(MSG_LEN <= libc::PIPE_BUF);
+    fn messages_are_fixed_size_and_little_endian() {
         let pid = Report::InitForked { host_pid: 4242 }.encode();
         assert_eq!(pid, [b'P', 0, 0x92, 0x10, 0, 0]);
         let failed = Report::Failed {
