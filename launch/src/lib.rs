@@ -47,7 +47,7 @@
 //! | `plan` | resolving the program, argv/envp as C strings, the fds moved high, the pipes (may allocate; nix) | caller, before |
 //! | `child` | the reaper and the init: raw libc calls on the prepared plan, nothing else | children, after |
 //! | [`status`] | the status pipe: fixed-size reports from the children, decoded by the caller | both |
-//! | [`start_code`] | the one-byte start report the workload sends on fd 3, and its sender [`StartReporter`](start_code::StartReporter) | workload |
+//! | [`start_code`] | the one-byte start report the workload sends on fd 3, and its sender [`StartReporter`] | workload |
 //! | `launched` | [`launch`], [`Launched`], [`WorkloadExit`]: reading the pipes, waiting, killing (nix) | caller, after |
 //! | [`error`] | [`LaunchError`] | caller |
 

@@ -6,7 +6,7 @@
 //! init's pid, the init's copy closes itself when `execve` succeeds. So end of file with a
 //! pid and no failure means "the program runs".
 //!
-//! Every message is [`MSG_LEN`] bytes, written with one `write(2)` of a stack buffer (atomic
+//! Every message is 6 bytes (`MSG_LEN`), written with one `write(2)` of a stack buffer (atomic
 //! on a pipe, below `PIPE_BUF`, and async-signal-safe, so the children can send it):
 //!
 //! ```text
