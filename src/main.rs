@@ -54,6 +54,20 @@ enum Cmd {
         /// Exit after this many migrations (default: serve until killed).
         #[arg(long)]
         max_migrations: Option<usize>,
+        /// File sync (`haul pid --sync`): accept synced trees only within this directory
+        /// (repeatable; default: anywhere but `/`, the image path and the system's own
+        /// directories /bin /boot /dev /etc /lib* /proc /run /sbin /sys /usr).
+        #[arg(long, value_name = "DIR")]
+        sync_allow: Vec<PathBuf>,
+        /// File sync: keep a failed migration's partial copy (the staging directory
+        /// `.haul-sync.<migration-id>` in each synced tree) for inspection instead of removing
+        /// it. The trees themselves always get back what they held.
+        #[arg(long)]
+        keep_partial_sync: bool,
+        /// (testing) Write synced trees below this directory instead of `/`: two "nodes" on
+        /// one file system.
+        #[arg(long, hide = true, value_name = "DIR")]
+        sync_root_prefix: Option<PathBuf>,
     },
     /// Migrate the process tree rooted at PID to the destination (the source node).
     Pid {
@@ -150,6 +164,23 @@ enum Cmd {
         /// lazy page server's answers.
         #[arg(long)]
         no_criu_splice: bool,
+        /// Copy this directory tree to the same path on the destination (repeatable), for
+        /// nodes that do not share the storage the process works on: in rounds while it runs,
+        /// then once more while it is frozen (only what changed). Default: none (the tree's
+        /// files are on storage both nodes see).
+        #[arg(long, value_name = "PATH")]
+        sync: Vec<PathBuf>,
+        /// File sync: at most this many rounds while the process runs.
+        #[arg(long, default_value_t = 8, value_name = "N")]
+        sync_max_rounds: u32,
+        /// File sync: freeze for the final round once a round moved at most this many bytes
+        /// (k/m/g suffixes allowed).
+        #[arg(long, default_value = "4m", value_name = "BYTES", value_parser = parse_bytes)]
+        sync_target: u64,
+        /// File sync: copy symlinks that point out of a synced tree as they are (refused by
+        /// default: the destination may not have what they point to).
+        #[arg(long)]
+        sync_any_symlink: bool,
     },
     /// Show the CRIU version and the kernel features that decide which strategies can run.
     Check {
@@ -250,6 +281,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             key,
             img_path,
             max_migrations,
+            sync_allow,
+            keep_partial_sync,
+            sync_root_prefix,
         } => {
             let key = Key::load(&key)?;
             let criu = Criu::locate_checked().await?.0;
@@ -262,6 +296,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     img_path,
                     criu,
                     max_migrations,
+                    sync: destination::sync::SyncServeOptions {
+                        allow: sync_allow,
+                        keep_partial: keep_partial_sync,
+                        root_prefix: sync_root_prefix,
+                    },
                 },
             )
             .await?;
@@ -291,6 +330,10 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             throttle,
             pre_dump_mode,
             no_progress,
+            sync,
+            sync_max_rounds,
+            sync_target,
+            sync_any_symlink,
         } => {
             if let (ThrottleSetting::UpTo(cap), None) = (throttle, max_downtime) {
                 anyhow::bail!(
@@ -333,6 +376,19 @@ async fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                     forced: memory_path == "haul",
                     streams: memory_streams,
                     via_criu: !no_criu_splice,
+                },
+                sync: source::sync::SyncOptions {
+                    paths: sync,
+                    policy: haul::sync::RoundPolicy {
+                        max_rounds: sync_max_rounds,
+                        target_bytes: sync_target,
+                        ..Default::default()
+                    },
+                    symlinks: if sync_any_symlink {
+                        haul::sync::SymlinkPolicy::Any
+                    } else {
+                        haul::sync::SymlinkPolicy::WithinTree
+                    },
                 },
             };
             // SourceFailure's message is the whole chain and where the process is. A signal
@@ -472,7 +528,8 @@ fn inherited_socket(fd: i32) -> anyhow::Result<tokio::net::TcpStream> {
     tokio::net::TcpStream::from_std(std).with_context(|| format!("fd {fd}"))
 }
 
-/// A size with an optional k/m/g/t suffix (powers of 1024), as `--ghost-limit` takes it.
+/// A size with an optional k/m/g/t suffix (powers of 1024), as `--ghost-limit` and
+/// `--sync-target` take it.
 fn parse_bytes(s: &str) -> Result<u64, String> {
     parse_size::Config::new()
         .with_binary()

@@ -163,7 +163,7 @@ impl ObstacleKind {
                 how: "run the workload in its own pid namespace (`haul-launch -- CMD`, or `setsid unshare -pf setsid CMD`): its pids then never collide".into(),
             },
             ObstacleKind::FileDiffers | ObstacleKind::FileMissing => RunDifferently {
-                how: "keep the files the process holds open on storage both nodes see at the same path (a shared mount), and do not let another node's writer change them during the migration".into(),
+                how: "keep the files the process holds open on storage both nodes see at the same path (a shared mount), or carry the directory that holds them with --sync PATH, and do not let another node's writer change them during the migration".into(),
             },
             ObstacleKind::FileLocks => Option {
                 flag: "--file-locks".into(),

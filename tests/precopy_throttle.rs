@@ -110,7 +110,9 @@ async fn migrate_in(
     let script = Script {
         round_pages: pages.to_vec(),
         pre_dump_secs: 0.1,
-        pre_dump_frozen_us: 20_000,
+        // 0.5 ms frozen a round, all of it besides memory (the script reports no memdump
+        // time): the frozen part of the estimate, below the tests' 1 ms targets
+        pre_dump_frozen_us: 500,
         ..Script::default()
     };
     let destination = ScriptedCriu::new(script.clone());
@@ -122,6 +124,7 @@ async fn migrate_in(
             img_path: img.path().join("dst"),
             criu: Criu::at("/nonexistent/criu"),
             max_migrations: Some(1),
+            sync: Default::default(),
         },
         Arc::new(destination.clone()),
     ));
@@ -150,6 +153,7 @@ async fn migrate_in(
             engine: false,
             ..Default::default()
         },
+        sync: Default::default(),
     };
     let outcome = source::migrate_with(cfg, Arc::new(source.clone())).await;
     if outcome.is_ok() {
@@ -242,8 +246,12 @@ async fn without_a_target_the_rounds_follow_phaul_and_nothing_is_throttled() {
     for (i, r) in report.rounds.iter().enumerate() {
         assert_eq!(r.throttle, ThrottleLevel::NONE);
         assert_eq!(r.pre_dump_mode, Some(PreDumpMode::Splice));
-        assert!((r.frozen_secs - 0.02).abs() < 1e-9, "{}", r.frozen_secs);
+        assert!((r.frozen_secs - 0.0005).abs() < 1e-9, "{}", r.frozen_secs);
         assert!(r.bandwidth > 0.0 && r.est_downtime_secs > 0.0, "{r:?}");
+        // the estimate's two parts: the frozen one is CRIU's frozen time less its memdump
+        let (mem, frz) = (r.est_memory_secs.unwrap(), r.est_frozen_secs.unwrap());
+        assert!((frz - 0.0005).abs() < 1e-9, "{r:?}");
+        assert!((r.est_downtime_secs - (mem + frz)).abs() < 1e-12, "{r:?}");
         assert_eq!(r.dirty_rate.is_some(), i > 0, "round 1 has no dirty rate");
         assert!(!r.verdict.is_empty());
     }
@@ -255,7 +263,7 @@ async fn without_a_target_the_rounds_follow_phaul_and_nothing_is_throttled() {
         "the page server's bytes"
     );
     let rounds_frozen: f64 = report.rounds.iter().map(|r| r.frozen_secs).sum();
-    assert!((rounds_frozen - 0.06).abs() < 1e-6, "{rounds_frozen}");
+    assert!((rounds_frozen - 0.0015).abs() < 1e-6, "{rounds_frozen}");
     assert!(
         report.frozen_secs >= rounds_frozen,
         "the final dump's adds to it"

@@ -23,6 +23,7 @@ use haul::migrate::images::{new_migration_id, valid_migration_id};
 use haul::migrate::report::{MigrationReport, RoundReport};
 use haul::migrate::strategy::Strategy as Migration;
 use haul::migrate::transfer::{is_image, send_images, ImageReceiver, CHUNK};
+use haul::sync::stats::{SyncReport, SyncRoundReport};
 use haul::throttle::ThrottleReport;
 use haul::wire::auth::{self, Purpose};
 use haul::wire::frame::{Conn, Header, HEADER_LEN};
@@ -150,7 +151,7 @@ fn body() -> impl Strategy<Value = Body> {
             .boxed(),
         (
             option::of(wire_criu_version()),
-            option::of((any::<bool>(), any::<bool>())),
+            option::of((any::<bool>(), any::<bool>(), any::<bool>())),
             any::<u64>(),
             text(),
             text(),
@@ -158,9 +159,10 @@ fn body() -> impl Strategy<Value = Body> {
             .prop_map(|(criu_version, f, free_bytes, img_dir, findings_json)| {
                 Body::Ready(pb::Ready {
                     criu_version,
-                    features: f.map(|(mem_track, lazy_pages)| pb::Features {
+                    features: f.map(|(mem_track, lazy_pages, file_sync)| pb::Features {
                         mem_track,
                         lazy_pages,
+                        file_sync,
                     }),
                     free_bytes,
                     img_dir,
@@ -637,6 +639,8 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                     secs: f[0],
                     bandwidth: f[1],
                     est_downtime_secs: f[2],
+                    est_memory_secs: rate,
+                    est_frozen_secs: rate.map(|r| r / 2.0),
                     link_bandwidth: f[4],
                     fixed_secs: f[5],
                     throttle,
@@ -679,6 +683,7 @@ fn report() -> impl Strategy<Value = MigrationReport> {
             option::of(throttle),
             option::of(pre_dump_mode()),
             option::of(text()),
+            option::of(sync_report()),
         ),
     )
         .prop_map(|(ids, criu, secs, stats, counts, pre)| {
@@ -716,10 +721,54 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                 throttle_note: t[3].clone(),
                 pre_dump_mode: pre.2,
                 failure: pre.3,
+                sync: pre.4,
                 dry_run: false,
                 preflight: None,
                 memory_path: t[2].clone(),
             }
+        })
+}
+
+fn sync_report() -> impl Strategy<Value = SyncReport> {
+    let round = (
+        any::<u32>(),
+        any::<bool>(),
+        any::<[u64; 8]>(),
+        vec(finite(), 4),
+    )
+        .prop_map(|(round, final_round, n, f)| SyncRoundReport {
+            round,
+            final_round,
+            files: n[0],
+            entries: n[1],
+            removed: n[2],
+            payload_bytes: n[3],
+            literal_bytes: n[4],
+            delta_bytes: n[5],
+            wire_bytes: n[6],
+            written_bytes: n[7],
+            scan_secs: f[0],
+            secs: f[1],
+            apply_secs: f[2],
+            install_secs: f[3],
+        });
+    (
+        vec(text(), 0..3),
+        any::<[u64; 2]>(),
+        vec(round, 0..4),
+        text(),
+        vec(finite(), 2),
+        option::of(finite()),
+    )
+        .prop_map(|(roots, n, rounds, decision, f, share)| SyncReport {
+            roots,
+            data_bytes: n[0],
+            entries: n[1],
+            rounds,
+            decision,
+            final_round_secs: f[0],
+            frozen_before_final_secs: f[1],
+            final_share_of_downtime: share,
         })
 }
 

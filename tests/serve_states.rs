@@ -23,6 +23,7 @@ async fn play(criu: &ScriptedCriu, msgs: Vec<Body>) -> (Vec<Body>, String, tempf
         img_path: tmp.path().join("img"),
         criu: Criu::at("/nonexistent/criu"),
         max_migrations: None,
+        sync: Default::default(),
     };
     let (a, b) = tokio::io::duplex(8 << 20);
     let service = Arc::new(criu.clone());

@@ -37,6 +37,7 @@ async fn migrate(strategy: Strategy, src: Script, dst: Script, same_key: bool) -
         img_path: tmp.path().join("dst"),
         criu: Criu::at("/nonexistent/criu"),
         max_migrations: Some(1),
+        sync: Default::default(),
     };
     let served = tokio::spawn(destination::serve_with(
         listener,
@@ -65,6 +66,7 @@ async fn migrate(strategy: Strategy, src: Script, dst: Script, same_key: bool) -
             engine: false,
             ..MemoryPath::default()
         },
+        sync: Default::default(),
     };
     let outcome = source::migrate_with(cfg, Arc::new(source.clone())).await;
     // The destination counts only migrations that succeeded: after a failure it goes on
@@ -276,6 +278,7 @@ async fn no_destination_no_migration() {
             engine: false,
             ..MemoryPath::default()
         },
+        sync: Default::default(),
     };
     let criu = ScriptedCriu::new(Script::default());
     let f = source::migrate_with(cfg, Arc::new(criu.clone()))
@@ -307,6 +310,7 @@ async fn no_destination_no_migration() {
             engine: false,
             ..MemoryPath::default()
         },
+        sync: Default::default(),
     };
     let f = source::migrate_with(pid_gone, Arc::new(criu))
         .await

@@ -5,6 +5,10 @@
 //! run there), each beside its plain-CRIU twin, each checked on dst; the results file and the
 //! report with its plots; everything destroyed at the end.
 //!
+//! Then migration without shared storage (issue #18): harness/scenarios/sync-vagrant.toml,
+//! one repetition: file-churn (200 MiB of files, 4 MiB/s changed) works on each guest's own
+//! disk, moves with `haul pid --sync` and checks every block it wrote on dst.
+//!
 //! Minutes under TCG: it runs when `CI` or `HAUL_VM_TESTS` is set and is reported as ignored
 //! otherwise. Needs root and the host's CRIU >= 4.1 (scripts/setup.sh) and haul's binaries
 //! (`cargo build --release --workspace`, which the test command's build does).
@@ -19,6 +23,9 @@ use haul_harness::runner::{self, RunOptions};
 use haul_harness::scenario::Scenario;
 use haul_test_support::{test, Need};
 
+/// One pair of guests at a time: two cores cannot run four TCG guests within the limits.
+static ONE_PAIR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn binaries() -> Option<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release");
     haul_harness::HAUL_PROGRAMS
@@ -29,6 +36,7 @@ fn binaries() -> Option<String> {
 }
 
 fn every_strategy_and_its_twin_migrate_between_two_vagrant_vms() {
+    let _one = ONE_PAIR.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let scenario = Scenario::load(root.join("harness/scenarios/vagrant.toml")).unwrap();
     let out = root.join("target/vm-e2e");
@@ -116,11 +124,70 @@ fn every_strategy_and_its_twin_migrate_between_two_vagrant_vms() {
     }
 }
 
+fn file_churn_moves_with_sync_between_two_vms() {
+    let _one = ONE_PAIR.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut scenario = Scenario::load(root.join("harness/scenarios/sync-vagrant.toml")).unwrap();
+    scenario.repetitions = 1;
+    let out = root.join("target/vm-sync");
+    let _ = std::fs::remove_dir_all(&out);
+    let cancel = CancelToken::new();
+    cancel.on_signals().unwrap();
+    let provider = std::env::var("HAUL_VM_PROVIDER")
+        .ok()
+        .map(|k| ProviderConfig::default_of(&k).unwrap());
+    let opts = RunOptions {
+        results_dir: out.join("runs"),
+        provider,
+        bin_dir: Some(root.join("target/release")),
+        cancel,
+        ..Default::default()
+    };
+    let summary = runner::run(&scenario, &opts).unwrap_or_else(|e| panic!("the VM run: {e}"));
+    let report =
+        haul_harness::report::write(std::slice::from_ref(&summary.path), &out.join("report"))
+            .unwrap();
+    eprintln!(
+        "results {}; report {}",
+        summary.path.display(),
+        report.display()
+    );
+    assert!(
+        summary.records.len() >= 2,
+        "{} records",
+        summary.records.len()
+    );
+    for r in &summary.records {
+        eprintln!("{}", runner::progress_line(r));
+        let what = format!("{} {}", r.method, r.workload.label);
+        assert_eq!(r.outcome, Outcome::Ok, "{what}: {:?}", r.error);
+        assert!(
+            r.check.passed && r.check.mismatches == 0,
+            "{what}: {:?}",
+            r.check
+        );
+        let rounds = &r.figures.sync_rounds;
+        assert!(rounds.len() >= 2, "{what}: {rounds:?}");
+        assert!(rounds.last().unwrap().final_round, "{what}: {rounds:?}");
+        assert!(r.figures.sync_final_secs.is_some(), "{what}");
+    }
+    let md = std::fs::read_to_string(&report).unwrap();
+    assert!(md.contains("## File sync"), "{md}");
+}
+
 fn main() -> std::process::ExitCode {
-    haul_test_support::run(vec![test!(
-        every_strategy_and_its_twin_migrate_between_two_vagrant_vms,
-        Need::OptIn(&["CI", "HAUL_VM_TESTS"]),
-        Need::Root,
-        Need::Check(binaries)
-    )])
+    haul_test_support::run(vec![
+        test!(
+            every_strategy_and_its_twin_migrate_between_two_vagrant_vms,
+            Need::OptIn(&["CI", "HAUL_VM_TESTS"]),
+            Need::Root,
+            Need::Check(binaries)
+        ),
+        test!(
+            file_churn_moves_with_sync_between_two_vms,
+            Need::OptIn(&["CI", "HAUL_VM_TESTS"]),
+            Need::Root,
+            Need::Check(binaries)
+        ),
+    ])
 }

@@ -4,7 +4,7 @@
 #   vagrant/vm.sh up                 build/reuse the image, boot dst and src, wait for ssh and
 #                                    for /srv/haul-shared (NFS from dst) on both
 #   vagrant/vm.sh provision          copy haul's binaries from target/release/ (haul, mtouch,
-#                                    haul-launch, when present), the host's CRIU >= 4.1 and the
+#                                    haul-launch, file-churn, when present), the host's CRIU >= 4.1 and the
 #                                    shared key into both, start `haul serve` on dst
 #                                    (guest/haul-provision)
 #   vagrant/vm.sh ssh NODE [CMD...]  run CMD (a shell string) on NODE (src|dst); no CMD: a shell
@@ -236,7 +236,7 @@ cmd_provision() {
     stage=$STATE/provision
     rm -rf "$stage"
     mkdir -p "$stage/bin"
-    for b in haul mtouch haul-launch link-probe; do
+    for b in haul mtouch haul-launch file-churn link-probe; do
         if [ -x "$bindir/$b" ]; then cp "$bindir/$b" "$stage/bin/"; found="$found $b"; fi
     done
     [ -n "$found" ] || warn "no haul binaries in $bindir (cargo build --release first): installing the key only"

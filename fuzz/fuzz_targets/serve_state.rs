@@ -128,6 +128,11 @@ fuzz_target!(|input: Input| {
         img_path: tmp.path().join("img"),
         criu: Criu::at("/nonexistent/criu"),
         max_migrations: None,
+        // (no sync command is generated; were one, its trees stay in this directory)
+        sync: haul::migrate::destination::sync::SyncServeOptions {
+            root_prefix: Some(tmp.path().join("sync")),
+            ..Default::default()
+        },
     };
     rt.block_on(async {
         let (a, b) = tokio::io::duplex(1 << 20);

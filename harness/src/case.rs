@@ -24,6 +24,9 @@ pub struct WorkloadCase {
     pub pattern: String,
     /// More arguments.
     pub args: Vec<String>,
+    /// Node-local working directory, synced (`haul pid --sync`).
+    #[serde(default)]
+    pub sync: bool,
 }
 
 impl WorkloadCase {
@@ -37,8 +40,17 @@ impl WorkloadCase {
         )
     }
 
-    /// A short label: `256m:256m:100000` or `256m:256m@4m/s`, plus the pattern when not random.
+    /// A short label: `256m:256m:100000` or `256m:256m@4m/s`, plus the pattern when not random;
+    /// file-churn: `files 200m@4m/s`, plus ` sync` for a synced working directory.
     pub fn label(&self) -> String {
+        if self.program == "file-churn" {
+            return format!(
+                "files {}@{}/s{}",
+                human_size(self.size_bytes),
+                self.rate.as_deref().unwrap_or("4m"),
+                if self.sync { " sync" } else { "" }
+            );
+        }
         let mut s = match &self.rate {
             Some(r) => format!(
                 "{}:{}@{r}/s",
@@ -53,8 +65,17 @@ impl WorkloadCase {
         s
     }
 
-    /// The workload's arguments after the log file name.
+    /// The workload's arguments (mtouch: after the log file name).
     pub fn argv(&self) -> Vec<String> {
+        if self.program == "file-churn" {
+            let mut v = vec!["--size".into(), human_size(self.size_bytes)];
+            if let Some(r) = &self.rate {
+                v.push("--rate".into());
+                v.push(r.clone());
+            }
+            v.extend(self.args.iter().cloned());
+            return v;
+        }
         let mut v = vec![self.spec()];
         if let Some(r) = &self.rate {
             v.push("--rate".into());

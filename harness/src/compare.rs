@@ -282,6 +282,7 @@ mod tests {
             rate: None,
             pattern: "random".into(),
             args: vec![],
+            sync: false,
         };
         Record {
             schema: SCHEMA,

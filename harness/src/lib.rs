@@ -14,12 +14,13 @@
 //! | [`stats`] | medians, quartiles, the permutation test (leaf) |
 //! | [`node`] | one node: run a command with a timeout and the token, spawn, files |
 //! | [`provider`] | where the nodes come from: `local`, `ssh`, `qemu`, `vagrant` (VM lifecycle) |
+//! | [`mntns`] | node-local disks on one machine: a mount namespace per node (`--sync` scenarios) |
 //! | [`scenario`] | scenario files (TOML): workloads, strategies, repetitions, provider |
 //! | [`probe`] | what each node is: kernel, CRIU, what `haul check` says it supports |
 //! | [`build`] | building haul's binaries for a run |
 //! | [`serve`] | the shared key and the harness's own `haul serve` on the destination |
 //! | [`link`] | the link: its bandwidth (for the floor) and the bytes that crossed it |
-//! | [`workload`] | starting `mtouch`, finding it after the move, its self-check |
+//! | [`workload`] | starting `mtouch` or `file-churn`, finding it after the move, its self-check |
 //! | [`method`] | the [`method::Method`] trait: haul's strategies and their plain-CRIU twins |
 //! | [`verify`] | after a move: the workload runs on the destination and finds every page intact |
 //! | [`runner`] | the job loop: every case x repetition x method, checked and recorded |
@@ -32,6 +33,7 @@ pub mod compare;
 pub mod group;
 pub mod link;
 pub mod method;
+pub mod mntns;
 pub mod node;
 pub mod plot;
 pub mod probe;
@@ -45,6 +47,6 @@ pub mod stats;
 pub mod verify;
 pub mod workload;
 
-/// haul's programs every node needs (`bin_dir`): the migrator, the workload, its launcher,
-/// and the link probe.
-pub const HAUL_PROGRAMS: [&str; 4] = ["haul", "mtouch", "haul-launch", "link-probe"];
+/// haul's programs every node needs (`bin_dir`): the migrator, the workloads (memory and
+/// files), their launcher, and the link probe.
+pub const HAUL_PROGRAMS: [&str; 5] = ["haul", "mtouch", "file-churn", "haul-launch", "link-probe"];

@@ -8,6 +8,9 @@
 //! - `precopy-rounds`: pages per pre-copy round, one line per migration;
 //! - `haul-vs-criu`: per workload, bars of every haul strategy next to its plain-CRIU twin,
 //!   and the link floor.
+//! - `sync-cost` (only for sets with synced workloads): MiB per file-sync round, one line per
+//!   migration (the frozen final round marked), and per workload and strategy the downtime
+//!   with the final sync's share of it.
 //!
 //! Points are medians over repetitions; error bars span the interquartile range.
 
@@ -716,6 +719,202 @@ impl Figure for HaulVsCriu<'_> {
     }
 }
 
+struct SyncCost<'a> {
+    records: Vec<&'a Record>,
+    groups: Vec<Group<'a>>,
+}
+
+/// A synced case's label without what every one of them says (`files`, `sync`).
+fn short_case(label: &str) -> &str {
+    label.trim_start_matches("files ").trim_end_matches(" sync")
+}
+
+/// The series colour, darker for each further workload case (so cases of one strategy differ).
+fn shade(series: &str, case_index: usize) -> RGBColor {
+    let RGBColor(r, g, b) = color(series);
+    let f = 1.0 - 0.3 * (case_index % 3) as f64;
+    RGBColor(
+        (r as f64 * f) as u8,
+        (g as f64 * f) as u8,
+        (b as f64 * f) as u8,
+    )
+}
+
+impl SyncCost<'_> {
+    fn case_index(&self, label: &str) -> usize {
+        let mut cases: Vec<&str> = Vec::new();
+        for r in &self.records {
+            if !cases.contains(&r.workload.label.as_str()) {
+                cases.push(&r.workload.label);
+            }
+        }
+        cases.iter().position(|c| *c == label).unwrap_or(0)
+    }
+
+    fn rounds<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let max_round = self
+            .records
+            .iter()
+            .flat_map(|r| r.figures.sync_rounds.iter().map(|x| x.round))
+            .max()
+            .unwrap_or(1)
+            .max(2);
+        let max_mib = self
+            .records
+            .iter()
+            .flat_map(|r| r.figures.sync_rounds.iter().map(|x| mib(x.bytes)))
+            .fold(0.0f64, f64::max)
+            .max(1.0);
+        // a log scale: the first round is the whole tree, the others what changed
+        let (lo, hi) = (0.01f64, max_mib * 2.0);
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                "MiB per sync round (square: the final round, frozen)",
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.5f64..(max_round as f64 + 0.5), (lo..hi).log_scale())
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("round")
+            .y_desc("MiB sent (log scale)")
+            .x_labels(max_round as usize)
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y}"))
+            .label_style(("sans-serif", 13))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(e)?;
+        let mut labelled: Vec<String> = Vec::new();
+        for r in &self.records {
+            let name = format!("{} {}", r.method, short_case(&r.workload.label));
+            let c = shade(&r.method, self.case_index(&r.workload.label));
+            let pts: Vec<(f64, f64)> = r
+                .figures
+                .sync_rounds
+                .iter()
+                .map(|x| (x.round as f64, mib(x.bytes).max(lo)))
+                .collect();
+            let s = chart
+                .draw_series(LineSeries::new(pts.clone(), c.mix(0.7).stroke_width(2)))
+                .map_err(e)?;
+            if !labelled.contains(&name) {
+                s.label(name.clone()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(3))
+                });
+                labelled.push(name);
+            }
+            for (x, p) in r.figures.sync_rounds.iter().zip(&pts) {
+                if x.final_round {
+                    chart
+                        .draw_series(std::iter::once(Rectangle::new(
+                            [(p.0 - 0.06, p.1 * 0.85), (p.0 + 0.06, p.1 * 1.15)],
+                            c.filled(),
+                        )))
+                        .map_err(e)?;
+                } else {
+                    chart
+                        .draw_series(std::iter::once(Circle::new(*p, 3, c.filled())))
+                        .map_err(e)?;
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(180, 180, 180))
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(e)?;
+        Ok(())
+    }
+
+    fn downtime<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> DrawResult {
+        let title = "downtime (light) and the final sync in it (dark), median";
+        let bars: Vec<(String, String, f64, f64)> = self
+            .groups
+            .iter()
+            .filter_map(|g| {
+                Some((
+                    g.case.clone(),
+                    g.series.clone(),
+                    g.median("downtime_secs")?,
+                    g.median("sync_final_secs")?,
+                ))
+            })
+            .collect();
+        if bars.is_empty() {
+            return note(area, title, "no successful synced migrations");
+        }
+        let ymax = bars.iter().map(|b| b.2.max(b.3)).fold(0.0f64, f64::max) * 1.2;
+        let n = bars.len();
+        let labels: Vec<String> = bars
+            .iter()
+            .map(|b| format!("{} {}", b.1, short_case(&b.0)))
+            .collect();
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax.max(1e-3))
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 0.01 && i >= 0.0 {
+                    labels.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc("seconds")
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .label_style(("sans-serif", 12))
+            .axis_desc_style(("sans-serif", 14))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()
+            .map_err(e)?;
+        for (i, (case, series, down, sync)) in bars.iter().enumerate() {
+            let c = shade(series, self.case_index(case));
+            let x = i as f64;
+            chart
+                .draw_series([
+                    Rectangle::new([(x - 0.3, 0.0), (x + 0.3, *down)], c.mix(0.35).filled()),
+                    Rectangle::new([(x - 0.3, 0.0), (x + 0.3, *sync)], c.filled()),
+                ])
+                .map_err(e)?;
+        }
+        Ok(())
+    }
+}
+
+impl Figure for SyncCost<'_> {
+    fn size(&self) -> (u32, u32) {
+        (1300, 560)
+    }
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let (top, rest) = root.split_vertically(34);
+        top.draw(&Text::new(
+            "What the file sync costs (haul pid --sync)".to_string(),
+            (14, 8),
+            ("sans-serif", 20).into_font(),
+        ))
+        .map_err(e)?;
+        let panels = rest.split_evenly((1, 2));
+        self.rounds(&panels[0])?;
+        self.downtime(&panels[1])
+    }
+}
+
 /// Draw every plot of `records` into `dir`; returns the files (PNG and SVG of each).
 pub fn draw_all(
     records: &[Record],
@@ -816,5 +1015,24 @@ pub fn draw_all(
                 .collect(),
         },
     )?);
+
+    let synced: Vec<&Record> = records
+        .iter()
+        .filter(|r| !r.figures.sync_rounds.is_empty() && r.outcome == crate::record::Outcome::Ok)
+        .collect();
+    if !synced.is_empty() {
+        files.extend(render(
+            dir,
+            "sync-cost",
+            &SyncCost {
+                records: synced,
+                groups: groups
+                    .iter()
+                    .filter(|g| g.median("sync_final_secs").is_some())
+                    .cloned()
+                    .collect(),
+            },
+        )?);
+    }
     Ok(files)
 }

@@ -199,6 +199,33 @@ pub struct Figures {
     pub strategy_used: Option<String>,
     /// Pre-dump rounds.
     pub rounds: Vec<Round>,
+    /// File sync (`--sync`): file content bytes of every round.
+    #[serde(default)]
+    pub sync_bytes: Option<u64>,
+    /// File sync: seconds of the final round, while the process was frozen.
+    #[serde(default)]
+    pub sync_final_secs: Option<f64>,
+    /// File sync: the final round's share of haul's downtime (0..1).
+    #[serde(default)]
+    pub sync_final_share: Option<f64>,
+    /// File sync: every round.
+    #[serde(default)]
+    pub sync_rounds: Vec<SyncRound>,
+}
+
+/// One file-sync round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncRound {
+    /// Its number (1, 2, ...).
+    pub round: u32,
+    /// The round while the process was frozen.
+    pub final_round: bool,
+    /// File content bytes sent (literal and delta).
+    pub bytes: u64,
+    /// Files sent.
+    pub files: u64,
+    /// From its start to the destination's answer (s).
+    pub secs: f64,
 }
 
 impl Figures {
@@ -213,6 +240,9 @@ impl Figures {
             "postcopy_window_secs" => self.postcopy_window_secs,
             "pages_sent" => self.pages_sent.map(|p| p as f64),
             "memory_bytes_sent" => self.memory_bytes_sent.map(|p| p as f64),
+            "sync_bytes" => self.sync_bytes.map(|p| p as f64),
+            "sync_final_secs" => self.sync_final_secs,
+            "sync_final_share" => self.sync_final_share,
             "wire_bytes" => self.wire_bytes.map(|p| p as f64),
             "floor_secs" => self.floor_secs,
             "estimated_downtime_secs" => self.estimated_downtime_secs,
@@ -223,7 +253,7 @@ impl Figures {
 }
 
 /// The figures reports and comparisons look at: key, title, unit.
-pub const FIGURES: [(&str, &str, &str); 8] = [
+pub const FIGURES: [(&str, &str, &str); 9] = [
     ("total_secs", "total", "s"),
     ("frozen_secs", "frozen", "s"),
     ("restore_secs", "restore", "s"),
@@ -231,6 +261,7 @@ pub const FIGURES: [(&str, &str, &str); 8] = [
     ("observed_downtime_secs", "observed downtime", "s"),
     ("postcopy_window_secs", "post-copy window", "s"),
     ("pages_sent", "pages sent", "pages"),
+    ("sync_final_secs", "final file sync (frozen)", "s"),
     ("wire_bytes", "bytes on the wire", "bytes"),
 ];
 
@@ -506,6 +537,7 @@ mod tests {
                 rate: None,
                 pattern: "random".into(),
                 args: vec![],
+                sync: false,
             })
                 .into(),
             outcome: Outcome::Ok,

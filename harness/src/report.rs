@@ -253,6 +253,8 @@ pub fn markdown(records: &[Record], sources: &[PathBuf], plots: &[String]) -> St
     }
     md.push('\n');
 
+    sync_section(&mut md, &gs);
+
     md.push_str("## Plots\n\n");
     for (name, caption) in [
         ("downtime-vs-size", "Downtime vs memory size per strategy"),
@@ -262,6 +264,7 @@ pub fn markdown(records: &[Record], sources: &[PathBuf], plots: &[String]) -> St
             "haul-vs-criu",
             "haul vs its plain-CRIU twin, and the link floor",
         ),
+        ("sync-cost", "What the file sync costs"),
     ] {
         let png = format!("{name}.png");
         if plots.contains(&png) {
@@ -306,6 +309,57 @@ pub fn markdown(records: &[Record], sources: &[PathBuf], plots: &[String]) -> St
         }
     }
     md
+}
+
+/// The file-sync section (workloads whose files travelled with `haul pid --sync`), when the
+/// set has any.
+fn sync_section(md: &mut String, gs: &[Group<'_>]) {
+    let synced: Vec<&Group<'_>> = gs
+        .iter()
+        .filter(|g| g.ok().any(|r| !r.figures.sync_rounds.is_empty()))
+        .collect();
+    if synced.is_empty() {
+        return;
+    }
+    md.push_str("## File sync\n\n");
+    md.push_str("Workloads on a node-local directory that `haul pid --sync` carried: rounds while the process ran (each only what changed since the one before), then the final round while it was frozen. The final round's time is part of the downtime; its share is of haul's downtime.\n\n");
+    md.push_str("| workload | method | rounds | synced MiB | final round MiB | final round files | final sync (frozen) | share of downtime | downtime | observed downtime |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for g in synced {
+        let med = |f: &dyn Fn(&Record) -> Option<f64>| {
+            let v: Vec<f64> = g.ok().filter_map(f).collect();
+            stats::summarize(&v)
+        };
+        let rounds = med(&|r| Some(r.figures.sync_rounds.len() as f64));
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let total = med(&|r| r.figures.sync_bytes.map(mib));
+        let last = |r: &Record| {
+            r.figures
+                .sync_rounds
+                .iter()
+                .find(|x| x.final_round)
+                .cloned()
+        };
+        let final_mib = med(&|r| last(r).map(|x| mib(x.bytes)));
+        let final_files = med(&|r| last(r).map(|x| x.files as f64));
+        let share = med(&|r| r.figures.sync_final_share.map(|s| s * 100.0));
+        let two = |s: Option<Summary>| s.map_or("—".into(), |s| format!("{:.2}", s.median));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            g.case,
+            g.series,
+            cell(rounds, ""),
+            two(total),
+            two(final_mib),
+            cell(final_files, ""),
+            cell(g.summary("sync_final_secs"), "s"),
+            share.map_or("—".into(), |s| format!("{:.0} %", s.median)),
+            cell(g.summary("downtime_secs"), "s"),
+            cell(g.summary("observed_downtime_secs"), "s"),
+        );
+    }
+    md.push('\n');
 }
 
 /// Read `inputs`, draw the plots and write `report.md` into `out`; returns the report's path.

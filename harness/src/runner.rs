@@ -200,6 +200,60 @@ impl<'a> Runner<'a> {
         self.scenario.cases().len() * self.scenario.repetitions as usize * self.methods.len()
     }
 
+    /// A synced workload's working directory: on the nodes' own disks (the provider's, else
+    /// the scenario's `node_local_dir`).
+    fn node_local_dir(&self, seq: u32, what: &str) -> Result<String, String> {
+        let base = self
+            .provider
+            .node_local_dir()
+            .map(str::to_string)
+            .or_else(|| self.scenario.node_local_dir.clone())
+            .ok_or_else(|| {
+                format!(
+                    "the workload syncs its files, but the {} provider has no node-local directory: set node_local_dir in the scenario",
+                    self.provider.kind()
+                )
+            })?;
+        if !provider::removable(&base) {
+            return Err(format!(
+                "node_local_dir {base} must be absolute and contain a directory named haul-harness*"
+            ));
+        }
+        Ok(format!("{base}/{seq:03}-{what}"))
+    }
+
+    /// Makes a synced workload's directory on the source and its parent on the destination
+    /// (where the synced tree is made).
+    fn make_node_local(&self, seq: u32, what: &str) -> Result<String, String> {
+        let d = self.node_local_dir(seq, what)?;
+        let parent = d.rsplit_once('/').map_or("/", |(p, _)| p).to_string();
+        let t = Duration::from_secs(60);
+        let q = crate::node::shell_quote;
+        self.provider
+            .source()
+            .sh_ok(&format!("mkdir -p {}", q(&d)), t)
+            .and_then(|_| {
+                self.provider
+                    .destination()
+                    .sh_ok(&format!("mkdir -p {}", q(&parent)), t)
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(d)
+    }
+
+    /// Removes a synced workload's directory from both nodes' disks.
+    fn remove_node_local(&self, dir: &str) {
+        if !provider::removable(dir) {
+            return;
+        }
+        for n in [self.provider.source(), self.provider.destination()] {
+            let _ = n.sh(
+                &format!("rm -rf {}", crate::node::shell_quote(dir)),
+                Duration::from_secs(120),
+            );
+        }
+    }
+
     /// Start the workload and wait until it settled.
     fn start_workload(&self, case: &WorkloadCase, dir: &str) -> Result<Workload, WorkloadError> {
         let src = self.provider.source();
@@ -222,11 +276,18 @@ impl<'a> Runner<'a> {
     pub fn migrate_once(&self, m: &dyn Method, case: &WorkloadCase, seq: u32) -> Attempt {
         let mut a = Attempt::default();
         let src = self.provider.source();
-        let dir = format!(
-            "{}/{seq:03}-{}",
-            self.provider.shared_dir(),
-            m.name().replace(' ', "-")
-        );
+        let what = m.name().replace(' ', "-");
+        let dir = if case.sync {
+            match self.make_node_local(seq, &what) {
+                Ok(d) => d,
+                Err(e) => {
+                    a.error = Some(e);
+                    return a;
+                }
+            }
+        } else {
+            format!("{}/{seq:03}-{what}", self.provider.shared_dir())
+        };
         let w = match self.start_workload(case, &dir) {
             Ok(w) => w,
             Err(e) => {
@@ -246,6 +307,7 @@ impl<'a> Runner<'a> {
             timeout: self.timeout,
             cancel: &self.cancel,
             seq,
+            sync_dir: case.sync.then_some(dir.as_str()),
         };
         let mut dest_pid = None;
         match m.migrate(&cx, &w) {
@@ -282,6 +344,9 @@ impl<'a> Runner<'a> {
             &mut a.figures,
             &mut a.error,
         );
+        if case.sync {
+            self.remove_node_local(&dir);
+        }
         self.clean_images();
         a
     }
@@ -493,6 +558,11 @@ pub fn run(scenario: &Scenario, opts: &RunOptions) -> Result<RunSummary, RunErro
         record::utc(record::now_unix() as u64, true),
         rev
     );
+    // a local provider gives synced workloads node-local disks of their own
+    let mut config = config;
+    if let ProviderConfig::Local(c) = &mut config {
+        c.node_local |= scenario.syncs();
+    }
     eprintln!("provisioning the {} provider", config.kind());
     let cx = provider::ProvisionContext {
         tag: stem.clone(),

@@ -19,7 +19,20 @@
 //! pre = "all"                # bytes to pre-touch: "all", a size ("64m") or a share ("25%")
 //! pauses = [100000]          # microseconds between touches (the HOWTO's dirty rate)
 //! pattern = "random"
+//!
+//! [[workloads]]              # migration without shared storage (issue #18)
+//! name = "files"
+//! program = "file-churn"     # rewrites and appends to SIZE of files in its working directory
+//! sizes = ["200m"]
+//! rates = ["4m"]             # bytes of files changed per second
+//! sync = true                # its working directory is node-local; `haul pid --sync` carries it
 //! ```
+//!
+//! A workload with `sync = true` works in a directory each node keeps on its own disk: the
+//! `local` provider makes one with a mount namespace per node ([`crate::mntns`]); for `ssh`
+//! and VM nodes the scenario names it (`node_local_dir`, a path on each host's own disk whose
+//! name contains `haul-harness`). Plain CRIU has no file sync: such scenarios run without the
+//! twins.
 //!
 //! [`Scenario::cases`] expands the workloads into [`WorkloadCase`]s (duplicates across
 //! entries are dropped), each of which runs `repetitions` times per strategy.
@@ -138,6 +151,11 @@ pub struct Scenario {
     /// The nodes.
     #[serde(default)]
     pub provider: ProviderConfig,
+    /// A directory at the same path on both nodes that each keeps on its own disk, for
+    /// workloads with `sync = true` on `ssh` and VM nodes (the `local` provider makes its
+    /// own). Its path must contain a component starting with `haul-harness`.
+    #[serde(default)]
+    pub node_local_dir: Option<String>,
     /// The workloads.
     pub workloads: Vec<WorkloadSpec>,
 }
@@ -148,7 +166,7 @@ pub struct Scenario {
 pub struct WorkloadSpec {
     /// A name for the entry (shown in reports).
     pub name: String,
-    /// The program; only `mtouch` for now.
+    /// The program: `mtouch` (memory), or `file-churn` (files in its working directory).
     #[serde(default = "default_program")]
     pub program: String,
     /// Memory sizes (`64m`, `1g`, ...).
@@ -168,7 +186,13 @@ pub struct WorkloadSpec {
     /// More arguments for the program (e.g. `--no-hugepages`).
     #[serde(default)]
     pub args: Vec<String>,
+    /// Its working directory is node-local and travels with `haul pid --sync`.
+    #[serde(default)]
+    pub sync: bool,
 }
+
+/// The programs a scenario can run.
+pub const PROGRAMS: [&str; 2] = ["mtouch", "file-churn"];
 
 fn default_program() -> String {
     "mtouch".into()
@@ -252,11 +276,25 @@ impl Scenario {
             .map_err(|why| self.invalid(format!("[provider]: {why}")))?;
         for w in &self.workloads {
             let bad = |why: String| self.invalid(format!("workload {:?}: {why}", w.name));
-            if w.program != "mtouch" {
+            if !PROGRAMS.contains(&w.program.as_str()) {
                 return Err(bad(format!(
-                    "program {:?} is not supported (only mtouch, whose log gives the observed downtime)",
-                    w.program
+                    "program {:?} is not supported ({}: their logs give the observed downtime and the check)",
+                    w.program,
+                    PROGRAMS.join(", ")
                 )));
+            }
+            if w.sync && self.twins {
+                return Err(bad(
+                    "sync = true needs twins = false (plain CRIU has no file sync)".into(),
+                ));
+            }
+            if w.program == "file-churn" && (w.rates.is_empty() || !w.pauses.is_empty()) {
+                return Err(bad(
+                    "file-churn takes rates (bytes of files changed per second), not pauses".into(),
+                ));
+            }
+            if w.program == "file-churn" && w.rates.iter().any(|r| r == "max") {
+                return Err(bad("file-churn needs a rate, not max".into()));
             }
             if w.sizes.is_empty() {
                 return Err(bad("no sizes".into()));
@@ -312,8 +350,9 @@ impl Scenario {
                         rate,
                         pattern: w.pattern.clone(),
                         args: w.args.clone(),
+                        sync: w.sync,
                     };
-                    let key = (case.argv(), case.program.clone());
+                    let key = (case.argv(), case.program.clone(), case.sync);
                     if seen.insert(key) {
                         out.push(case);
                     }
@@ -322,12 +361,50 @@ impl Scenario {
         }
         out
     }
+
+    /// Whether a workload works in a node-local directory that `--sync` carries.
+    pub fn syncs(&self) -> bool {
+        self.workloads.iter().any(|w| w.sync)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn file_churn_with_sync() {
+        let text = r#"
+name = "files"
+twins = false
+strategies = ["stop-copy"]
+[[workloads]]
+name = "files"
+program = "file-churn"
+sizes = ["200m"]
+rates = ["4m", "16m"]
+sync = true
+"#;
+        let s = Scenario::parse(text, "test").unwrap();
+        assert!(s.syncs());
+        let c = s.cases();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].argv(), ["--size", "200m", "--rate", "4m"]);
+        assert_eq!(c[0].label(), "files 200m@4m/s sync");
+        assert_eq!(c[1].dirty_rate(), Some(16.0 * 1048576.0));
+        let e = Scenario::parse(&text.replace("twins = false\n", ""), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plain CRIU has no file sync"), "{e}");
+        let e = Scenario::parse(
+            &text.replace("rates = [\"4m\", \"16m\"]", "pauses = [1]"),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("takes rates"), "{e}");
+    }
 
     const FULL: &str = r#"
 name = "t"

@@ -70,11 +70,11 @@ pub fn after_move(
         match w.stop_and_check(node, check_timeout) {
             Ok(v) => {
                 check.finished = v.finished;
-                check.mismatches = v.reported_mismatches.unwrap_or(v.mismatches as u64);
+                check.mismatches = v.mismatches;
                 check.touches = v.touches;
-                check.passed = v.passed();
+                check.passed = v.passed;
                 figures.observed_downtime_secs = Some(v.largest_gap.as_secs_f64());
-                if !v.passed() {
+                if !v.passed {
                     error.get_or_insert_with(|| format!("the workload's check failed: {v}"));
                 }
             }

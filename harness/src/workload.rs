@@ -1,13 +1,15 @@
-//! The workload on the nodes: start `mtouch` in its own pid namespace on the source (with
-//! `haul-launch`, in a directory on the shared mount), wait until it touches memory, find it
-//! on the destination after the move, and have it check every page (stop file, `Finish`,
-//! no `Mismatch`). Everything goes through [`Node`], so it works on any provider; every
+//! The workload on the nodes: start `mtouch` (or `file-churn`) in its own pid namespace on the
+//! source (with `haul-launch`, in a directory on the shared mount, or on a node-local one for
+//! `--sync`), wait until it touches memory (writes files), find it on the destination after
+//! the move, and have it check every page (block) (stop file, `Finish`, no `Mismatch` or
+//! `Fail:`). Everything goes through [`Node`], so it works on any provider; every
 //! wait is one command on the node ([`Node::wait_until`]).
 
 use std::time::{Duration, Instant};
 
-use haul_workloads::files::{MTOUCH_LOG, MTOUCH_STOP};
-use haul_workloads::mtouch_log::{analyze, MtouchVerdict};
+use haul_workloads::files::{FILE_CHURN_LOG, FILE_CHURN_STOP, MTOUCH_LOG, MTOUCH_STOP};
+use haul_workloads::mtouch_log::analyze;
+use haul_workloads::worklog;
 
 use crate::case::WorkloadCase;
 use crate::node::{shell_quote, Node, NodeError};
@@ -34,10 +36,51 @@ const SHORT: Duration = Duration::from_secs(60);
 /// A workload started by the harness.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    /// Its working directory, on the shared mount (log, stop file).
+    /// Its working directory, on the shared mount (log, stop file), or node-local (synced).
     pub dir: String,
     /// Its host pid on the source node.
     pub source_pid: i32,
+    /// The program (`mtouch`, `file-churn`).
+    pub program: String,
+}
+
+/// What a workload's self-check said, whichever the program.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    /// Its log reached `Finish`.
+    pub finished: bool,
+    /// What differed: pages (mtouch) or files (file-churn).
+    pub mismatches: u64,
+    /// Pages touched (mtouch) or blocks written (file-churn) in the whole run.
+    pub touches: u64,
+    /// Finished with nothing wrong.
+    pub passed: bool,
+    /// The longest pause between two ticks of its log: the downtime it saw.
+    pub largest_gap: Duration,
+    /// The verdict in words.
+    pub text: String,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn log_name(program: &str) -> &'static str {
+    if program == "file-churn" {
+        FILE_CHURN_LOG
+    } else {
+        MTOUCH_LOG
+    }
+}
+
+fn stop_name(program: &str) -> &'static str {
+    if program == "file-churn" {
+        FILE_CHURN_STOP
+    } else {
+        MTOUCH_STOP
+    }
 }
 
 /// Parse `haul-launch`'s `Child <pid> done, code <C>` line.
@@ -81,14 +124,17 @@ impl Workload {
             format!("{dir}/{}.out", case.program),
             "--".into(),
             node.bin(&case.program),
-            MTOUCH_LOG.into(),
         ];
+        if case.program == "mtouch" {
+            argv.push(MTOUCH_LOG.into());
+        }
         argv.extend(case.argv());
         let out = node.exec(&argv, None, timeout)?;
         match parse_child_line(&out.stdout_text()) {
             Some((pid, 'O')) if out.success() => Ok(Workload {
                 dir: dir.into(),
                 source_pid: pid,
+                program: case.program.clone(),
             }),
             Some((pid, code)) => Err(WorkloadError::Launch(format!(
                 "pid {pid} reported code {code}: {}",
@@ -104,7 +150,7 @@ impl Workload {
 
     /// The log's path.
     pub fn log(&self) -> String {
-        format!("{}/{MTOUCH_LOG}", self.dir)
+        format!("{}/{}", self.dir, log_name(&self.program))
     }
 
     /// Touch lines logged so far (read on `node`).
@@ -197,8 +243,8 @@ impl Workload {
         &self,
         node: &dyn Node,
         timeout: Duration,
-    ) -> Result<MtouchVerdict, WorkloadError> {
-        let stop = format!("{}/{MTOUCH_STOP}", self.dir);
+    ) -> Result<Verdict, WorkloadError> {
+        let stop = format!("{}/{}", self.dir, stop_name(&self.program));
         node.sh_ok(&format!(": > {}", shell_quote(&stop)), SHORT)?;
         let wait = format!("grep -q '^Finish' {}", shell_quote(&self.log()));
         node.wait_until(&wait, None, timeout)?;
@@ -206,7 +252,7 @@ impl Workload {
     }
 
     /// Read and judge the log as it is now.
-    pub fn verdict(&self, node: &dyn Node) -> Result<MtouchVerdict, WorkloadError> {
+    pub fn verdict(&self, node: &dyn Node) -> Result<Verdict, WorkloadError> {
         let bytes = node.read_file(&self.log())?;
         let tmp = std::env::temp_dir().join(format!(
             ".haul-harness-log-{}-{}",
@@ -214,9 +260,33 @@ impl Workload {
             self.source_pid
         ));
         std::fs::write(&tmp, &bytes).map_err(|e| WorkloadError::Log(e.to_string()))?;
-        let v = analyze(&tmp).map_err(|e| WorkloadError::Log(e.to_string()));
+        let v = if self.program == "file-churn" {
+            worklog::analyze(&tmp).map(|v| {
+                let sum = |k: &str| v.summary_value(k).unwrap_or(0);
+                let bad = v
+                    .summary_value("bad_files")
+                    .unwrap_or(v.failures.len() as u64);
+                Verdict {
+                    finished: v.finished,
+                    mismatches: bad,
+                    touches: sum("rewrites") + sum("appends"),
+                    passed: v.passed() && bad == 0,
+                    largest_gap: v.largest_gap,
+                    text: v.to_string(),
+                }
+            })
+        } else {
+            analyze(&tmp).map(|v| Verdict {
+                finished: v.finished,
+                mismatches: v.reported_mismatches.unwrap_or(v.mismatches as u64),
+                touches: v.touches,
+                passed: v.passed(),
+                largest_gap: v.largest_gap,
+                text: v.to_string(),
+            })
+        };
         let _ = std::fs::remove_file(&tmp);
-        v
+        v.map_err(|e| WorkloadError::Log(e.to_string()))
     }
 }
 

@@ -13,6 +13,7 @@
 //!
 //! What each child does is drawn in the crate documentation.
 
+use std::ffi::CStr;
 use std::os::fd::RawFd;
 
 use crate::plan::ChildPlan;
@@ -20,7 +21,7 @@ use crate::start_code::START_FD;
 use crate::status::{Report, Stage};
 
 /// The name the reaper gives itself (`/proc/PID/comm`, at most 15 bytes).
-const REAPER_COMM: &std::ffi::CStr = c"haul-reaper";
+const REAPER_COMM: &CStr = c"haul-reaper";
 
 /// Exit status of a child whose step failed (reported on the status pipe first).
 const EXIT_FAILED_STEP: i32 = 127;
@@ -96,7 +97,8 @@ fn reset_signals() {
     }
 }
 
-/// The reaper: the caller's child. Leaves the caller's session, enters the network namespace,
+/// The reaper: the caller's child. Leaves the caller's session, enters the mount namespace
+/// (reopening /dev/null and the output file there) and the network namespace,
 /// unshares the pid namespace, forks the init, reports its host pid, drops every fd of the
 /// caller's, waits for the init and ends the way it did. Never returns.
 pub(crate) fn reaper_main(plan: &ChildPlan) -> ! {
@@ -104,6 +106,9 @@ pub(crate) fn reaper_main(plan: &ChildPlan) -> ! {
     // SAFETY: setsid takes no arguments and only changes this process's session.
     if unsafe { libc::setsid() } < 0 {
         child_fail(plan.status_w, Stage::ReaperSetsid, errno());
+    }
+    if plan.mntns >= 0 {
+        enter_mntns(plan);
     }
     // SAFETY: setns on an fd opened before the fork; it changes only this process.
     if plan.netns >= 0 && unsafe { libc::setns(plan.netns, libc::CLONE_NEWNET) } < 0 {
@@ -164,6 +169,45 @@ pub(crate) fn reaper_main(plan: &ChildPlan) -> ! {
     }
     // SAFETY: _exit ends this process without running the caller's code.
     unsafe { libc::_exit(libc::WEXITSTATUS(status)) }
+}
+
+/// The reaper enters the mount namespace (it is single-threaded, as `setns(CLONE_NEWNS)`
+/// requires) and reopens /dev/null and the output file there, onto the fd numbers the plan
+/// gave them, so that no fd of the tree points into the caller's mounts.
+fn enter_mntns(plan: &ChildPlan) {
+    let st = plan.status_w;
+    // SAFETY: setns on an fd opened before the fork; it changes only this process.
+    if unsafe { libc::setns(plan.mntns, libc::CLONE_NEWNS) } < 0 {
+        child_fail(st, Stage::SetnsMnt, errno());
+    }
+    reopen(st, plan.null_path, libc::O_RDWR, plan.null);
+    if let Some(out) = &plan.output_path {
+        reopen(
+            st,
+            out,
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+            plan.output,
+        );
+    }
+}
+
+/// Open `path` with `flags` (close-on-exec, mode 0644 when created) onto the fd number `onto`,
+/// replacing what it held; a failure ends the child as [`Stage::SetnsMnt`].
+fn reopen(st: RawFd, path: &CStr, flags: libc::c_int, onto: RawFd) {
+    // SAFETY: open of a NUL-terminated path prepared before the fork, dup3 onto an fd number
+    // this child owns (close-on-exec like the one it replaces), close of the temporary: plain
+    // system calls.
+    unsafe {
+        let fd = libc::open(
+            path.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            0o644 as libc::c_uint,
+        );
+        if fd < 0 || libc::dup3(fd, onto, libc::O_CLOEXEC) < 0 {
+            child_fail(st, Stage::SetnsMnt, errno());
+        }
+        libc::close(fd);
+    }
 }
 
 /// The namespace init: pid 1 of the new pid namespace (when asked for). Becomes a session

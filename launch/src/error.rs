@@ -41,6 +41,15 @@ pub enum LaunchError {
         #[source]
         source: io::Error,
     },
+    /// The mount namespace file cannot be opened.
+    #[error("mount namespace {path:?} cannot be opened: {source}")]
+    Mntns {
+        /// The namespace file.
+        path: PathBuf,
+        /// What `open` said.
+        #[source]
+        source: io::Error,
+    },
     /// The output file cannot be opened.
     #[error("output file {path:?} cannot be opened: {source}")]
     Output {

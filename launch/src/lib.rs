@@ -7,11 +7,14 @@
 //! tree; it must hold no fd inherited from whoever started it. [`launch`] does what
 //! `setsid unshare --pid --fork -- setsid CMD` does, optionally inside a network namespace
 //! (what `nsenter --net=/run/netns/NAME` does, never `ip netns exec`, which also makes a mount
-//! namespace CRIU then refuses), without a new mount namespace:
+//! namespace CRIU then refuses), optionally inside an existing mount namespace (a node's own
+//! disks when two nodes share one machine; `haul pid` then runs there too), never a new one:
 //!
 //! ```text
 //! caller ── fork ─▶ reaper                    host pid namespace, comm "haul-reaper"
 //!                    setsid()                 its own session, no controlling terminal
+//!                    setns(MNT, NEWNS)        optional: a node's own view of the files
+//!                                             (/dev/null and the output reopened there)
 //!                    setns(NAME, NEWNET)      optional: /run/netns/NAME
 //!                    unshare(CLONE_NEWPID)    its children go into a new pid namespace
 //!                    fork ─▶ init             pid 1 there; its host pid is reported

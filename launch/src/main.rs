@@ -1,7 +1,7 @@
 //! haul-launch: start a workload the way CRIU can migrate it, print its host pid, and exit.
 //!
 //! ```text
-//! haul-launch [--netns NAME] [--cwd DIR] [--pidfile F] [--output F] [--no-start-fd] [--no-pidns] -- CMD ARGS...
+//! haul-launch [--netns NAME] [--mntns FILE] [--cwd DIR] [--pidfile F] [--output F] [--no-start-fd] [--no-pidns] -- CMD ARGS...
 //! ```
 //!
 //! CMD becomes pid 1 of a new pid namespace and the leader of its own session, inside the
@@ -28,6 +28,11 @@ struct Args {
     /// Run inside this network namespace (a name under /run/netns, or a path).
     #[arg(long, value_name = "NAME")]
     netns: Option<String>,
+    /// Run inside this mount namespace (a namespace file, e.g. a bind-mounted
+    /// /proc/PID/ns/mnt): a node's own view of its disks when two nodes share one machine.
+    /// Give --cwd and --output as absolute paths (they are resolved there).
+    #[arg(long, value_name = "FILE")]
+    mntns: Option<PathBuf>,
     /// Working directory of the workload (the shared directory).
     #[arg(long, value_name = "DIR", default_value = ".")]
     cwd: PathBuf,
@@ -74,6 +79,9 @@ fn main() -> ExitCode {
         .start_timeout(Duration::from_secs(args.timeout));
     if let Some(ns) = args.netns {
         spec = spec.netns(ns);
+    }
+    if let Some(m) = args.mntns {
+        spec = spec.mntns(m);
     }
     if let Some(out) = args.output {
         spec = spec.output(out);

@@ -4,11 +4,16 @@
 //! [`prepare`] checks what the caller asked for and turns it into a [`ChildPlan`]: the
 //! program resolved to an absolute path (the init changes directory before `execve`), argv
 //! and envp as NUL-terminated arrays, and every fd the children use (the status and start
-//! pipes, `/dev/null`, the output file, the network namespace) opened close-on-exec and moved
-//! to numbers >= [`FIRST_PLAN_FD`], so that the init's `dup2` onto 0..=3 never lands on one of
-//! them. After the fork the children only read this plan (see [`crate::child`]).
+//! pipes, `/dev/null`, the output file, the network and mount namespaces) opened close-on-exec
+//! and moved to numbers >= [`FIRST_PLAN_FD`], so that the init's `dup2` onto 0..=3 never lands
+//! on one of them. After the fork the children only read this plan (see [`crate::child`]).
+//!
+//! With a mount namespace, `/dev/null` and the output file must be the namespace's own (a
+//! file of the caller's mounts is one CRIU cannot find in the tree's namespace): the plan
+//! then holds their absolute paths too, and the reaper reopens them there onto the fd numbers
+//! prepared here (the output's number held by a `/dev/null` until then).
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs::OpenOptions;
 use std::io;
 use std::marker::PhantomData;
@@ -39,6 +44,7 @@ pub(crate) struct PlanFds {
     null: OwnedFd,
     output: Option<OwnedFd>,
     netns: Option<OwnedFd>,
+    mntns: Option<OwnedFd>,
 }
 
 /// The read ends the caller keeps after the fork.
@@ -79,6 +85,12 @@ pub(crate) struct ChildPlan<'fds> {
     pub(crate) output: RawFd,
     /// The network namespace to enter, or -1.
     pub(crate) netns: RawFd,
+    /// The mount namespace to enter, or -1.
+    pub(crate) mntns: RawFd,
+    /// `/dev/null`, reopened onto `null` once in the mount namespace.
+    pub(crate) null_path: &'static CStr,
+    /// In a mount namespace: the output file (absolute), reopened onto `output` there.
+    pub(crate) output_path: Option<CString>,
     /// Whether the reaper unshares a new pid namespace for the init.
     pub(crate) new_pidns: bool,
     /// Write end of the status pipe.
@@ -182,6 +194,15 @@ fn open_fds(spec: &LaunchSpec) -> Result<PlanFds, LaunchError> {
     let null = move_high(null.into()).map_err(sys("fcntl"))?;
     let output = match &spec.output {
         None => None,
+        // in a mount namespace the file is opened there (by the reaper): /dev/null holds its
+        // fd number until then
+        Some(_) if spec.mntns.is_some() => {
+            let f = OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .map_err(sys("open /dev/null"))?;
+            Some(move_high(f.into()).map_err(sys("fcntl"))?)
+        }
         Some(path) => {
             let f = OpenOptions::new()
                 .append(true)
@@ -206,6 +227,19 @@ fn open_fds(spec: &LaunchSpec) -> Result<PlanFds, LaunchError> {
             Some(move_high(f.into()).map_err(sys("fcntl"))?)
         }
     };
+    let mntns =
+        match &spec.mntns {
+            None => None,
+            Some(path) => {
+                let f = OpenOptions::new().read(true).open(path).map_err(|source| {
+                    LaunchError::Mntns {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Some(move_high(f.into()).map_err(sys("fcntl"))?)
+            }
+        };
     let (status_r, status_w) = pipe_high().map_err(sys("pipe2"))?;
     let (start_r, start_w) = match spec.protocol {
         StartProtocol::StartFd => {
@@ -222,6 +256,7 @@ fn open_fds(spec: &LaunchSpec) -> Result<PlanFds, LaunchError> {
         null,
         output,
         netns,
+        mntns,
     })
 }
 
@@ -241,7 +276,12 @@ impl<'fds> ChildPlan<'fds> {
         let path = cstring(program.as_os_str().as_bytes(), || {
             format!("program path {program:?}")
         })?;
-        let cwd = cstring(spec.cwd.as_os_str().as_bytes(), || {
+        // in a mount namespace the reaper starts at its root: relative paths mean the caller's
+        let absolute = |p: &Path| match (&spec.mntns, p.is_relative()) {
+            (Some(_), true) => std::env::current_dir().unwrap_or_default().join(p),
+            _ => p.to_path_buf(),
+        };
+        let cwd = cstring(absolute(&spec.cwd).as_os_str().as_bytes(), || {
             format!("working directory {:?}", spec.cwd)
         })?;
         let mut argv = vec![cstring(spec.program.as_os_str().as_bytes(), || {
@@ -291,6 +331,14 @@ impl<'fds> ChildPlan<'fds> {
                 .as_ref()
                 .map_or(fds.null.as_raw_fd(), |f| f.as_raw_fd()),
             netns: raw(&fds.netns),
+            mntns: raw(&fds.mntns),
+            null_path: c"/dev/null",
+            output_path: match (&spec.mntns, &spec.output) {
+                (Some(_), Some(o)) => Some(cstring(absolute(o).as_os_str().as_bytes(), || {
+                    format!("output file {o:?}")
+                })?),
+                _ => None,
+            },
             new_pidns: spec.own_pid_namespace,
             status_w: fds.status_w.as_raw_fd(),
             start_w: raw(&fds.start_w),
@@ -336,6 +384,45 @@ mod tests {
             .map(|p| unsafe { std::ffi::CStr::from_ptr(*p) }.to_bytes())
             .collect();
         assert_eq!(envp.last(), Some(&&b"HAUL_START_FD=3"[..]));
+    }
+
+    #[test]
+    fn in_a_mount_namespace_the_output_is_opened_there() {
+        // cargo runs unit tests in the package's directory
+        let dir = std::env::current_dir().unwrap();
+        let spec = LaunchSpec::new("sh")
+            .cwd(".")
+            .mntns("/proc/self/ns/mnt")
+            .output("haul-launch-plan-test-never-created.log");
+        let (program, fds) = prepare(&spec).unwrap();
+        let plan = ChildPlan::new(&spec, &program, &fds).unwrap();
+        for fd in [plan.mntns, plan.output] {
+            assert!(fd >= FIRST_PLAN_FD, "{fd}");
+            // SAFETY: F_GETFD on an fd `fds` owns reads its flags only.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC, "fd {fd}");
+        }
+        // the output's fd number is held by /dev/null until the reaper reopens it
+        assert_ne!(plan.output, plan.null);
+        let held = std::fs::read_link(format!("/proc/self/fd/{}", plan.output)).unwrap();
+        assert_eq!(held, Path::new("/dev/null"));
+        assert!(!dir.join("haul-launch-plan-test-never-created.log").exists());
+        // relative paths are the caller's, made absolute for the namespace
+        assert_eq!(plan.cwd.as_bytes(), dir.join(".").as_os_str().as_bytes());
+        let out = dir.join("haul-launch-plan-test-never-created.log");
+        assert_eq!(
+            plan.output_path.as_deref().map(CStr::to_bytes),
+            Some(out.as_os_str().as_bytes())
+        );
+        assert_eq!(plan.null_path, c"/dev/null");
+    }
+
+    #[test]
+    fn a_missing_mount_namespace_is_named() {
+        let spec = LaunchSpec::new("sh").mntns("/haul-no-such-mntns");
+        let e = prepare(&spec).err().unwrap();
+        assert!(matches!(e, LaunchError::Mntns { .. }), "{e}");
+        assert!(e.to_string().contains("/haul-no-such-mntns"), "{e}");
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub struct LaunchSpec {
     pub cwd: PathBuf,
     /// A network namespace to run in: a name under [`NETNS_DIR`] or a path to a namespace file.
     pub netns: Option<String>,
+    /// A mount namespace to run in (a namespace file: a bind-mounted `/proc/PID/ns/mnt`), the
+    /// stand-in for a node's own disks when two nodes share one machine. `cwd`, `output`
+    /// and the program are resolved there (give absolute paths); `haul pid` must run in the
+    /// same namespace, so that CRIU dumps no mount namespace.
+    pub mntns: Option<PathBuf>,
     /// A file for its stdout and stderr (appended to); `None` puts them on `/dev/null`.
     pub output: Option<PathBuf>,
     /// Environment variables set for it on top of the caller's environment.
@@ -52,6 +57,7 @@ impl LaunchSpec {
             args: Vec::new(),
             cwd: PathBuf::from("."),
             netns: None,
+            mntns: None,
             output: None,
             env: Vec::new(),
             protocol: StartProtocol::StartFd,
@@ -85,6 +91,13 @@ impl LaunchSpec {
     /// Run inside the network namespace `name` (under [`NETNS_DIR`], or a path).
     pub fn netns(mut self, name: impl Into<String>) -> Self {
         self.netns = Some(name.into());
+        self
+    }
+
+    /// Run inside the mount namespace of the namespace file `path` (see
+    /// [`mntns`](Self::mntns)).
+    pub fn mntns(mut self, path: impl Into<PathBuf>) -> Self {
+        self.mntns = Some(path.into());
         self
     }
 

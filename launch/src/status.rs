@@ -15,6 +15,10 @@
 //!        'E'    stage   errno of the failed step (i32, little endian) sent by either child
 //! ```
 //!
+//! The stage byte is a [`Stage`]'s number, in the order of the enum. Both ends of the pipe are
+//! the same build (the children are forks of the caller), so the numbers are internal to one
+//! launch and never stored: a new stage goes where it reads best.
+//!
 //! A failure ends the child that sent it (`_exit(127)`); the caller reports it as
 //! [`LaunchError::Setup`](crate::LaunchError::Setup) with the [`Stage`] and the errno.
 
@@ -38,6 +42,9 @@ pub enum Stage {
     ReaperSetsid = 1,
     /// `setns(CLONE_NEWNET)` into the network namespace.
     Setns,
+    /// `setns(CLONE_NEWNS)` into the mount namespace, or reopening /dev/null and the output
+    /// file there.
+    SetnsMnt,
     /// `unshare(CLONE_NEWPID)`.
     Unshare,
     /// `fork()` of the namespace init.
@@ -55,9 +62,10 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 9] = [
+    const ALL: [Stage; 10] = [
         Stage::ReaperSetsid,
         Stage::Setns,
+        Stage::SetnsMnt,
         Stage::Unshare,
         Stage::Fork,
         Stage::InitSetsid,
@@ -77,6 +85,9 @@ impl fmt::Display for Stage {
         f.write_str(match self {
             Stage::ReaperSetsid => "setsid() in the reaper",
             Stage::Setns => "setns(CLONE_NEWNET) into the network namespace",
+            Stage::SetnsMnt => {
+                "setns(CLONE_NEWNS) into the mount namespace (or reopening /dev/null and the output file there)"
+            }
             Stage::Unshare => "unshare(CLONE_NEWPID)",
             Stage::Fork => "fork() of the namespace init",
             Stage::InitSetsid => "setsid() in the namespace init",
@@ -174,11 +185,11 @@ mod tests {
 
     #[test]
     fn stages_round_trip() {
-        for v in 1..=9u8 {
+        for v in 1..=10u8 {
             assert_eq!(Stage::from_u8(v).unwrap() as u8, v);
         }
         assert_eq!(Stage::from_u8(0), None);
-        assert_eq!(Stage::from_u8(10), None);
+        assert_eq!(Stage::from_u8(11), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The launcher: what CRIU needs of a workload (pid 1 of a new pid namespace, its own session,
-//! no inherited fds, no new mount namespace, the requested netns and cwd), the start codes,
-//! the exit status relayed by the reaper, errors that name what failed, and `haul-launch`.
+//! no inherited fds, no new mount namespace, the requested netns, mount namespace and cwd), the
+//! start codes, the exit status relayed by the reaper, errors that name what failed, and
+//! `haul-launch`.
 //! The workload where one is needed is a shell stand-in that speaks the start protocol
 //! (`common::STAND_IN`); `haul-workloads`' tests launch the real programs.
 
@@ -294,6 +295,120 @@ fn haul_launch_prints_the_child_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-program-xyz"));
 }
 
+/// A process holding a mount namespace of its own, in which `dir/node` is a tmpfs (empty in
+/// the caller's namespace): a node's own disk, as `haul_harness::mntns` makes them. Killed
+/// and reaped on drop (the namespace and its tmpfs go with it).
+struct NodeMntns {
+    holder: std::process::Child,
+    node: std::path::PathBuf,
+}
+
+impl NodeMntns {
+    fn new(dir: &std::path::Path) -> NodeMntns {
+        use std::io::BufRead;
+        let node = dir.join("node");
+        std::fs::create_dir(&node).unwrap();
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs haul-launch-test '{}' && echo ready && exec sleep 600",
+                node.display()
+            ))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "unshare --mount and tmpfs mount");
+        NodeMntns { holder, node }
+    }
+
+    fn ns_file(&self) -> std::path::PathBuf {
+        format!("/proc/{}/ns/mnt", self.holder.id()).into()
+    }
+
+    /// `path` (absolute) as the namespace sees it.
+    fn inside(&self, path: &std::path::Path) -> std::path::PathBuf {
+        std::path::Path::new(&format!("/proc/{}/root", self.holder.id()))
+            .join(path.strip_prefix("/").unwrap())
+    }
+}
+
+impl Drop for NodeMntns {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+fn runs_in_a_mount_namespace() {
+    if !root_or_skip("runs_in_a_mount_namespace") {
+        return;
+    }
+    let dir = workdir();
+    let ns = NodeMntns::new(dir.path());
+    let out = ns.node.join("out.log");
+    let mut w = launch(
+        &LaunchSpec::new("sh")
+            .args(["-c", "echo in-node; pwd > here; exec sleep 600"])
+            .cwd(&ns.node)
+            .mntns(ns.ns_file())
+            .output(&out)
+            .protocol(StartProtocol::Exec),
+    )
+    .unwrap();
+    let pid = w.host_pid;
+    assert_eq!(
+        ns_inode(&pid.to_string(), "mnt"),
+        ns_inode(&ns.holder.id().to_string(), "mnt"),
+        "in the node's mount namespace"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let inside = ns.inside(&out);
+    while std::fs::read_to_string(&inside)
+        .unwrap_or_default()
+        .is_empty()
+        || !ns.inside(&ns.node.join("here")).exists()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no output in {inside:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&inside).unwrap(), "in-node\n");
+    assert!(
+        !out.exists(),
+        "the output file is the namespace's, not the caller's"
+    );
+    assert!(!ns.node.join("here").exists(), "the cwd is the namespace's");
+    // stdin /dev/null and stdout/stderr the output file, both opened in the namespace
+    let fds = fds(pid);
+    assert_eq!(fds[0], (0, "/dev/null".to_string()), "{fds:?}");
+    assert_eq!(fds[1], (1, out.display().to_string()), "{fds:?}");
+    assert_eq!(fds[2], (2, out.display().to_string()), "{fds:?}");
+    assert_eq!(w.kill().unwrap(), WorkloadExit::Signal(libc::SIGKILL));
+
+    // A namespace file that cannot be opened, and a file that is no namespace.
+    let e = launch(&LaunchSpec::new("sh").mntns(dir.path().join("missing"))).unwrap_err();
+    assert!(matches!(e, LaunchError::Mntns { .. }), "{e}");
+    let not_ns = dir.path().join("plain");
+    std::fs::write(&not_ns, "").unwrap();
+    let e = launch(&LaunchSpec::new("sh").mntns(&not_ns)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LaunchError::Setup {
+                stage: Stage::SetnsMnt,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
 fn main() -> std::process::ExitCode {
     #[allow(unused_imports)]
     use haul_test_support::{test, Need::*};
@@ -303,5 +418,6 @@ fn main() -> std::process::ExitCode {
         test!(environment_and_signals_are_clean, Root),
         test!(failures_name_what_failed, Root),
         test!(haul_launch_prints_the_child_line, Root),
+        test!(runs_in_a_mount_namespace, Root),
     ])
 }

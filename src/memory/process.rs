@@ -34,10 +34,31 @@ pub struct EngineProcess {
 }
 
 /// Binds the lazy-pages socket in `dir` (the restore's work directory) before the restore.
+///
+/// CRIU's restore connects to it by the relative name `lazy-pages.socket` from its work
+/// directory (criu/uffd.c, `prepare_sock_addr`), so only the socket's place matters, not the
+/// path it is bound by. A unix socket's path must fit `sun_path` (108 bytes with its NUL);
+/// an image directory deeper than that (a harness's per-run directories reach 120) is bound
+/// through `/proc/self/fd/<dir fd>/lazy-pages.socket`, which names the same place.
 pub fn bind_lazy_socket(dir: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::ffi::OsStrExt;
+    /// `sizeof(sockaddr_un.sun_path)` less its NUL.
+    const SUN_PATH_MAX: usize = 107;
     let p = dir.join(LAZY_SOCKET);
     let _ = std::fs::remove_file(&p);
-    std::os::unix::net::UnixListener::bind(&p)
+    if p.as_os_str().as_bytes().len() <= SUN_PATH_MAX {
+        return std::os::unix::net::UnixListener::bind(&p);
+    }
+    let d = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let short = format!(
+        "/proc/self/fd/{}/{LAZY_SOCKET}",
+        std::os::fd::AsRawFd::as_raw_fd(&d)
+    );
+    std::os::unix::net::UnixListener::bind(short)
 }
 
 /// Starts `haul lazy-engine` (this very binary) on the images in `dir`.
@@ -174,5 +195,45 @@ impl EngineProcess {
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restore directory whose socket path does not fit `sun_path` (the harness's are 120
+    /// bytes deep): the socket is still bound in it, and a client that connects by the
+    /// relative name from there (as CRIU's restore does) reaches it.
+    #[test]
+    fn the_lazy_socket_binds_in_a_directory_too_deep_for_sun_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("d".repeat(60)).join("e".repeat(60));
+        std::fs::create_dir_all(&deep).unwrap();
+        assert!(deep.join(LAZY_SOCKET).as_os_str().len() > 108);
+        let listener = bind_lazy_socket(&deep).unwrap();
+        assert!(deep.join(LAZY_SOCKET).exists());
+        let client = std::thread::spawn({
+            let dir = deep.clone();
+            move || {
+                // connect through a short path to the same place, as a process whose cwd is
+                // `dir` does with the bare name
+                let d = std::fs::File::open(&dir).unwrap();
+                let p = format!(
+                    "/proc/self/fd/{}/{LAZY_SOCKET}",
+                    std::os::fd::AsRawFd::as_raw_fd(&d)
+                );
+                std::os::unix::net::UnixStream::connect(p).unwrap()
+            }
+        });
+        let (_conn, _) = listener.accept().unwrap();
+        client.join().unwrap();
+    }
+
+    #[test]
+    fn a_short_directory_binds_directly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _l = bind_lazy_socket(tmp.path()).unwrap();
+        assert!(tmp.path().join(LAZY_SOCKET).exists());
     }
 }

@@ -157,16 +157,24 @@ impl<S: Stream> Control<S> {
         self.conn
     }
 
-    /// Sends one message.
+    /// Sends one message. When the send fails, the peer may have failed first and said why
+    /// before it closed (an `Error` while this side was still streaming images): that
+    /// answer, read within [`limits::PEER_LAST_WORD`], is the error, not the broken pipe.
     pub async fn send(&mut self, body: impl Into<Body>) -> Result<(), ChannelError> {
-        self.conn
-            .send(&pb::Message::of(body.into()))
-            .await
-            .map(drop)
-            .map_err(|source| ChannelError::Frame {
-                peer: self.peer.clone(),
-                source,
-            })
+        let Err(source) = self.conn.send(&pb::Message::of(body.into())).await else {
+            return Ok(());
+        };
+        if let Ok(Ok(msg)) =
+            tokio::time::timeout(limits::PEER_LAST_WORD.limit, self.conn.recv()).await
+        {
+            if let Some(Body::Error(e)) = msg.body {
+                return Err(ChannelError::peer_failed(&self.peer, e));
+            }
+        }
+        Err(ChannelError::Frame {
+            peer: self.peer.clone(),
+            source,
+        })
     }
 
     /// Sends an `Error` message (best effort: the connection may already be gone).

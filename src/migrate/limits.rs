@@ -36,6 +36,14 @@ pub const REPLY: Wait = Wait {
     limit: Duration::from_secs(600),
 };
 
+/// After a send failed, how long a side still reads for the peer's last word (its `Error`,
+/// sent before it closed): long enough for a frame already on its way, short enough not to
+/// hold a failing migration (the process may be frozen).
+pub const PEER_LAST_WORD: Wait = Wait {
+    what: "the peer's error after a failed send",
+    limit: Duration::from_millis(500),
+};
+
 /// The destination waits this long for the source's next command before it gives up on the
 /// migration (pre-copy rounds of a large tree come slowly).
 pub const IDLE: Wait = Wait {
@@ -82,6 +90,11 @@ pub const MAX_PARKED: usize = 64;
 
 /// Extra free space the destination requires beyond the announced memory size (bytes).
 pub const SPACE_MARGIN: u64 = 64 << 20;
+
+/// File sync: messages of a round the source's reader thread may have produced ahead of the
+/// control channel (each at most [`crate::sync::limits::MAX_MESSAGE`] = 1 MiB: at most
+/// 16 MiB in memory), enough to keep the channel busy while the next file is read.
+pub const SYNC_QUEUE: usize = 16;
 
 /// The source writes into a bandwidth probe for this long.
 pub const PROBE_SECS: Duration = Duration::from_millis(300);

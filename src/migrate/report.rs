@@ -21,10 +21,19 @@ pub struct RoundReport {
     pub secs: f64,
     /// Measured bandwidth (bytes/s).
     pub bandwidth: f64,
-    /// Estimated downtime if the final dump came next (s): what is dirty now (by the dirty
-    /// rate, at the level of the next round) over this round's bandwidth
-    /// (`converge::estimate`).
+    /// Estimated downtime if the final dump came next (s): its memory part plus its frozen
+    /// non-memory part (`converge::estimate`), what the stop rule holds against
+    /// `--max-downtime`. Reports written before the frozen part was counted hold the memory
+    /// part alone here (and neither field below).
     pub est_downtime_secs: f64,
+    /// The memory part: what is dirty now (by the dirty rate, at the level of the next round)
+    /// over the link's bandwidth (s).
+    #[serde(default)]
+    pub est_memory_secs: Option<f64>,
+    /// The frozen non-memory part: the median of the rounds' CRIU frozen time less its
+    /// memdump time so far (s; a lower bound of the final dump's).
+    #[serde(default)]
+    pub est_frozen_secs: Option<f64>,
     /// The link's bandwidth: the best any round so far saw (bytes/s).
     #[serde(default)]
     pub link_bandwidth: f64,
@@ -135,6 +144,9 @@ pub struct MigrationReport {
     /// process is.
     #[serde(default)]
     pub failure: Option<String>,
+    /// File sync (`--sync`): rounds, bytes, files, the frozen final round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<crate::sync::stats::SyncReport>,
     /// A dry run (`--dry-run`): nothing was frozen; `preflight` says what would happen.
     #[serde(default)]
     pub dry_run: bool,
@@ -170,6 +182,9 @@ impl MigrationReport {
             s.push_str(&format!(
                 "post-copy window {w:.2} sec (the source served the remaining pages; losing it then would lose the process)\n"
             ));
+        }
+        if let Some(sync) = &self.sync {
+            s.push_str(&sync.summary());
         }
         s
     }

@@ -65,6 +65,28 @@ pub struct DestinationRequirements {
 }
 
 impl DestinationRequirements {
+    /// The requirements without the files under `roots` (the `--sync` trees, canonical):
+    /// they travel with the migration, so the destination need not have them (the sync's own
+    /// pre-flight checks every held file outside the trees, `crate::sync::preflight`).
+    pub fn without_synced(&self, roots: &[std::path::PathBuf]) -> Self {
+        let synced = |p: &str| roots.iter().any(|r| std::path::Path::new(p).starts_with(r));
+        DestinationRequirements {
+            files: self
+                .files
+                .iter()
+                .filter(|f| !synced(&f.path))
+                .cloned()
+                .collect(),
+            locked_files: self
+                .locked_files
+                .iter()
+                .filter(|f| !synced(f))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// Cuts the requirements out of the source's inspection.
     pub fn from_inspection(t: &TreeInspection) -> Self {
         let ports: BTreeSet<PortUse> = t
@@ -378,6 +400,26 @@ mod tests {
             free_bytes: 1 << 30,
             img_path: "/var/local/haul".into(),
         }
+    }
+
+    #[test]
+    fn files_under_the_synced_trees_are_not_required() {
+        let mut r = req();
+        r.files.push(FileRequirement {
+            path: "/srv/data/log".into(),
+            size: 1,
+            size_checked: false,
+            mode: 0o100644,
+            open: true,
+        });
+        r.locked_files.push("/srv/data/db".into());
+        let cut = r.without_synced(&["/srv/data".into()]);
+        assert!(cut.files.iter().all(|f| !f.path.starts_with("/srv/data/")));
+        assert_eq!(cut.files.len(), r.files.len() - 1);
+        assert_eq!(cut.locked_files, ["/srv/a"]);
+        // a sibling whose name only starts like a root is not under it
+        assert_eq!(r.without_synced(&["/srv/dat".into()]), r);
+        assert_eq!(r.without_synced(&[]), r);
     }
 
     #[test]

@@ -1275,6 +1275,7 @@ impl SyncReceiver {
             bytes_written: ctx.written,
             removed: ctx.removed,
             apply_micros: ctx.started.elapsed().as_micros() as u64,
+            install_micros: 0,
         })
     }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::pb;
 
@@ -93,6 +93,126 @@ mod secs {
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+/// One round as the migration report gives it (`MigrationReport::sync`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncRoundReport {
+    /// 1, 2, ...
+    pub round: u32,
+    /// The round that ran while the process was frozen.
+    pub final_round: bool,
+    /// Regular files sent (content or metadata).
+    pub files: u64,
+    /// Entries sent (files, directories, links, FIFOs).
+    pub entries: u64,
+    /// Entries removed on the destination.
+    pub removed: u64,
+    /// Literal and delta bytes of file content sent.
+    pub payload_bytes: u64,
+    /// Of which literal bytes.
+    pub literal_bytes: u64,
+    /// Of which rsync delta bytes.
+    pub delta_bytes: u64,
+    /// Encoded bytes of the round's messages (what the control channel carried, before
+    /// framing).
+    pub wire_bytes: u64,
+    /// Bytes the destination wrote into files.
+    pub written_bytes: u64,
+    /// Seconds the source spent scanning the trees.
+    pub scan_secs: f64,
+    /// Seconds from the start of the round to the destination's answer.
+    pub secs: f64,
+    /// Seconds the destination spent applying it (from `RoundBegin` to `RoundEnd`).
+    pub apply_secs: f64,
+    /// The final round: seconds the destination spent putting the copy in place after it.
+    #[serde(default)]
+    pub install_secs: f64,
+}
+
+impl SyncRoundReport {
+    /// The report of a completed round (with the destination's answer recorded).
+    pub fn from_stats(st: &RoundStats) -> SyncRoundReport {
+        let a = st.applied.unwrap_or_default();
+        SyncRoundReport {
+            round: st.round,
+            final_round: st.final_round,
+            files: st.files_sent,
+            entries: st.entries_sent,
+            removed: st.removed,
+            payload_bytes: st.payload_bytes(),
+            literal_bytes: st.literal_bytes,
+            delta_bytes: st.delta_bytes,
+            wire_bytes: st.wire_bytes,
+            written_bytes: a.bytes_written,
+            scan_secs: st.scan_time.as_secs_f64(),
+            secs: st.elapsed.as_secs_f64(),
+            apply_secs: a.apply_micros as f64 / 1e6,
+            install_secs: a.install_micros as f64 / 1e6,
+        }
+    }
+}
+
+/// The file sync of one migration (`haul pid --sync`), for the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// The synced trees (canonical paths, the same on both nodes).
+    pub roots: Vec<String>,
+    /// Bytes of data in the trees when the sync began.
+    pub data_bytes: u64,
+    /// Entries in the trees when the sync began.
+    pub entries: u64,
+    /// Every round, the final one last.
+    pub rounds: Vec<SyncRoundReport>,
+    /// Why the rounds while the process ran stopped.
+    pub decision: String,
+    /// Seconds of the final round (frozen), from its scan to the destination's answer, which
+    /// comes once the copy is in place: the sync's part of the downtime.
+    pub final_round_secs: f64,
+    /// Seconds from the freeze to the start of the final round (the dump's own work).
+    pub frozen_before_final_secs: f64,
+    /// The final round's share of the downtime (0..1), once the process runs there.
+    pub final_share_of_downtime: Option<f64>,
+}
+
+impl SyncReport {
+    /// Payload bytes of every round.
+    pub fn payload_bytes(&self) -> u64 {
+        self.rounds.iter().map(|r| r.payload_bytes).sum()
+    }
+
+    /// Summary lines for `haul pid`'s output.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "file sync of {}: {} round(s), {:.1} MiB in all ({})\n",
+            self.roots.join(", "),
+            self.rounds.len(),
+            self.payload_bytes() as f64 / (1 << 20) as f64,
+            self.decision
+        );
+        for r in &self.rounds {
+            s.push_str(&format!(
+                "  sync round {}{}: {} files, {:.2} MiB ({:.2} literal, {:.2} delta), {:.3} sec\n",
+                r.round,
+                if r.final_round { " (frozen)" } else { "" },
+                r.files,
+                r.payload_bytes as f64 / (1 << 20) as f64,
+                r.literal_bytes as f64 / (1 << 20) as f64,
+                r.delta_bytes as f64 / (1 << 20) as f64,
+                r.secs
+            ));
+        }
+        if let Some(share) = self.final_share_of_downtime {
+            let install = self.rounds.last().map_or(0.0, |r| r.install_secs);
+            s.push_str(&format!(
+                "final sync {:.3} sec frozen (putting the copy in place {:.3} sec of it), {:.0} % of the downtime\n",
+                self.final_round_secs,
+                install,
+                share * 100.0
+            ));
+        }
+        s
     }
 }
 

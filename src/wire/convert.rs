@@ -30,6 +30,8 @@ impl From<Features> for pb::Features {
         pb::Features {
             mem_track: f.mem_track,
             lazy_pages: f.lazy_pages,
+            // not CRIU's: every haul of this version receives `--sync` trees (issue #18)
+            file_sync: true,
         }
     }
 }

@@ -64,12 +64,15 @@ pub trait Variant: Sized {
 
 macro_rules! variants {
     ($($ty:ident),* $(,)?) => {$(
-        impl From<pb::$ty> for pb::message::Body {
-            fn from(m: pb::$ty) -> Self {
+        variants!(@one pb::$ty => $ty);
+    )*};
+    (@one $path:ty => $ty:ident) => {
+        impl From<$path> for pb::message::Body {
+            fn from(m: $path) -> Self {
                 pb::message::Body::$ty(m)
             }
         }
-        impl Variant for pb::$ty {
+        impl Variant for $path {
             const NAME: &'static str = stringify!($ty);
             fn from_body(body: pb::message::Body) -> Result<Self, pb::message::Body> {
                 match body {
@@ -78,7 +81,7 @@ macro_rules! variants {
                 }
             }
         }
-    )*};
+    };
 }
 
 variants!(
@@ -102,6 +105,20 @@ variants!(
     ImagesDone,
     Error,
 );
+
+// File sync (issue #18): the messages of `proto/haul/sync.proto`, carried as Message 40-45.
+variants!(@one crate::sync::pb::SyncOpen => SyncOpen);
+variants!(@one crate::sync::pb::SyncOpened => SyncOpened);
+variants!(@one crate::sync::pb::CheckFiles => CheckFiles);
+variants!(@one crate::sync::pb::FilesChecked => FilesChecked);
+variants!(@one Box<crate::sync::pb::SyncMessage> => SyncMessage);
+
+impl From<crate::sync::pb::SyncMessage> for pb::message::Body {
+    fn from(m: crate::sync::pb::SyncMessage) -> Self {
+        pb::message::Body::SyncMessage(Box::new(m))
+    }
+}
+variants!(@one crate::sync::pb::RoundApplied => RoundApplied);
 
 impl pb::Message {
     /// Wraps a body into a message.
@@ -146,6 +163,12 @@ impl pb::Message {
             Some(ProbeDone(_)) => "ProbeDone",
             Some(ImagesDone(_)) => "ImagesDone",
             Some(Error(_)) => "Error",
+            Some(SyncOpen(_)) => "SyncOpen",
+            Some(SyncOpened(_)) => "SyncOpened",
+            Some(CheckFiles(_)) => "CheckFiles",
+            Some(FilesChecked(_)) => "FilesChecked",
+            Some(SyncMessage(_)) => "SyncMessage",
+            Some(RoundApplied(_)) => "RoundApplied",
         }
     }
 }

@@ -27,14 +27,20 @@ pub struct Node {
     pub netns: String,
     /// Its address on the veth link.
     pub addr: String,
+    /// Its own mount namespace (a namespace file of [`crate::mntns::NodeDisks`]), when it
+    /// has node-local disks; commands run there too.
+    pub mntns: Option<std::path::PathBuf>,
 }
 
 impl Node {
-    /// A command run inside this node (`nsenter --net=/run/netns/NAME PROGRAM`).
+    /// A command run inside this node (`nsenter --net=/run/netns/NAME [--mount=NS] PROGRAM`).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(program);
+        c.arg(format!("--net=/run/netns/{}", self.netns));
+        if let Some(m) = &self.mntns {
+            c.arg(format!("--mount={}", m.display()));
+        }
+        c.arg(program);
         c
     }
 
@@ -97,10 +103,12 @@ impl NodePair {
             a: Node {
                 netns: format!("{prefix}-a"),
                 addr: format!("10.{x}.{y}.1"),
+                mntns: None,
             },
             b: Node {
                 netns: format!("{prefix}-b"),
                 addr: format!("10.{x}.{y}.2"),
+                mntns: None,
             },
         };
         // From here on, Drop cleans up whatever was made.

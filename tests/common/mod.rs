@@ -74,6 +74,17 @@ pub fn start_serve(nodes: &NodePair, key: &Path, dir: &Path) -> Serve {
 
 /// `haul serve` in node B with extra environment (e.g. a fault point).
 pub fn start_serve_env(nodes: &NodePair, key: &Path, dir: &Path, env: &[(&str, &Path)]) -> Serve {
+    start_serve_with(nodes, key, dir, env, &[])
+}
+
+/// `haul serve` in node B with extra environment and arguments (e.g. `--sync-allow DIR`).
+pub fn start_serve_with(
+    nodes: &NodePair,
+    key: &Path,
+    dir: &Path,
+    env: &[(&str, &Path)],
+    args: &[&str],
+) -> Serve {
     let port = 27600 + (std::process::id() % 300) as u16;
     let log = dir.join("serve.log");
     let mut child = nodes
@@ -84,6 +95,7 @@ pub fn start_serve_env(nodes: &NodePair, key: &Path, dir: &Path, env: &[(&str, &
         .arg(key)
         .arg("--img-path")
         .arg(dir.join("dst-img"))
+        .args(args)
         .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -5,7 +5,7 @@ use haul::migrate::MigrationReport;
 
 use super::{strategy_unsupported, Method, MethodError, MigrationContext, Moved};
 use crate::probe::Capabilities;
-use crate::record::{Figures, Round, Tool};
+use crate::record::{Figures, Round, SyncRound, Tool};
 use crate::workload::Workload;
 
 /// `haul pid --strategy <strategy>`.
@@ -57,6 +57,28 @@ pub fn figures_from_report(r: &MigrationReport) -> Figures {
                 secs: x.secs,
             })
             .collect(),
+        sync_bytes: r
+            .sync
+            .as_ref()
+            .map(|s| s.rounds.iter().map(|x| x.payload_bytes).sum()),
+        sync_final_secs: r.sync.as_ref().map(|s| s.final_round_secs),
+        sync_final_share: r.sync.as_ref().and_then(|s| s.final_share_of_downtime),
+        sync_rounds: r
+            .sync
+            .as_ref()
+            .map(|s| {
+                s.rounds
+                    .iter()
+                    .map(|x| SyncRound {
+                        round: x.round,
+                        final_round: x.final_round,
+                        bytes: x.payload_bytes,
+                        files: x.files,
+                        secs: x.secs,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -103,6 +125,9 @@ impl Method for HaulStrategy {
             report.clone(),
             "--no-progress".into(),
         ];
+        if let Some(d) = cx.sync_dir {
+            argv.extend(["--sync".into(), d.to_string()]);
+        }
         argv.extend(cx.scenario.haul_args.iter().cloned());
         let estimate = if cx.scenario.dry_run_first {
             Some(self.dry_run(cx, &argv, &report)?)

@@ -57,6 +57,9 @@ pub struct MigrationContext<'a> {
     pub cancel: &'a CancelToken,
     /// The migration's number in the run (names its directories and ports).
     pub seq: u32,
+    /// The workload's node-local working directory, which `haul pid --sync` carries (synced
+    /// workloads only; the scenario has no plain-CRIU twins then).
+    pub sync_dir: Option<&'a str>,
 }
 
 /// A migration that went through: its figures and where the workload runs now.

@@ -2,6 +2,11 @@
 //! ([`NodePair`]), sharing this machine's file system (which stands in for the HOWTO's NFS
 //! mount). Commands run through `nsenter --net=/run/netns/NAME`, so a workload, `haul serve`
 //! and CRIU's page server each live in their node's network namespace.
+//!
+//! With `node_local` (set for scenarios whose workloads sync their files) each node also gets
+//! a mount namespace of its own ([`crate::mntns::NodeDisks`]) in which `<root>/local` shows
+//! that node's `<root>/a/local` or `<root>/b/local`, and every command of the node runs there
+//! (`nsenter --mount=...`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +34,10 @@ pub struct LocalConfig {
     /// The CRIU binary (default: `criu` on PATH, else `/usr/local/sbin/criu`).
     #[serde(default)]
     pub criu: Option<String>,
+    /// Give each node a disk of its own at `<root>/local` (a mount namespace per node); the
+    /// runner sets it for scenarios with synced workloads.
+    #[serde(default)]
+    pub node_local: bool,
 }
 
 /// The default root of the local provider's directories.
@@ -72,16 +81,32 @@ pub struct LocalNode {
     criu: String,
     work_dir: String,
     children: Mutex<Vec<Child>>,
+    /// Node-local disk: (its mount namespace file, the path both nodes use, this node's
+    /// directory behind it).
+    local: Option<(PathBuf, String, String)>,
     cancel: CancelToken,
 }
 
 impl LocalNode {
     fn command(&self, argv: &[String]) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.netns))
-            .arg("--")
-            .args(argv);
+        c.arg(format!("--net=/run/netns/{}", self.netns));
+        if let Some((ns, _, _)) = &self.local {
+            c.arg(format!("--mount={}", ns.display()));
+        }
+        c.arg("--").args(argv);
         c
+    }
+
+    /// `path` as this machine sees it: under the node-local path, this node's directory.
+    fn host_path(&self, path: &str) -> String {
+        match &self.local {
+            Some((_, common, own)) => match path.strip_prefix(common.as_str()) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("{own}{rest}"),
+                _ => path.to_string(),
+            },
+            None => path.to_string(),
+        }
     }
 
     fn stop_child(mut child: Child) {
@@ -179,7 +204,8 @@ impl Node for LocalNode {
     }
 
     fn read_file(&self, path: &str) -> Result<Vec<u8>, NodeError> {
-        std::fs::read(path).map_err(|source| NodeError::Io {
+        let path = self.host_path(path);
+        std::fs::read(&path).map_err(|source| NodeError::Io {
             what: format!("cannot read {path}"),
             source,
         })
@@ -191,6 +217,8 @@ impl Node for LocalNode {
 #[derive(Debug)]
 pub struct LocalProvider {
     pair: Option<NodePair>,
+    disks: Option<crate::mntns::NodeDisks>,
+    local: Option<String>,
     a: LocalNode,
     b: LocalNode,
     root: String,
@@ -238,6 +266,18 @@ impl LocalProvider {
             )));
         }
         let pair = NodePair::new("hx")?;
+        let local = format!("{root}/local");
+        let disks = if config.node_local {
+            let d = crate::mntns::NodeDisks::new(
+                Path::new(&local),
+                Path::new(&format!("{root}/a/local")),
+                Path::new(&format!("{root}/b/local")),
+            )
+            .map_err(|e| ProviderError::Config(e.to_string()))?;
+            Some(d)
+        } else {
+            None
+        };
         let node = |role, n: &haul_test_support::Node, sub: &str| LocalNode {
             role,
             netns: n.netns.clone(),
@@ -246,12 +286,22 @@ impl LocalProvider {
             criu: criu.clone(),
             work_dir: format!("{root}/{sub}"),
             children: Mutex::new(Vec::new()),
+            local: disks.as_ref().map(|d| {
+                let (ns, own) = if sub == "a" {
+                    (&d.a_ns, &d.a_dir)
+                } else {
+                    (&d.b_ns, &d.b_dir)
+                };
+                (ns.clone(), local.clone(), own.display().to_string())
+            }),
             cancel: cx.cancel.clone(),
         };
         let a = node("source", &pair.a, "a");
         let b = node("destination", &pair.b, "b");
         let p = LocalProvider {
             shared: format!("{root}/shared"),
+            local: disks.as_ref().map(|_| local.clone()),
+            disks,
             pair: Some(pair),
             a,
             b,
@@ -275,8 +325,19 @@ impl Provider for LocalProvider {
 
     fn describe(&self) -> String {
         format!(
-            "local: network namespaces {} ({}) -> {} ({}), shared directory {}",
-            self.a.netns, self.a.addr, self.b.netns, self.b.addr, self.shared
+            "local: network namespaces {} ({}) -> {} ({}), shared directory {}{}",
+            self.a.netns,
+            self.a.addr,
+            self.b.netns,
+            self.b.addr,
+            self.shared,
+            match &self.local {
+                Some(l) => format!(
+                    ", node-local directory {l} (a mount namespace per node: {l} is {}/a/local on the source, {}/b/local on the destination)",
+                    self.root, self.root
+                ),
+                None => String::new(),
+            }
         )
     }
 
@@ -295,6 +356,10 @@ impl Provider for LocalProvider {
     fn keep_files(&mut self, keep: bool) {
         self.keep = keep;
     }
+
+    fn node_local_dir(&self) -> Option<&str> {
+        self.local.as_deref()
+    }
 }
 
 impl Drop for LocalProvider {
@@ -304,6 +369,7 @@ impl Drop for LocalProvider {
         // kills whatever still runs in the namespaces (a workload left behind by a failure),
         // then deletes them
         drop(self.pair.take());
+        drop(self.disks.take());
         if !self.keep && removable(&self.root) {
             let _ = std::fs::remove_dir_all(&self.root);
         }

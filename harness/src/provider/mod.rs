@@ -125,6 +125,11 @@ pub trait Provider: fmt::Debug {
     fn shared_dir(&self) -> &str;
     /// Keep the directories when dropped (for inspection) instead of removing them.
     fn keep_files(&mut self, keep: bool);
+    /// A directory at the same path on both nodes that each keeps on its own disk (synced
+    /// workloads, `haul pid --sync`), when the provider makes one.
+    fn node_local_dir(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// What a provider needs besides its configuration.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""tables.py RUNS_DIR: markdown tables from run.sh's case directories (README.md's tables).
+"""tables.py RUNS_DIR: markdown tables (T_SECS=3.0 for runs-T3, the target the summary compares to) from run.sh's case directories (README.md's tables).
 
 Per case: what the toucher saw (its longest pause, its touch rate before, during each round and
 after, every page checked), haul's or CRIU's figures, one row per pre-dump round; medians over
@@ -119,6 +119,9 @@ def haul_rounds(d, rep):
             "bw": r["bandwidth"] / MIB, "link": r.get("link_bandwidth", 0) / MIB,
             "fixed": r.get("fixed_secs"), "rate": rate / MIB if rate is not None else None,
             "rate_at": r.get("dirty_rate_throttle"), "est": r["est_downtime_secs"],
+            # haul after the frozen part was counted: est = memory part + frozen part; before,
+            # est_downtime_secs was the memory part alone
+            "est_mem": r.get("est_memory_secs"), "est_frz": r.get("est_frozen_secs"),
             "frozen": r.get("frozen_secs", 0), "touch": touch,
             "verdict": r.get("verdict", "").split(":")[0],
         })
@@ -185,6 +188,8 @@ def case_row(name, d):
         dump = rep.get("dump", {})
         row["final_memdump"] = dump.get("memdump_time_us", 0) / 1e6
         row["final_memwrite"] = dump.get("memwrite_time_us", 0) / 1e6
+        last = rounds[-1] if rounds else {}
+        row["est_frz"] = last.get("est_frz")
         row["why"] = rep.get("convergence", "")
         row["mode"] = rep.get("pre_dump_mode") or "-"
     else:
@@ -208,17 +213,19 @@ def case_row(name, d):
     row["frozen_rounds"] = sum(r["frozen"] for r in rounds)
     row["link"] = max((r["bw"] for r in rounds), default=None)
     row["beyond"] = row["downtime"] - row["restore"] if row.get("downtime") is not None and row.get("restore") is not None else None
+    # the final dump's freeze besides memory and restore: what the frozen-part estimate aims at
+    row["nonmem"] = row["beyond"] - row["final_memdump"] if row.get("beyond") is not None and row.get("final_memdump") is not None else None
     return row
 
 
 def summary(rows, T):
-    print(f"| case | rounds | max throttle | link MiB/s (best round) | final pages | final dump: CRIU's memdump / memwrite s | downtime s | restore s | downtime - restore s | within T + restore? | toucher's longest pause s | frozen in pre-dumps s | total s | touch MiB/s before | after | every page checked |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| case | rounds | max throttle | link MiB/s (best round) | final pages | final dump: CRIU's memdump / memwrite s | downtime s | restore s | downtime - restore s | within T + restore? | downtime - restore - memdump s | est. frozen part s (last round) | toucher's longest pause s | frozen in pre-dumps s | total s | touch MiB/s before | after | every page checked |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ok = "-" if r.get("beyond") is None else ("yes" if r["beyond"] <= T else f"no (+{r['beyond'] - T:.2f} s)")
         print(
             f"| {r['case']} | {r['n_rounds']} | {r['throttle']}% | {fmt(r['link'])} | {r.get('final_pages') or '-'} | {fmt(r.get('final_memdump'))} / {fmt(r.get('final_memwrite'))} | "
-            f"{fmt(r.get('downtime'))} | {fmt(r.get('restore'))} | {fmt(r.get('beyond'))} | {ok} | {fmt(r.get('gap'))} | "
+            f"{fmt(r.get('downtime'))} | {fmt(r.get('restore'))} | {fmt(r.get('beyond'))} | {ok} | {fmt(r.get('nonmem'))} | {fmt(r.get('est_frz'))} | {fmt(r.get('gap'))} | "
             f"{fmt(r['frozen_rounds'])} | {fmt(r.get('total'), 1)} | {fmt(r.get('before'))} | {fmt(r.get('after'))} | {r['checked']} |"
         )
 
@@ -228,14 +235,14 @@ def medians(rows, T):
     for r in rows:
         if r["kind"] not in kinds:
             kinds.append(r["kind"])
-    print("| variant | reps | rounds | max throttle | final pages | downtime s | restore s | downtime - restore s (T = %.1f s) | toucher's longest pause s | frozen in pre-dumps s | total s | touch MiB/s before | after |" % T)
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | reps | rounds | max throttle | final pages | downtime s | restore s | downtime - restore s (T = %.1f s) | downtime - restore - memdump s | est. frozen part s | toucher's longest pause s | frozen in pre-dumps s | total s | touch MiB/s before | after |" % T)
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k in kinds:
         rs = [r for r in rows if r["kind"] == k]
         m = lambda key: med([r.get(key) for r in rs])
         print(
             f"| {k} | {len(rs)} | {fmt(m('n_rounds'), 0)} | {fmt(m('throttle'), 0)}% | {fmt(m('final_pages'), 0)} | {fmt(m('downtime'))} | "
-            f"{fmt(m('restore'))} | {fmt(m('beyond'))} | {fmt(m('gap'))} | {fmt(m('frozen_rounds'))} | {fmt(m('total'), 1)} | "
+            f"{fmt(m('restore'))} | {fmt(m('beyond'))} | {fmt(m('nonmem'))} | {fmt(m('est_frz'))} | {fmt(m('gap'))} | {fmt(m('frozen_rounds'))} | {fmt(m('total'), 1)} | "
             f"{fmt(m('before'))} | {fmt(m('after'))} |"
         )
     print()
@@ -243,30 +250,31 @@ def medians(rows, T):
         rs = [r for r in rows if r["kind"] == k]
         n = max(r["n_rounds"] for r in rs)
         print(f"\n{k}: per round, median of the reps that had the round\n")
-        print("| round | reps | throttle | pages written | s | dirty rate MiB/s | est. downtime s | frozen s | toucher's touch rate MiB/s |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| round | reps | throttle | pages written | s | dirty rate MiB/s | est. downtime s | est. memory s | est. frozen s | frozen s | toucher's touch rate MiB/s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for i in range(n):
             xs = [r["rounds"][i] for r in rs if len(r["rounds"]) > i]
-            m = lambda key: med([x[key] for x in xs])
+            m = lambda key: med([x.get(key) for x in xs])
             print(
                 f"| {i + 1} | {len(xs)} | {fmt(m('throttle'), 0)}% | {fmt(m('pages'), 0)} | {fmt(m('secs'), 1)} | {fmt(m('rate'))} | "
-                f"{fmt(m('est'))} | {fmt(m('frozen'))} | {fmt(m('touch'))} |"
+                f"{fmt(m('est'))} | {fmt(m('est_mem'))} | {fmt(m('est_frz'))} | {fmt(m('frozen'))} | {fmt(m('touch'))} |"
             )
         print(
-            f"| final | {len(rs)} | 0% | {fmt(med([r.get('final_pages') for r in rs]), 0)} | - | - | - | "
+            f"| final | {len(rs)} | 0% | {fmt(med([r.get('final_pages') for r in rs]), 0)} | - | - | - | - | - | "
             f"{fmt(med([r.get('downtime') for r in rs]))} (downtime) | - |"
         )
 
 
 def rounds_table(r):
     out = [f"\n#### {r['case']}\n"]
-    out.append("| round | throttle | pages written | skipped | s | MiB/s | link MiB/s | fixed s | dirty rate MiB/s (at) | est. downtime s | frozen s | toucher's touch rate MiB/s | verdict |")
+    out.append("| round | throttle | pages written | skipped | s | MiB/s | link MiB/s | fixed s | dirty rate MiB/s (at) | est. downtime s (memory + frozen) | frozen s | toucher's touch rate MiB/s | verdict |")
     out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for x in r["rounds"]:
         at = f" ({x['rate_at']}%)" if x["rate_at"] is not None else ""
+        parts = f" ({x['est_mem']:.2f} + {x['est_frz']:.2f})" if x.get("est_mem") is not None and x.get("est_frz") is not None else ""
         out.append(
             f"| {x['round']} | {x['throttle']}% | {x['pages']} | {x['skipped']} | {x['secs']:.1f} | {x['bw']:.2f} | {fmt(x['link'])} | "
-            f"{fmt(x['fixed'], 1)} | {fmt(x['rate'])}{at} | {x['est']:.2f} | {x['frozen']:.2f} | {fmt(x['touch'])} | {x['verdict']} |"
+            f"{fmt(x['fixed'], 1)} | {fmt(x['rate'])}{at} | {x['est']:.2f}{parts} | {x['frozen']:.2f} | {fmt(x['touch'])} | {x['verdict']} |"
         )
     out.append(
         f"| final | 0% | {r.get('final_pages')} | - | - | - | - | - | - | - | {fmt(r.get('downtime'))} (downtime) | - | restore {fmt(r.get('restore'))} s |"
@@ -317,9 +325,9 @@ def main():
     order = {"auto": 0, "off": 1, "criu": 2}
     migrations.sort(key=lambda nd: (order.get(re.sub(r"-r\d+$", "", nd[0]), 9), nd[0]))
     rows = [case_row(n, d) for n, d in migrations]
-    print("### Link\n")
     for n, d in dirs:
         if n == "link":
+            print("### Link\n")
             link(d)
     print("\n### Every run\n")
     summary(rows, T)

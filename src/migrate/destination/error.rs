@@ -105,8 +105,17 @@ pub enum RestoreError {
 /// Post-copy's lazy-pages daemon and relay.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum LazyError {
-    /// cannot set up the lazy pages' local socket
-    Bind(#[source] std::io::Error),
+    /// cannot set up the local end of a memory channel (the relay's loopback listener or a
+    /// stream handed to the engine)
+    LocalEnd(#[source] std::io::Error),
+    /// cannot set up the lazy pages' local socket in {dir}
+    Bind {
+        /// The restore's work directory the socket goes into.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// cannot start haul lazy-engine in {dir}
     EngineSpawn {
         /// The final round's directory.
@@ -171,6 +180,8 @@ pub enum ServeError {
     Io(#[from] PathError),
     /// this node cannot serve
     Node(#[from] super::StartError),
+    /// {0}
+    Sync(#[from] super::sync::FileSyncError),
 }
 
 impl ServeError {
@@ -242,6 +253,7 @@ impl ServeError {
             },
             ServeError::Io(_) => ErrorKind::Io,
             ServeError::Node(_) => ErrorKind::Busy,
+            ServeError::Sync(s) => s.wire_kind(),
         }
     }
 }

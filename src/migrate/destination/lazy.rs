@@ -57,7 +57,10 @@ impl LazyMemory {
         hold: bool,
     ) -> Result<LazyMemory, LazyError> {
         let dir = rd.path();
-        let listener = engine::bind_lazy_socket(dir).map_err(LazyError::Bind)?;
+        let listener = engine::bind_lazy_socket(dir).map_err(|source| LazyError::Bind {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let mut chans: Vec<OwnedFd> = Vec::new();
         for round in 0..=streams.min(limits::MAX_MEMORY_STREAMS) {
             let key = ChannelKey {
@@ -73,9 +76,9 @@ impl LazyMemory {
                     round,
                     secs: limits::MEMORY_CHANNEL.as_secs(),
                 })?;
-            let fd: OwnedFd = s.into_std().map_err(LazyError::Bind)?.into();
+            let fd: OwnedFd = s.into_std().map_err(LazyError::LocalEnd)?.into();
             crate::criu::worker::set_blocking(fd.as_raw_fd())
-                .map_err(|e| LazyError::Bind(std::io::Error::other(e.to_string())))?;
+                .map_err(|e| LazyError::LocalEnd(std::io::Error::other(e.to_string())))?;
             chans.push(fd);
         }
         let priority = chans.remove(0);
@@ -153,8 +156,8 @@ impl LazyPages {
     ) -> Result<LazyPages, LazyError> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(LazyError::Bind)?;
-        let port = listener.local_addr().map_err(LazyError::Bind)?.port();
+            .map_err(LazyError::LocalEnd)?;
+        let port = listener.local_addr().map_err(LazyError::LocalEnd)?.port();
         // Registers for the source's lazy memory channel now: it comes once the source's CRIU
         // serves pages.
         let remote = service.channels.expect(ChannelKey {

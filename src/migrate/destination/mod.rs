@@ -8,6 +8,8 @@
 //! - [`page_server`]: CRIU page servers, one per round, on an authenticated memory channel;
 //! - [`restore`]: the two-phase restore (held at `post-restore` until the source says go);
 //! - [`lazy`]: post-copy's `criu lazy-pages` daemon and its relay process;
+//! - [`sync`]: `--sync` trees received into staging, installed at `Restore`, committed or
+//!   rolled back with the migration;
 //! - [`error`]: what can fail, per operation, and the wire kind of each failure.
 //!
 //! One migration's states, as [`session::State`] names them:
@@ -39,6 +41,7 @@ pub mod prepare;
 pub mod probe;
 pub mod restore;
 pub mod session;
+pub mod sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +74,8 @@ pub struct ServeConfig {
     pub criu: Criu,
     /// Stop after this many migrations (tests); `None`: serve forever.
     pub max_migrations: Option<usize>,
+    /// What file syncs (`haul pid --sync`) may write here.
+    pub sync: sync::SyncServeOptions,
 }
 
 /// Why `haul serve` could not start.

@@ -35,6 +35,8 @@ pub struct Prepared {
     pub page_servers: HashMap<u32, PageServer>,
     /// The last round a page server was started for: the next round's parent.
     pub parent_round: Option<u32>,
+    /// File sync (`--sync`), when the source asked for one.
+    pub sync: super::sync::FileSync,
 }
 
 /// Checks what the source announced: the migration id, CRIU versions (source <= this node,
@@ -115,6 +117,7 @@ pub async fn prepare(
         receivers: HashMap::new(),
         page_servers: HashMap::new(),
         parent_round: None,
+        sync: Default::default(),
     };
     Ok((prepared, ready))
 }

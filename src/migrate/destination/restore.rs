@@ -64,6 +64,9 @@ pub struct Held {
     t0: Instant,
     /// Post-copy's daemon or engine.
     lazy: Option<LazyMemory>,
+    /// The synced trees, in place: kept with `Resume` (committed once the migration closes),
+    /// rolled back otherwise.
+    sync: super::sync::FileSync,
 }
 
 /// The process runs on this node.
@@ -76,6 +79,9 @@ pub struct Running {
     pub pid: i32,
     /// Post-copy: the daemon or engine still fetching pages.
     pub lazy: Option<LazyMemory>,
+    /// The synced trees, in place, committed when the migration closes (after `Restored`
+    /// went out, so that removing what the trees held before is not part of the downtime).
+    pub sync: super::sync::FileSync,
 }
 
 /// Starts CRIU's RESTORE of the final round with what `r` asks (lazy pages from CRIU's
@@ -244,7 +250,7 @@ impl Gated {
 
 impl Restoring {
     /// Runs the restore to `post-restore`; with `hold`, waits there until every page is in.
-    async fn until_held(mut self, prepared: &Prepared) -> Result<Held, RestoreError> {
+    async fn until_held(mut self, prepared: &mut Prepared) -> Result<Held, RestoreError> {
         let pid = match self.op.run_until(&Hook::PostRestore).await {
             Ok(Until::Reached(n)) => n.pid.unwrap_or(0),
             Ok(Until::Done(_)) => {
@@ -289,6 +295,7 @@ impl Restoring {
             pid,
             t0: self.t0,
             lazy: self.lazy,
+            sync: std::mem::take(&mut prepared.sync),
         })
     }
 
@@ -334,12 +341,14 @@ impl Held {
             pid: held_pid,
             t0,
             lazy,
+            sync,
         } = self;
         op.finish().await;
         let resp = match ran {
             Ok(r) => r,
             Err(e) => {
                 stop(lazy).await;
+                super::sync::rollback(sync, "the restore failed").await;
                 return Err(RestoreError::Criu(e));
             }
         };
@@ -352,7 +361,16 @@ impl Held {
             stats: Some(st.into()),
             restore_wall_secs: wall,
         };
-        Ok((Running { id, dir, pid, lazy }, restored))
+        Ok((
+            Running {
+                id,
+                dir,
+                pid,
+                lazy,
+                sync,
+            },
+            restored,
+        ))
     }
 
     /// Anything but `Resume`: CRIU kills the copy (`post-restore` answered with failure);
@@ -366,5 +384,6 @@ impl Held {
         let _ = tokio::time::timeout(limits::CRIU_SETTLE, self.op.next()).await;
         self.op.finish().await;
         stop(self.lazy).await;
+        super::sync::rollback(self.sync, why).await;
     }
 }

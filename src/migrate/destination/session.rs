@@ -60,6 +60,7 @@ impl State {
             State::Connected => return,
             State::Prepared(mut p) => {
                 p.stop_page_servers().await;
+                super::sync::rollback(std::mem::take(&mut p.sync), why).await;
                 p.id
             }
             State::DryRun(p) => {
@@ -76,10 +77,12 @@ impl State {
                 h.discard(why).await;
                 id
             }
-            State::Running(r) => {
-                if let Some(l) = r.lazy {
+            State::Running(mut r) => {
+                if let Some(l) = r.lazy.take() {
                     l.detach().await;
                 }
+                // the process runs here on these files, whatever ended the session
+                super::sync::commit(std::mem::take(&mut r.sync)).await;
                 r.id
             }
         };
@@ -177,11 +180,27 @@ pub async fn step(
                 Err(e) => Err(fail(State::Prepared(p), e)),
             }
         }
+        (State::Prepared(mut p), body) if super::sync::is_sync(&body) => {
+            let img_dir = p.dir.root().to_path_buf();
+            match super::sync::step(service, &mut p.sync, &p.id, &img_dir, body).await {
+                Ok(reply) => Ok(Transition::To(State::Prepared(p), reply)),
+                Err(e) => Err(fail(State::Prepared(p), e)),
+            }
+        }
         (State::Prepared(mut p), Body::Restore(r)) if r.early => {
             // reaches the restore phase once its images are all here (Gated::open)
             match restore::gate(service, &mut p, r).await {
                 Ok(g) => Ok(Transition::To(State::Gated(p, g), None)),
                 Err(e) => Err(fail(State::Prepared(p), e)),
+            }
+        }
+        // The final sync round comes while the source is frozen, after the early restore
+        // started: CRIU waits at its gate and opens no file before ImagesDone.
+        (State::Gated(mut p, g), body) if super::sync::is_sync(&body) => {
+            let img_dir = p.dir.root().to_path_buf();
+            match super::sync::step(service, &mut p.sync, &p.id, &img_dir, body).await {
+                Ok(reply) => Ok(Transition::To(State::Gated(p, g), reply)),
+                Err(e) => Err(fail(State::Gated(p, g), e)),
             }
         }
         (State::Gated(mut p, mut g), Body::ImageChunk(c)) => {
@@ -193,15 +212,25 @@ pub async fn step(
                 Err(e) => Err(fail(State::Gated(p, g), e)),
             }
         }
-        (State::Gated(mut p, g), Body::ImagesDone(_)) => match g.open(&mut p).await {
-            Ok(held) => {
-                let reply = pb::RestoreHeld { pid: held.pid };
-                Ok(Transition::To(State::Held(held), Some(reply.into())))
+        (State::Gated(mut p, g), Body::ImagesDone(_)) => {
+            // the synced trees in place (since the final round) before CRIU opens the files
+            if let Err(e) = super::sync::install(&mut p.sync).await {
+                return Err(fail(State::Gated(p, g), e));
             }
-            Err(e) => Err(fail(State::Prepared(p), e)),
-        },
+            match g.open(&mut p).await {
+                Ok(held) => {
+                    let reply = pb::RestoreHeld { pid: held.pid };
+                    Ok(Transition::To(State::Held(held), Some(reply.into())))
+                }
+                Err(e) => Err(fail(State::Prepared(p), e)),
+            }
+        }
         (State::Prepared(mut p), Body::Restore(r)) => {
             fault::point(Phase::Restore).await;
+            // the synced trees in place (since the final round) before CRIU opens the files
+            if let Err(e) = super::sync::install(&mut p.sync).await {
+                return Err(fail(State::Prepared(p), e));
+            }
             match restore::restore(service, &mut p, r).await {
                 Ok(held) => {
                     let reply = pb::RestoreHeld { pid: held.pid };

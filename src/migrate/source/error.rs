@@ -70,6 +70,8 @@ pub enum SourceError {
         /// What is wrong.
         detail: String,
     },
+    /// {0}
+    Sync(#[from] super::sync::FileSyncError),
 }
 
 impl SourceError {

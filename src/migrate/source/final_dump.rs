@@ -122,7 +122,7 @@ impl Session {
             b.finish_and_clear();
         }
         fault::point(Phase::Frozen).await;
-        let handed = self.while_frozen(&rd, &memory, early).await;
+        let handed = self.while_frozen(&rd, &memory, early, t_freeze).await;
         drop(memory);
         match handed {
             Err(e) => {
@@ -182,11 +182,13 @@ impl Session {
         rd: &RoundDir,
         memory: &Memory,
         early: bool,
+        t_freeze: Instant,
     ) -> Result<HandOver, SourceError> {
         if let Memory::PageServer(_) = memory {
             let bytes = self.end_round(0).await?;
             self.report.memory_bytes_sent += bytes;
         }
+        self.sync_final(t_freeze).await?;
         let sent = transfer::send_images(&mut self.ctl, rd.path(), 0).await?;
         self.report.image_bytes_sent += sent;
         if early {

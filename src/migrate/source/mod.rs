@@ -16,6 +16,7 @@
 //! - [`postcopy`]: serving the pages after the process runs on the destination through
 //!   CRIU's lazy page server;
 //! - [`memory_path`]: the same, and stop-and-copy, through haul's own memory path;
+//! - [`sync`]: `--sync` trees copied before the freeze and once more while frozen;
 //! - [`progress`]: the progress bar of the final dump;
 //! - [`error`]: what can fail, and [`Whereabouts`].
 //!
@@ -35,6 +36,7 @@ pub mod preflight;
 pub mod probe;
 pub mod progress;
 pub mod session;
+pub mod sync;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,6 +89,8 @@ pub struct SourceConfig {
     /// How memory moves after a lazy dump: haul's engine, or CRIU's page server and
     /// lazy-pages daemon (`--memory-path`).
     pub memory: crate::memory::MemoryPath,
+    /// File sync (`--sync`): the trees that travel with the process; none: shared storage.
+    pub sync: sync::SyncOptions,
 }
 
 /// Migrates `cfg.pid` to `cfg.destination` with this node's CRIU. On failure, says where the

@@ -154,6 +154,8 @@ impl Session {
                 secs,
                 started_secs,
                 throttle: level,
+                frozen_secs: f64::from(st.frozen_time_us) / 1e6,
+                memory_frozen_secs: f64::from(st.memdump_time_us) / 1e6,
             });
             let est = *converge::estimates(&rounds)
                 .last()
@@ -176,6 +178,8 @@ impl Session {
                 secs,
                 bandwidth: est.bandwidth,
                 est_downtime_secs: est.est_downtime_secs,
+                est_memory_secs: Some(est.est_memory_secs),
+                est_frozen_secs: Some(est.est_frozen_secs),
                 link_bandwidth: est.link_bandwidth,
                 fixed_secs: est.fixed_secs,
                 throttle: level,

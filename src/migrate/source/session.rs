@@ -73,6 +73,8 @@ pub struct Session {
     /// Pre-copy's throttle, from its first level above zero until the final dump's `pre-dump`
     /// notification or a failure, whichever comes first.
     pub throttle: Option<super::precopy::PreCopyThrottle>,
+    /// File sync (`--sync`): see [`super::sync`].
+    pub sync: super::sync::FileSync,
     t0: Instant,
 }
 
@@ -94,6 +96,7 @@ impl Session {
         let begin = begin_message(&cfg, &checked, false);
         let wait = limits::REPLY.named("the destination's pre-flight checks");
         let ready: pb::Ready = ctl.request(begin, wait).await?;
+        let sync = super::sync::FileSync::new(ready.features.is_some_and(|f| f.file_sync));
         let dst_version: CriuVersion = ready.criu_version.unwrap_or_default().into();
         report.destination_criu = Some(dst_version);
         report.destination_img_dir = ready.img_dir.clone();
@@ -153,6 +156,7 @@ impl Session {
             memory_engine,
             hold_until_complete: memory_engine && strategy == Strategy::StopCopy,
             throttle: None,
+            sync,
             t0,
         })
     }
@@ -160,8 +164,13 @@ impl Session {
     /// Pre-copy rounds (where the strategy has them), the final dump, `Finish`; the report
     /// is written into the migration's directory.
     pub async fn run(&mut self) -> Result<(), SourceError> {
+        self.sync_before_freeze().await?;
         let parent = match self.strategy {
-            Strategy::PreCopy | Strategy::Hybrid => self.pre_copy().await?,
+            Strategy::PreCopy | Strategy::Hybrid => {
+                let parent = self.pre_copy().await?;
+                self.sync_catch_up().await?;
+                parent
+            }
             _ => None,
         };
         // Over haul's memory path stop-and-copy is a lazy dump too, whose copy the destination
@@ -169,6 +178,7 @@ impl Session {
         let lazy = matches!(self.strategy, Strategy::PostCopy | Strategy::Hybrid)
             || self.hold_until_complete;
         self.final_dump(lazy, parent).await?;
+        self.sync_account();
         let finish = pb::Finish {
             ok: true,
             reason: String::new(),
@@ -358,7 +368,15 @@ pub fn begin_message(cfg: &SourceConfig, checked: &Checked, dry_run: bool) -> pb
         requirements_json: if cfg.ignore_preflight {
             String::new()
         } else {
-            serde_json::to_string(&checked.tree.requirements).unwrap_or_default()
+            // files under the --sync trees travel with the process: not the destination's to have
+            let roots: Vec<std::path::PathBuf> = cfg
+                .sync
+                .paths
+                .iter()
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+                .collect();
+            let req = checked.tree.requirements.without_synced(&roots);
+            serde_json::to_string(&req).unwrap_or_default()
         },
         dry_run,
     }

@@ -190,9 +190,17 @@ impl Toucher {
     /// The loop's work for one page: the CPU it costs, then the touch, then the count.
     fn touch_in_loop(&mut self) -> std::io::Result<u64> {
         if !self.cpu_per_page.is_zero() {
-            let end = thread_cpu_time() + self.cpu_per_page;
+            let start = thread_cpu_time();
+            let end = start + self.cpu_per_page;
             let mut x = 0u64;
-            while thread_cpu_time() < end {
+            loop {
+                let now = thread_cpu_time();
+                // A thread's CPU clock restarts near zero when CRIU restores it (the restored
+                // thread is a new one): a freeze inside this loop would otherwise spin until the
+                // new thread has used as much CPU as the old one had (41 s and more in the VMs).
+                if now >= end || now < start {
+                    break;
+                }
                 for _ in 0..64 {
                     x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                 }
