@@ -4,7 +4,7 @@
 # (from CRIU's "Seized task" log line to "Writing stats", resp. "Starting lazy pages server")
 # for sparse-map (64 MiB resident, 64 GiB / 256 GiB / 1 TiB mapped) and for mtouch (64 MiB /
 # 256 MiB / 1 GiB, all resident); images on tmpfs. Prints one TSV line per run. Run as root
-# after `cargo build --release -p haul-workloads`, under the measurement lock:
+# after `cargo build --release -p haul-launch -p haul-workloads`, under the measurement lock:
 #   flock /work/measure.lock scripts/measure-cost-model.sh
 set -u
 REPO=$(cd "$(dirname "$0")/.." && pwd)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use haul::criu::pb::CriuReqType;
 use haul::criu::{options, stats, Criu, CriuError, Event};
-use haul_workloads::launch::{launch, LaunchSpec};
+use haul_launch::{launch, LaunchSpec};
 use haul_workloads::mtouch_log;
 
 async fn criu_or_skip() -> Option<Criu> {

@@ -16,7 +16,7 @@ use haul::migrate::Strategy;
 use haul::obstacle::{ObstacleKind, Resource};
 use haul::preflight::cost::{choose_strategy, CostModel};
 use haul::preflight::{destination, report, Asked, Severity, SourcePreflight};
-use haul_workloads::launch::{launch, LaunchSpec, Launched};
+use haul_launch::{launch, LaunchSpec, Launched};
 use haul_workloads::worklog::find_line;
 
 const PATIENCE: Duration = Duration::from_secs(60);

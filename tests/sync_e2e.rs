@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use haul_harness::mntns::NodeDisks;
+use haul_launch::{launch, LaunchSpec};
 use haul_test_support::NodePair;
 use haul_workloads::files::{FILE_CHURN_LOG, FILE_CHURN_STOP};
-use haul_workloads::launch::{launch, LaunchSpec};
 use haul_workloads::worklog::{self, SelfCheckVerdict};
 
 /// Two nodes with node-local disks at `work`, `haul serve` in B, file-churn in A.

@@ -21,8 +21,8 @@ use haul::throttle::{
     sweep_stale, tracer_pid, Layout, Mechanism, MechanismKind, Throttle, ThrottleConfig,
     ThrottleError,
 };
+use haul_launch::{launch, LaunchSpec, Launched, StartProtocol};
 use haul_test_support::skip;
-use haul_workloads::launch::{launch, LaunchSpec, Launched, StartProtocol};
 use haul_workloads::rate_log;
 use haul_workloads::worklog::Timestamp;
 

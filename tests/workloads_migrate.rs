@@ -25,8 +25,8 @@ mod wl;
 use std::process::Stdio;
 use std::time::Duration;
 
+use haul_launch::WorkloadExit;
 use haul_workloads::files::*;
-use haul_workloads::launch::WorkloadExit;
 use haul_workloads::{procfs, records};
 use wl::*;
 

@@ -1,5 +1,5 @@
-//! Building haul's binaries for a run (`cargo build --release -p haul -p haul-workloads` in
-//! the source tree; a no-op when they are up to date).
+//! Building haul's binaries for a run (`cargo build --release -p haul -p haul-launch
+//! -p haul-workloads` in the source tree; a no-op when they are up to date).
 
 use std::path::Path;
 
@@ -10,7 +10,9 @@ pub struct BuildError(pub String);
 
 /// Build haul's binaries in `tree`.
 pub fn build_binaries(tree: &Path) -> Result<(), BuildError> {
-    eprintln!("building haul's binaries (cargo build --release -p haul -p haul-workloads)");
+    eprintln!(
+        "building haul's binaries (cargo build --release -p haul -p haul-launch -p haul-workloads)"
+    );
     let st = std::process::Command::new("cargo")
         .current_dir(tree)
         .args([
@@ -19,6 +21,8 @@ pub fn build_binaries(tree: &Path) -> Result<(), BuildError> {
             "--quiet",
             "-p",
             "haul",
+            "-p",
+            "haul-launch",
             "-p",
             "haul-workloads",
         ])

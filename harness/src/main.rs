@@ -61,7 +61,7 @@ enum Cmd {
         #[arg(long, default_value_t = 27600)]
         port: u16,
         /// Do not build haul's binaries first (they are built with
-        /// `cargo build --release -p haul -p haul-workloads` otherwise).
+        /// `cargo build --release -p haul -p haul-launch -p haul-workloads` otherwise).
         #[arg(long)]
         no_build: bool,
         /// Keep the nodes' directories (images, CRIU logs, workload logs) for inspection.

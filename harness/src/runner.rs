@@ -55,7 +55,7 @@ pub struct RunOptions {
     pub provider: Option<ProviderConfig>,
     /// The port `haul serve` listens on, on the destination (the link probe uses the next).
     pub port: u16,
-    /// Build haul's binaries first (`cargo build --release -p haul -p haul-workloads`), when
+    /// Build haul's binaries first (`cargo build --release -p haul -p haul-launch -p haul-workloads`), when
     /// running inside the source tree and no `bin_dir` is given.
     pub build: bool,
     /// haul's binaries on this machine (default: the source tree's `target/release`); the

@@ -5,7 +5,7 @@
 //! network login).
 //!
 //! Reported as ignored, with the reason, when not root, when CRIU does not pass `criu check`,
-//! or when haul's binaries are not built (`cargo build --release -p haul -p haul-workloads`,
+//! or when haul's binaries are not built (`cargo build --release -p haul -p haul-launch -p haul-workloads`,
 //! which `cargo test --workspace --release` does).
 
 use std::os::unix::fs::PermissionsExt;
@@ -37,7 +37,8 @@ fn criu() -> String {
 /// What these tests need: haul's binaries built.
 fn binaries() -> Option<String> {
     bin_dir().is_none().then(|| {
-        "needs haul's binaries: cargo build --release -p haul -p haul-workloads".to_string()
+        "needs haul's binaries: cargo build --release -p haul -p haul-launch -p haul-workloads"
+            .to_string()
     })
 }
 

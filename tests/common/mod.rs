@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use haul_launch::{launch, LaunchSpec};
 use haul_test_support::NodePair;
-use haul_workloads::launch::{launch, LaunchSpec};
 use haul_workloads::mtouch_log;
 
 pub const HAUL: &str = env!("CARGO_BIN_EXE_haul");

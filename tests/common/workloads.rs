@@ -47,9 +47,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use haul_launch::{launch, LaunchSpec, Launched, StartProtocol};
 use haul_test_support::nodes::procs_in_netns;
 use haul_test_support::NodePair;
-use haul_workloads::launch::{launch, LaunchSpec, Launched, StartProtocol};
 use haul_workloads::worklog::{self, SelfCheckVerdict};
 
 use crate::common::{alive, bin, haul_pid_command, keygen, start_serve, Serve};

@@ -121,12 +121,12 @@ impl<'a> Holder<'a> {
 /// A set-up step failed: logs it, ends the log, reports start code `F`; `Ok(false)`.
 pub fn setup_failed(
     log: &LogWriter,
-    reporter: crate::start_code::StartReporter,
+    reporter: haul_launch::start_code::StartReporter,
     what: impl fmt::Display,
 ) -> io::Result<bool> {
     log.fail(what)?;
     log.finish()?;
-    reporter.report(crate::start_code::StartCode::Failed)?;
+    reporter.report(haul_launch::start_code::StartCode::Failed)?;
     Ok(false)
 }
 

@@ -8,8 +8,6 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`launch`] | start a program as pid 1 of a new pid namespace, in its own session, with no inherited fds (what CRIU can dump) |
-//! | [`start_code`] | the one-byte start report (`O`, `L`, `M`, ...) a workload sends its launcher |
 //! | [`worklog`] | the line-oriented log every workload writes (one `write(2)` per line) and its analysis |
 //! | [`mtouch_log`] | the memory toucher's verdict: touches, `Mismatch` lines, largest pause between touches |
 //! | [`mtouch_spec`] | `SIZE:PRE:PAUSE`, touch patterns and dirty rates of the memory toucher |
@@ -22,7 +20,11 @@
 //! | [`rate_log`] | the memory toucher's dirty-rate log, one line per second (`mtouch --rate-log`) |
 //! | [`procfs`] | reading and damaging a running workload through `/proc` (tests) |
 //!
-//! The programs: `haul-launch` (the launcher), `mtouch` (P.Haul's memory toucher, with dirty
+//! Launching them (pid 1 of a new pid namespace, own session, no inherited fds) and the
+//! one-byte start report they send their launcher live in the `haul-launch` crate
+//! (`haul_launch::launch`, `haul_launch::start_code`).
+//!
+//! The programs: `mtouch` (P.Haul's memory toucher, with dirty
 //! rates and patterns), `mt-threads` (threads with verifiable memory), `ptree` (a process tree
 //! with a zombie), `tcp-echo` and `tcp-client` (a connection that must survive migration) and
 //! `rec-writer` (appends checksummed records to a shared file), `file-churn` (keeps rewriting and
@@ -34,13 +36,11 @@
 pub mod churn;
 pub mod files;
 pub mod holder;
-pub mod launch;
 pub mod mtouch_log;
 pub mod mtouch_spec;
 pub mod procfs;
 pub mod rate_log;
 pub mod records;
-pub mod start_code;
 pub mod stop;
 pub mod tcp_proto;
 pub mod worklog;

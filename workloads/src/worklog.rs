@@ -406,15 +406,18 @@ pub fn analyze(path: impl AsRef<Path>) -> Result<SelfCheckVerdict, LogError> {
 pub fn workload_main(
     name: &str,
     log_path: &Path,
-    run: impl FnOnce(&std::sync::Arc<LogWriter>, crate::start_code::StartReporter) -> io::Result<bool>,
+    run: impl FnOnce(
+        &std::sync::Arc<LogWriter>,
+        haul_launch::start_code::StartReporter,
+    ) -> io::Result<bool>,
 ) -> std::process::ExitCode {
     use std::process::ExitCode;
-    let reporter = crate::start_code::StartReporter::from_env();
+    let reporter = haul_launch::start_code::StartReporter::from_env();
     let log = match LogWriter::create(log_path) {
         Ok(l) => std::sync::Arc::new(l),
         Err(e) => {
             eprintln!("{name}: cannot open log {}: {e}", log_path.display());
-            let _ = reporter.report(crate::start_code::StartCode::LogFailed);
+            let _ = reporter.report(haul_launch::start_code::StartCode::LogFailed);
             return ExitCode::FAILURE;
         }
     };

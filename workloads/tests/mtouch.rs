@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashSet;
 
 use common::*;
+use haul_launch::{launch, LaunchSpec, WorkloadExit};
 use haul_workloads::files::MTOUCH_STOP;
-use haul_workloads::launch::{launch, LaunchSpec, WorkloadExit};
 use haul_workloads::mtouch_log::{analyze, MtouchVerdict};
 use haul_workloads::procfs;
 use haul_workloads::stop::StopFile;
@@ -285,7 +285,7 @@ fn runs_in_place_under_another_launcher() {
     let spec = LaunchSpec::new(bin("mtouch"))
         .args([LOG, "1m:1m:1000"])
         .cwd(dir.path())
-        .protocol(haul_workloads::launch::StartProtocol::Exec);
+        .protocol(haul_launch::StartProtocol::Exec);
     let mut r = Running {
         launched: launch(&spec).unwrap(),
         dir: dir.path().to_path_buf(),

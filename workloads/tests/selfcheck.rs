@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use haul_launch::WorkloadExit;
 use haul_workloads::files::*;
-use haul_workloads::launch::WorkloadExit;
 use haul_workloads::procfs;
 use haul_workloads::records::{self, RecordError};
 use haul_workloads::stop::StopFile;

@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use haul_launch::WorkloadExit;
 use haul_workloads::files::*;
-use haul_workloads::launch::WorkloadExit;
 use haul_workloads::stop::StopFile;
 use haul_workloads::worklog::{analyze, find_line, SelfCheckVerdict};
 

@@ -251,7 +251,7 @@ impl LocalProvider {
         for p in crate::HAUL_PROGRAMS {
             if !Path::new(&bin_dir).join(p).is_file() {
                 return Err(ProviderError::Config(format!(
-                    "{bin_dir}/{p} is missing: build it (cargo build --release -p haul -p haul-workloads)"
+                    "{bin_dir}/{p} is missing: build it (cargo build --release -p haul -p haul-launch -p haul-workloads)"
                 )));
             }
         }

@@ -21,10 +21,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::churn::{ChurnSpec, ChurnState, HEADER};
 use haul_workloads::files::{FILE_CHURN_DIR, FILE_CHURN_LOG, FILE_CHURN_STOP};
 use haul_workloads::mtouch_spec::parse_size;
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::stop::StopFile;
 use haul_workloads::worklog::{LogWriter, Timestamp};
 

@@ -20,9 +20,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{GHOST_FILE_LOG, GHOST_FILE_STOP};
 use haul_workloads::holder::{fill_pattern, parse_size, pattern_mismatch, setup_failed, Holder};
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::worklog::LogWriter;
 
 /// Seed of the file's pattern.

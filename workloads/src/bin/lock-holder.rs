@@ -20,9 +20,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{LOCK_HOLDER_LOG, LOCK_HOLDER_STOP};
 use haul_workloads::holder::{setup_failed, Holder};
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::worklog::LogWriter;
 
 const FLOCK_FILE: &str = "lock-holder.flock";

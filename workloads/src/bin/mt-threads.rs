@@ -25,9 +25,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{MT_THREADS_LOG, MT_THREADS_STOP};
 use haul_workloads::mtouch_spec::parse_size;
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::stop::StopFile;
 use haul_workloads::worklog::{LogWriter, Timestamp};
 

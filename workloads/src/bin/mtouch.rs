@@ -37,13 +37,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
+use haul_launch::{launch, LaunchSpec};
 use haul_workloads::files::MTOUCH_STOP;
-use haul_workloads::launch::{launch, LaunchSpec};
 use haul_workloads::mtouch_spec::{
     PageChooser, Pattern, PreTouch, Rate, TouchRng, TouchSpec, PAGE_SIZE,
 };
 use haul_workloads::rate_log::RateMeter;
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::stop::StopFile;
 use haul_workloads::worklog::{LogWriter, Timestamp};
 

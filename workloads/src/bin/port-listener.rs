@@ -20,9 +20,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{PORT_LISTENER_LOG, PORT_LISTENER_STOP};
 use haul_workloads::holder::{setup_failed, Holder};
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::worklog::LogWriter;
 
 /// Listen on a TCP port and check it still accepts.

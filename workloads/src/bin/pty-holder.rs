@@ -20,9 +20,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{PTY_HOLDER_LOG, PTY_HOLDER_STOP};
 use haul_workloads::holder::{setup_failed, Holder};
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::worklog::LogWriter;
 
 /// Hold a pty pair and pass data through it.

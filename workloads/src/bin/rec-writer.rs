@@ -20,9 +20,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{REC_WRITER_DATA, REC_WRITER_LOG, REC_WRITER_STOP};
 use haul_workloads::records::{encode, record_len, verify_file, MAX_PAYLOAD};
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::stop::StopFile;
 use haul_workloads::worklog::{LogWriter, Timestamp};
 

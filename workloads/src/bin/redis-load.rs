@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use haul_workloads::start_code::{StartCode, StartReporter};
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::stop::StopFile;
 use haul_workloads::worklog::{LogWriter, Timestamp};
 

@@ -21,9 +21,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{SPARSE_MAP_LOG, SPARSE_MAP_STOP};
 use haul_workloads::holder::{parse_size, setup_failed, Holder};
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::worklog::LogWriter;
 
 const PAGE: u64 = 4096;

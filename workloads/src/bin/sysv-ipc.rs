@@ -22,9 +22,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{SYSV_IPC_LOG, SYSV_IPC_STOP};
 use haul_workloads::holder::{fill_pattern, parse_size, pattern_mismatch, setup_failed, Holder};
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::worklog::LogWriter;
 
 const SEED: u64 = 0x7379_7376;

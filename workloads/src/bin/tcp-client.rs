@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{TCP_CLIENT_LOG, TCP_CLIENT_STOP};
 use haul_workloads::mtouch_spec::TouchRng;
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::stop::StopFile;
 use haul_workloads::tcp_proto::{Reply, Request};
 use haul_workloads::worklog::{LogWriter, Timestamp};

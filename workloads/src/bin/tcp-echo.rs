@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{TCP_ECHO_LOG, TCP_ECHO_STOP};
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::stop::StopFile;
 use haul_workloads::tcp_proto::{Reply, Request};
 use haul_workloads::worklog::{LogWriter, Timestamp};

@@ -23,9 +23,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{UNIX_PEER_LOG, UNIX_PEER_STOP};
 use haul_workloads::holder::{setup_failed, Holder};
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::stop::StopFile;
 use haul_workloads::tcp_proto::{Reply, Request};
 use haul_workloads::worklog::LogWriter;

@@ -19,9 +19,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use haul_launch::start_code::{StartCode, StartReporter};
 use haul_workloads::files::{URING_USER_LOG, URING_USER_STOP};
 use haul_workloads::holder::{fill_pattern, pattern_mismatch, setup_failed, Holder};
-use haul_workloads::start_code::{StartCode, StartReporter};
 use haul_workloads::worklog::LogWriter;
 use io_uring::{opcode, types, IoUring};
 

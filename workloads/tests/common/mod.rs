@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use haul_workloads::launch::{launch, LaunchSpec, Launched};
+use haul_launch::{launch, LaunchSpec, Launched};
 
 pub use haul_test_support::wait::PATIENCE;
 pub use haul_test_support::wait_for;
@@ -29,7 +29,6 @@ pub fn root_or_skip(_test: &str) -> bool {
 pub fn bin(name: &str) -> PathBuf {
     let p = match name {
         "mtouch" => env!("CARGO_BIN_EXE_mtouch"),
-        "haul-launch" => env!("CARGO_BIN_EXE_haul-launch"),
         "mt-threads" => env!("CARGO_BIN_EXE_mt-threads"),
         "ptree" => env!("CARGO_BIN_EXE_ptree"),
         "tcp-echo" => env!("CARGO_BIN_EXE_tcp-echo"),
@@ -92,7 +91,7 @@ impl Running {
     }
 
     /// Wait for the workload to exit on its own; its exit status.
-    pub fn wait_exit(&mut self) -> haul_workloads::launch::WorkloadExit {
+    pub fn wait_exit(&mut self) -> haul_launch::WorkloadExit {
         self.launched
             .wait_timeout(PATIENCE)
             .expect("waitpid")

@@ -11,7 +11,7 @@
 //! P.Haul's line `Child <pid> done, code <C>`, where pid is the host pid `haul pid` takes and
 //! C is `O` when the workload runs (`L`: its log could not be opened, `M`: mmap failed, `F`:
 //! another start failure). Exits 0 for `O`, 1 for another code, 2 when the launch failed.
-//! See `haul_workloads::launch` for the process layout.
+//! See the `haul_launch` library for the process layout.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use haul_workloads::launch::{launch, LaunchSpec, StartProtocol};
+use haul_launch::{launch, LaunchSpec, StartProtocol};
 
 /// Start CMD as pid 1 of a new pid namespace, in its own session, and print its host pid.
 #[derive(Debug, Parser)]

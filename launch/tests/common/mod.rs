@@ -1,0 +1,191 @@
+//! Helpers of the launcher's tests: root check, a stand-in workload that speaks the start
+//! protocol, guards that kill what a test started (also when it fails), network namespaces
+//! removed with everything in them, and the few `/proc` reads the tests need.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use haul_launch::{launch, LaunchSpec, Launched};
+
+pub use haul_test_support::wait::PATIENCE;
+pub use haul_test_support::wait_for;
+
+/// The log the stand-in workload holds open (relative to its working directory).
+pub const STAND_IN_LOG: &str = "stand-in.log";
+
+/// A workload written in sh that behaves like haul's workloads at start: it opens its log
+/// (fd 4, appended to), reports `O` on the start pipe (fd 3), closes the pipe, and runs until
+/// killed. `haul-workloads`' programs are not built with this crate, so the launcher's tests
+/// use this instead of `mtouch`.
+pub const STAND_IN: [&str; 2] = [
+    "-c",
+    "exec 4>>stand-in.log; printf O >&3; exec 3>&-; exec sleep 600",
+];
+
+/// True when running as root; otherwise reports the running test as skipped (ignored, with
+/// the reason) through haul_test_support's runner.
+pub fn root_or_skip(_test: &str) -> bool {
+    if let Some(why) = haul_test_support::Need::Root.missing() {
+        haul_test_support::skip(format!("{why} (pid and network namespaces)"));
+    }
+    true
+}
+
+/// The `haul-launch` program of this crate.
+pub fn haul_launch_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_haul-launch"))
+}
+
+/// A fresh working directory, removed on drop.
+pub fn workdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("haul-launch-test.")
+        .tempdir()
+        .expect("create a temp dir")
+}
+
+/// A launched workload that is killed (whole pid namespace) and reaped on drop.
+pub struct Running {
+    pub launched: Launched,
+}
+
+impl Running {
+    /// Launch the stand-in in `dir` (optionally in a netns); asserts it reports `O`.
+    pub fn stand_in(dir: &Path, netns: Option<&str>) -> Running {
+        let mut spec = LaunchSpec::new("sh")
+            .args(STAND_IN)
+            .cwd(dir)
+            .start_timeout(PATIENCE);
+        if let Some(ns) = netns {
+            spec = spec.netns(ns);
+        }
+        let launched = launch(&spec).unwrap_or_else(|e| panic!("launching the stand-in: {e}"));
+        let running = Running { launched };
+        assert_eq!(running.launched.code, 'O');
+        running
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.launched.host_pid
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.launched.kill();
+    }
+}
+
+fn proc_text(pid: i32, file: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()
+}
+
+/// Whether `pid` exists and is neither a zombie nor dead.
+pub fn is_alive(pid: i32) -> bool {
+    let state = proc_text(pid, "stat").and_then(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+    });
+    matches!(state, Some(s) if s != 'Z' && s != 'X')
+}
+
+/// The command name (`comm`) of `pid`.
+pub fn comm(pid: i32) -> Option<String> {
+    proc_text(pid, "comm").map(|s| s.trim_end().to_string())
+}
+
+/// `pid` as its innermost pid namespace sees it (the last `NSpid` field).
+pub fn ns_pid(pid: i32) -> Option<i32> {
+    proc_text(pid, "status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))?
+        .split_ascii_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
+static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace with loopback up; on drop every process in it is killed and it is
+/// deleted.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = format!(
+            "haullaunch-{}-{}",
+            std::process::id(),
+            NETNS_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Host pids of the live processes inside.
+    pub fn processes(&self) -> Vec<i32> {
+        let Ok(ns) = std::fs::metadata(self.path()) else {
+            return Vec::new();
+        };
+        use std::os::unix::fs::MetadataExt;
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let same = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .map(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
+                .unwrap_or(false);
+            if same && is_alive(pid) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let pids = self.processes();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill(2); every process in this namespace was started by the test.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Run a command that must succeed.
+pub fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
