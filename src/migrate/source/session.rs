@@ -139,7 +139,12 @@ impl Session {
             dst_features,
             multi_threaded,
         );
-        if multi_threaded && !memory_engine && cfg.memory.engine && !cfg.memory.forced {
+        if multi_threaded && cfg.memory.forced {
+            warn!(
+                "--memory-path haul is not taken for pid {}: the tree is multi-threaded, which haul's memory path cannot move yet (the restore hangs with the process frozen); memory moves over CRIU's path",
+                cfg.pid
+            );
+        } else if multi_threaded && cfg.memory.engine {
             info!("memory path: CRIU's (the tree is multi-threaded; see use_memory_engine)");
         }
         report.memory_path = if memory_engine { "haul" } else { "criu" }.into();
@@ -433,10 +438,11 @@ pub fn pick_strategy(
 /// dump there: its set-up grows with the MAPPED size), the cost model finds it cheaper than
 /// CRIU's page-server dump.
 ///
-/// Under `auto`, a multi-threaded tree keeps CRIU's path: the full test run of 2026-11-30
-/// found `mt-threads` (3 threads) hanging over haul's path, stop-copy and post-copy alike
-/// (CRIU's restore never handed the engine its userfaultfd; tests/workloads_migrate.rs), a
-/// bug not yet understood; `--memory-path haul` still forces it.
+/// A multi-threaded tree keeps CRIU's path, also under `--memory-path haul` (with a
+/// warning): the full test run of 2026-11-30 found `mt-threads` (3 threads), `tcp-echo` and
+/// redis hanging over haul's path, stop-copy and post-copy alike, with the process frozen
+/// (CRIU's restore and the engine each waiting; tests/workloads_migrate.rs), a bug not yet
+/// understood.
 pub fn use_memory_engine(
     cfg: &SourceConfig,
     strategy: Strategy,
@@ -448,7 +454,7 @@ pub fn use_memory_engine(
     if !(cfg.memory.engine && source.lazy_pages && destination.lazy_pages) {
         return false;
     }
-    if multi_threaded && !cfg.memory.forced {
+    if multi_threaded {
         return false;
     }
     match strategy {
