@@ -458,7 +458,11 @@ pub fn use_memory_engine(
         return false;
     }
     match strategy {
-        Strategy::StopCopy => cfg.memory.forced || choice.stop_copy_engine_cheaper(),
+        // Under auto, stop-copy keeps CRIU's page-server path: a CI run of the fault matrix
+        // (restore / KillSource / stop-copy) once left the tree frozen over haul's path, CRIU's
+        // lazy dump waiting in accept() after haul pid was killed; `--memory-path haul` (with
+        // the estimate in its favour) still takes it.
+        Strategy::StopCopy => cfg.memory.forced && choice.stop_copy_engine_cheaper(),
         _ => true,
     }
 }
