@@ -25,6 +25,9 @@ pub enum Phase {
     ImageTransfer,
     /// Destination: every image is there, before CRIU restores.
     Restore,
+    /// Source: haul's memory path holds CRIU's lazy page server (tasks frozen after a lazy
+    /// dump), before the pages go.
+    LazyHeld,
     /// Source: post-copy, the process runs on the destination, pages still flow.
     PostCopyServing,
 }
@@ -39,6 +42,7 @@ impl Phase {
             Phase::Frozen => "frozen",
             Phase::ImageTransfer => "image-transfer",
             Phase::Restore => "restore",
+            Phase::LazyHeld => "lazy-held",
             Phase::PostCopyServing => "post-copy-serving",
         }
     }

@@ -71,6 +71,17 @@ const CASES: &[Case] = &[
     ),
     case("frozen", Side::Source, Fault::KillSource, "stop-copy"),
     case("frozen", Side::Source, Fault::KillDestination, "post-copy"),
+    // haul's memory path: the source holds CRIU's lazy page server (tasks frozen after the
+    // lazy dump), no page has gone yet. A killed `haul pid` resets the hold and CRIU resumes
+    // the tasks; a killed destination fails the path and haul makes CRIU resume them.
+    case("lazy-held", Side::Source, Fault::KillSource, "stop-copy"),
+    case("lazy-held", Side::Source, Fault::KillSource, "post-copy"),
+    case(
+        "lazy-held",
+        Side::Source,
+        Fault::KillDestination,
+        "stop-copy",
+    ),
     case(
         "image-transfer",
         Side::Destination,

@@ -14,7 +14,7 @@ use haul::criu::options::TreeOptions;
 use haul::criu::Features;
 use haul::migrate::Strategy;
 use haul::obstacle::{ObstacleKind, Resource};
-use haul::preflight::cost::{choose_strategy, CostModel};
+use haul::preflight::cost::{choose_strategy, CostModel, EngineUse};
 use haul::preflight::{destination, report, Asked, Severity, SourcePreflight};
 use haul_launch::{launch, LaunchSpec, Launched};
 use haul_workloads::worklog::find_line;
@@ -441,7 +441,7 @@ fn the_sparse_process_goes_stop_copy_under_a_second() {
     );
     let c = choose_strategy(
         &CostModel::default(),
-        &p.cost_inputs(LAZY, LAZY, None, None, true),
+        &p.cost_inputs(LAZY, LAZY, None, None, EngineUse::Auto),
     );
     assert_eq!(c.strategy, Strategy::StopCopy, "{}", c.reason);
     assert!(c.chosen().downtime_secs < 1.0, "{c:?}");

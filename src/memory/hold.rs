@@ -34,9 +34,26 @@ fn linger(sock: &TcpStream, on: bool) -> io::Result<()> {
 
 impl CriuLazyHold {
     /// Connects to CRIU's lazy page server on `127.0.0.1:port`, resetting on death.
+    ///
+    /// The linger is set before the connection exists, so there is no moment in which a
+    /// dying `haul pid` would close it in order (and make CRIU kill the tasks). CRIU listens
+    /// before it sends `status-ready` (`cr_page_server` in criu/page-xfer.c, `run_tcp_server`
+    /// in criu/util.c), so the caller connects while it holds that notification: killed before
+    /// answering it, `haul pid` fails the notification and CRIU resumes the tasks; killed
+    /// after, CRIU accepts this connection and sees the reset.
     pub fn connect(port: u16) -> io::Result<CriuLazyHold> {
-        let sock = TcpStream::connect(("127.0.0.1", port))?;
+        use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+        use std::os::fd::AsRawFd;
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        let sock = TcpStream::from(fd);
         linger(&sock, true)?;
+        connect(sock.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port)).map_err(io::Error::from)?;
         Ok(CriuLazyHold { sock })
     }
 

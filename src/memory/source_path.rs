@@ -33,6 +33,18 @@ impl Default for MemoryPath {
     }
 }
 
+impl MemoryPath {
+    /// What these settings allow the cost model, which decides each strategy's path.
+    pub fn engine_use(&self) -> crate::preflight::EngineUse {
+        use crate::preflight::EngineUse;
+        match (self.engine, self.forced) {
+            (false, _) => EngineUse::Off,
+            (true, false) => EngineUse::Auto,
+            (true, true) => EngineUse::Forced,
+        }
+    }
+}
+
 /// Bulk streams by default: two keep both cores of a small node busy (one stream's thread
 /// copies while the other's waits on the link).
 pub const DEFAULT_STREAMS: u32 = 2;
@@ -45,17 +57,16 @@ pub struct SourcePath {
 }
 
 impl SourcePath {
-    /// Holds CRIU's lazy page server on `127.0.0.1:port` and starts pushing the lazy pages the
-    /// images in `dir` name, read from the frozen tree rooted at host pid `root`.
+    /// Keeps `hold` on CRIU's lazy page server and starts pushing the lazy pages the images
+    /// in `dir` name, read from the frozen tree rooted at host pid `root`.
     pub fn start(
-        port: u16,
+        hold: CriuLazyHold,
         dir: &Path,
         root: i32,
         bulk: Vec<std::net::TcpStream>,
         priority: std::net::TcpStream,
         via_criu: bool,
     ) -> std::io::Result<SourcePath> {
-        let hold = CriuLazyHold::connect(port)?;
         let images = LazyImages::load(dir).map_err(std::io::Error::other)?;
         let pids = PidMap::of_tree(root)?;
         let criu = if via_criu {

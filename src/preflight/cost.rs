@@ -152,12 +152,29 @@ pub struct CostInputs {
     pub destination: Features,
     /// `--max-downtime` (s).
     pub max_downtime_secs: Option<f64>,
-    /// haul's memory path may move the memory (lazy pages on both nodes, not turned off):
-    /// post-copy and hybrid use it; stop-copy uses it when it is estimated cheaper than
-    /// CRIU's page-server dump (not for a sparse tree: a lazy dump's set-up grows with the
-    /// mapped size).
+    /// haul's memory path may move the memory (lazy pages on both nodes, not turned off, a
+    /// single-threaded tree): post-copy and hybrid use it; stop-copy uses it when
+    /// [`CostInputs::stop_copy_engine_forced`] or when it is estimated cheaper than CRIU's
+    /// page-server dump (not for a sparse tree: a lazy dump's set-up grows with the mapped
+    /// size). The estimate's [`Estimate::memory_path`] is the path the migration takes.
     #[serde(default)]
     pub memory_engine: bool,
+    /// `--memory-path haul`: stop-copy moves the memory over haul's path whatever the
+    /// estimates say (when [`CostInputs::memory_engine`]).
+    #[serde(default)]
+    pub stop_copy_engine_forced: bool,
+}
+
+/// What `--memory-path` allows the cost model (see [`CostInputs::memory_engine`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineUse {
+    /// `--memory-path criu`: CRIU's page server and lazy-pages daemon only.
+    Off,
+    /// `--memory-path auto`: haul's path for post-copy and hybrid, and for stop-copy where it
+    /// is estimated cheaper.
+    Auto,
+    /// `--memory-path haul`: haul's path for stop-copy too, whatever the estimate.
+    Forced,
 }
 
 /// One strategy's estimate.
@@ -221,11 +238,12 @@ impl Choice {
             .expect("the chosen strategy has an estimate")
     }
 
-    /// Whether stop-and-copy is estimated cheaper over haul's memory path than over CRIU's.
-    pub fn stop_copy_engine_cheaper(&self) -> bool {
+    /// Whether `strategy`'s memory moves over haul's memory path (its estimate's
+    /// [`Estimate::memory_path`]): the one place the path is decided is [`estimates`].
+    pub fn over_haul_path(&self, strategy: Strategy) -> bool {
         self.estimates
             .iter()
-            .any(|e| e.strategy == Strategy::StopCopy && e.memory_path == "haul")
+            .any(|e| e.strategy == strategy && e.memory_path == "haul")
     }
 }
 
@@ -276,7 +294,9 @@ pub fn estimates(model: &CostModel, inputs: &CostInputs) -> Vec<Estimate> {
         + engine_setup
         + r * model.engine_secs_per_resident_byte
         + r / engine;
-    let stop_copy = if inputs.memory_engine && engine_stop_copy < criu_stop_copy {
+    let stop_copy = if inputs.memory_engine
+        && (inputs.stop_copy_engine_forced || engine_stop_copy < criu_stop_copy)
+    {
         estimate(Strategy::StopCopy, engine_stop_copy, None, "haul")
     } else {
         estimate(Strategy::StopCopy, criu_stop_copy, None, "criu")

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::criu::options::TreeOptions;
 use crate::obstacle::{ObstacleKind, Remedy, Resource};
 
-pub use cost::{choose_strategy, Choice, CostInputs, CostModel, Estimate};
+pub use cost::{choose_strategy, Choice, CostInputs, CostModel, EngineUse, Estimate};
 pub use destination::DestinationRequirements;
 pub use inspect::{inspect_tree, TreeInspection};
 pub use report::{PreflightReport, SourcePreflight};

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::cost::{choose_strategy, Choice, CostInputs, CostModel};
+use super::cost::{choose_strategy, Choice, CostInputs, CostModel, EngineUse};
 use super::destination::{self, DestinationRequirements, NodeState};
 use super::inspect::{inspect_tree, InspectError, TreeInspection};
 use super::{assess, Asked, Assessment, Finding, Severity};
@@ -36,17 +36,26 @@ pub fn source(pid: i32, asked: &Asked) -> Result<SourcePreflight, InspectError> 
 
 impl SourcePreflight {
     /// The cost model's inputs for this tree (bandwidth, dirty rate and the nodes' features
-    /// from the caller).
+    /// from the caller; `memory_path`: what `--memory-path` allows).
+    ///
+    /// A multi-threaded tree never takes haul's memory path: the full test run of 2026-11-30
+    /// found `mt-threads` (3 threads), `tcp-echo` and redis hanging over it, stop-copy and
+    /// post-copy alike, with the process frozen (CRIU's restore and the engine each
+    /// waiting; tests/workloads_migrate.rs).
     pub fn cost_inputs(
         &self,
         source: Features,
         destination: Features,
         bandwidth: Option<f64>,
         max_downtime_secs: Option<f64>,
-        memory_engine: bool,
+        memory_path: EngineUse,
     ) -> CostInputs {
         CostInputs {
-            memory_engine: memory_engine && source.lazy_pages && destination.lazy_pages,
+            memory_engine: memory_path != EngineUse::Off
+                && source.lazy_pages
+                && destination.lazy_pages
+                && !self.inspection.multi_threaded(),
+            stop_copy_engine_forced: memory_path == EngineUse::Forced,
             resident_bytes: self.inspection.resident(),
             mapped_bytes: self.inspection.mapped(),
             bandwidth,
@@ -112,7 +121,7 @@ impl PreflightReport {
         features: Features,
         max_downtime_secs: Option<f64>,
     ) -> Self {
-        let inputs = src.cost_inputs(features, features, None, max_downtime_secs, true);
+        let inputs = src.cost_inputs(features, features, None, max_downtime_secs, EngineUse::Auto);
         PreflightReport::new(
             src,
             Vec::new(),

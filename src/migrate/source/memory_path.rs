@@ -13,6 +13,7 @@ use crate::criu::service::{CriuOperation, Until};
 use crate::criu::{DumpStats, Hook};
 use crate::fault::{self, Phase};
 use crate::memory::criu_ps;
+use crate::memory::hold::CriuLazyHold;
 use crate::memory::source_path::SourcePath;
 use crate::wire::pb;
 
@@ -78,16 +79,25 @@ impl Session {
         let dir = rd.path().to_path_buf();
         op.ack(true).await?;
         let started = async {
-            match op.run_until(&Hook::StatusReady).await? {
-                Until::Reached(_) => op.ack(true).await?,
+            // Connected while CRIU waits for the answer to status-ready, so no moment is left
+            // in which a killed `haul pid` leaves CRIU in accept() with the tasks frozen (see
+            // CriuLazyHold::connect); a fault-matrix run in CI once caught that moment.
+            let hold = match op.run_until(&Hook::StatusReady).await? {
+                Until::Reached(_) => {
+                    let hold = CriuLazyHold::connect(port)
+                        .map_err(|source| SourceError::LazyServer { port, source });
+                    op.ack(hold.is_ok()).await?;
+                    hold?
+                }
                 Until::Done(_) => return Err(SourceError::LazyDumpEnded),
-            }
+            };
+            fault::point(Phase::LazyHeld).await;
             let priority = streams.remove(0);
             let splice = self.cfg.memory.via_criu
                 && self.report.source_criu.is_some_and(criu_ps::speaks_layout);
             let (pid, at) = (self.cfg.pid, dir.clone());
             tokio::task::spawn_blocking(move || {
-                SourcePath::start(port, &at, pid, streams, priority, splice)
+                SourcePath::start(hold, &at, pid, streams, priority, splice)
             })
             .await
             .map_err(|e| PathError::new("memory path", &dir, std::io::Error::other(e)))?

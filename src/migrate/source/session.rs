@@ -130,22 +130,14 @@ impl Session {
         {
             info!("pre-flight: {f}");
         }
-        let multi_threaded = checked.tree.inspection.multi_threaded();
-        let memory_engine = use_memory_engine(
-            &cfg,
-            strategy,
-            &choice,
-            checked.features,
-            dst_features,
-            multi_threaded,
-        );
-        if multi_threaded && cfg.memory.forced {
+        let memory_engine = choice.over_haul_path(strategy);
+        if checked.tree.inspection.multi_threaded() && cfg.memory.forced {
             warn!(
                 "--memory-path haul is not taken for pid {}: the tree is multi-threaded, which haul's memory path cannot move yet (the restore hangs with the process frozen); memory moves over CRIU's path",
                 cfg.pid
             );
-        } else if multi_threaded && cfg.memory.engine {
-            info!("memory path: CRIU's (the tree is multi-threaded; see use_memory_engine)");
+        } else if checked.tree.inspection.multi_threaded() && cfg.memory.engine {
+            info!("memory path: CRIU's (the tree is multi-threaded; see SourcePreflight::cost_inputs)");
         }
         report.memory_path = if memory_engine { "haul" } else { "criu" }.into();
         report.preflight = Some(PreflightReport::new(&checked.tree, dst_findings, choice));
@@ -417,7 +409,7 @@ pub fn pick_strategy(
         destination,
         bandwidth,
         cfg.convergence.max_downtime_secs,
-        cfg.memory.engine,
+        cfg.memory.engine_use(),
     );
     let choice = choose_strategy(&CostModel::default(), &inputs);
     let (strategy, why) = match cfg.strategy {
@@ -431,38 +423,4 @@ pub fn pick_strategy(
         });
     }
     Ok((strategy, why, choice))
-}
-
-/// Whether memory moves over haul's memory path: asked for (`--memory-path haul`, or `auto`),
-/// both nodes have lazy pages (the engine fills userfaultfds), and, for stop-and-copy (a lazy
-/// dump there: its set-up grows with the MAPPED size), the cost model finds it cheaper than
-/// CRIU's page-server dump.
-///
-/// A multi-threaded tree keeps CRIU's path, also under `--memory-path haul` (with a
-/// warning): the full test run of 2026-11-30 found `mt-threads` (3 threads), `tcp-echo` and
-/// redis hanging over haul's path, stop-copy and post-copy alike, with the process frozen
-/// (CRIU's restore and the engine each waiting; tests/workloads_migrate.rs), a bug not yet
-/// understood.
-pub fn use_memory_engine(
-    cfg: &SourceConfig,
-    strategy: Strategy,
-    choice: &Choice,
-    source: Features,
-    destination: Features,
-    multi_threaded: bool,
-) -> bool {
-    if !(cfg.memory.engine && source.lazy_pages && destination.lazy_pages) {
-        return false;
-    }
-    if multi_threaded {
-        return false;
-    }
-    match strategy {
-        // Under auto, stop-copy keeps CRIU's page-server path: a CI run of the fault matrix
-        // (restore / KillSource / stop-copy) once left the tree frozen over haul's path, CRIU's
-        // lazy dump waiting in accept() after haul pid was killed; `--memory-path haul` (with
-        // the estimate in its favour) still takes it.
-        Strategy::StopCopy => cfg.memory.forced && choice.stop_copy_engine_cheaper(),
-        _ => true,
-    }
 }

@@ -26,6 +26,7 @@ fn inputs(resident: u64, mapped: u64, f: Features) -> CostInputs {
         destination: f,
         max_downtime_secs: None,
         memory_engine: false,
+        stop_copy_engine_forced: false,
     }
 }
 
@@ -195,6 +196,7 @@ proptest! {
             destination: dst,
             max_downtime_secs: target,
             memory_engine: false,
+            stop_copy_engine_forced: false,
         };
         let c = choose_strategy(&m, &i);
         let chosen = c.chosen();
@@ -234,5 +236,42 @@ proptest! {
         prop_assert!(more_resident[0].downtime_secs > base[0].downtime_secs);
         prop_assert!(more_mapped[2].downtime_secs > base[2].downtime_secs);
         prop_assert_eq!(more_mapped[0].downtime_secs, base[0].downtime_secs);
+    }
+}
+
+/// The path each strategy takes is decided by the estimates alone: the migration reads it
+/// back with `Choice::over_haul_path` (one decision for `--dry-run`, the report and the run).
+#[test]
+fn memory_path_is_decided_by_the_estimates() {
+    let m = CostModel::default();
+    // A dense 1 GiB tree: haul's path is cheaper for stop-copy, and post-copy takes it.
+    let mut dense = inputs(1024 * MIB, 1032 * MIB, LAZY);
+    dense.memory_engine = true;
+    let c = choose_strategy(&m, &dense);
+    assert!(c.over_haul_path(Strategy::StopCopy));
+    assert!(c.over_haul_path(Strategy::PostCopy));
+    assert!(!c.over_haul_path(Strategy::PreCopy));
+    // A sparse tree (1 TiB mapped, 64 MiB resident): the lazy dump's set-up makes CRIU's
+    // page-server dump cheaper, unless --memory-path haul forces it.
+    let mut sparse = inputs(64 * MIB, 1 << 40, LAZY);
+    sparse.memory_engine = true;
+    assert!(!choose_strategy(&m, &sparse).over_haul_path(Strategy::StopCopy));
+    sparse.stop_copy_engine_forced = true;
+    assert!(choose_strategy(&m, &sparse).over_haul_path(Strategy::StopCopy));
+    // Without the engine (CRIU's path asked for, a multi-threaded tree, no lazy pages), no
+    // strategy takes haul's path, forced or not.
+    dense.memory_engine = false;
+    dense.stop_copy_engine_forced = true;
+    let c = choose_strategy(&m, &dense);
+    for s in [
+        Strategy::StopCopy,
+        Strategy::PreCopy,
+        Strategy::PostCopy,
+        Strategy::Hybrid,
+    ] {
+        assert!(
+            !c.over_haul_path(s),
+            "{s} over haul's path without the engine"
+        );
     }
 }
