@@ -605,9 +605,37 @@ fn inspects_a_tree_in_another_network_namespace() {
     drop((client, listener, _peer));
 }
 
+/// Why this kernel's sock_diag cannot list unix sockets, if it cannot (`unix_diag` module).
+fn sock_diag_missing() -> Option<String> {
+    haul::preflight::unix_diag::unix_sockets()
+        .err()
+        .map(|e| format!("sock_diag for unix sockets ({e})"))
+}
+
+/// sock_diag names both ends of a socket pair as each other's peer, with their type.
+fn unix_diag_finds_a_pair_and_its_peers() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let ino = |s: &std::os::unix::net::UnixStream| {
+        std::fs::metadata(format!("/proc/self/fd/{}", s.as_raw_fd()))
+            .unwrap()
+            .ino()
+    };
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let all = haul::preflight::unix_diag::unix_sockets().expect("sock_diag");
+    let (ia, ib) = (ino(&a), ino(&b));
+    assert_eq!(all[&ia].peer, Some(ib));
+    assert_eq!(all[&ib].peer, Some(ia));
+    assert_eq!(all[&ia].sock_type, libc::SOCK_STREAM as u8);
+}
+
 fn main() -> std::process::ExitCode {
     use haul_test_support::{test, Need::*};
     haul_test_support::run(vec![
+        test!(
+            unix_diag_finds_a_pair_and_its_peers,
+            Check(sock_diag_missing)
+        ),
         test!(
             ghost_file_turns_a_fitting_ghost_limit_on,
             Root,

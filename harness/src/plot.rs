@@ -421,12 +421,68 @@ const RATE_AXIS: LogAxis = LogAxis {
     label: rate_label,
 };
 
-struct DowntimeVsSize<'a> {
-    groups: Vec<Group<'a>>,
-    title: String,
+/// One panel of a [`TwoPanels`] figure: its title and the record field on its y axis.
+struct Panel {
+    title: &'static str,
+    field: &'static str,
 }
 
-impl Figure for DowntimeVsSize<'_> {
+/// A figure of two panels side by side over the same x axis (one line per series).
+struct TwoPanels<'a> {
+    groups: Vec<Group<'a>>,
+    title: String,
+    /// The x value of a record (None: left out).
+    x: fn(&Record) -> Option<f64>,
+    x_label: &'static str,
+    axis: &'static LogAxis,
+    panels: [Panel; 2],
+}
+
+impl TwoPanels<'_> {
+    /// Downtime as the migrator measured it and as the workload saw it, over memory size.
+    fn downtime_vs_size(groups: Vec<Group<'_>>, title: String) -> TwoPanels<'_> {
+        TwoPanels {
+            groups,
+            title,
+            x: mib,
+            x_label: "memory size (log scale)",
+            axis: &SIZE_AXIS,
+            panels: [
+                Panel {
+                    title: "downtime as measured by the migrator",
+                    field: "downtime_secs",
+                },
+                Panel {
+                    title: "downtime the workload saw (largest touch gap)",
+                    field: "observed_downtime_secs",
+                },
+            ],
+        }
+    }
+
+    /// Total time and the downtime the workload saw, over its dirty rate.
+    fn total_vs_rate(groups: Vec<Group<'_>>, title: String) -> TwoPanels<'_> {
+        TwoPanels {
+            groups,
+            title,
+            x: rate_mb,
+            x_label: "dirty rate, MB/s (log scale)",
+            axis: &RATE_AXIS,
+            panels: [
+                Panel {
+                    title: "total migration time",
+                    field: "total_secs",
+                },
+                Panel {
+                    title: "downtime the workload saw",
+                    field: "observed_downtime_secs",
+                },
+            ],
+        }
+    }
+}
+
+impl Figure for TwoPanels<'_> {
     fn size(&self) -> (u32, u32) {
         (1300, 520)
     }
@@ -438,60 +494,17 @@ impl Figure for DowntimeVsSize<'_> {
             ("sans-serif", 20).into_font(),
         ))
         .map_err(e)?;
-        let panels = rest.split_evenly((1, 2));
-        draw_lines(
-            &panels[0],
-            "downtime as measured by the migrator",
-            "memory size (log scale)",
-            "seconds",
-            &lines_of(&self.groups, mib, "downtime_secs"),
-            &SIZE_AXIS,
-        )?;
-        draw_lines(
-            &panels[1],
-            "downtime the workload saw (largest touch gap)",
-            "memory size (log scale)",
-            "seconds",
-            &lines_of(&self.groups, mib, "observed_downtime_secs"),
-            &SIZE_AXIS,
-        )
-    }
-}
-
-struct TotalVsRate<'a> {
-    groups: Vec<Group<'a>>,
-    title: String,
-}
-
-impl Figure for TotalVsRate<'_> {
-    fn size(&self) -> (u32, u32) {
-        (1300, 520)
-    }
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
-        let (top, rest) = root.split_vertically(34);
-        top.draw(&Text::new(
-            self.title.clone(),
-            (14, 8),
-            ("sans-serif", 20).into_font(),
-        ))
-        .map_err(e)?;
-        let panels = rest.split_evenly((1, 2));
-        draw_lines(
-            &panels[0],
-            "total migration time",
-            "dirty rate, MB/s (log scale)",
-            "seconds",
-            &lines_of(&self.groups, rate_mb, "total_secs"),
-            &RATE_AXIS,
-        )?;
-        draw_lines(
-            &panels[1],
-            "downtime the workload saw",
-            "dirty rate, MB/s (log scale)",
-            "seconds",
-            &lines_of(&self.groups, rate_mb, "observed_downtime_secs"),
-            &RATE_AXIS,
-        )
+        for (area, panel) in rest.split_evenly((1, 2)).iter().zip(&self.panels) {
+            draw_lines(
+                area,
+                panel.title,
+                self.x_label,
+                "seconds",
+                &lines_of(&self.groups, self.x, panel.field),
+                self.axis,
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -952,7 +965,7 @@ pub fn draw_all(
     files.extend(render(
         dir,
         "downtime-vs-size",
-        &DowntimeVsSize { groups: gs, title },
+        &TwoPanels::downtime_vs_size(gs, title),
     )?);
 
     let fam = family(
@@ -974,7 +987,7 @@ pub fn draw_all(
     files.extend(render(
         dir,
         "total-vs-rate",
-        &TotalVsRate { groups: gs, title },
+        &TwoPanels::total_vs_rate(gs, title),
     )?);
 
     let pre: Vec<&Record> = records

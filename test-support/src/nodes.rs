@@ -68,7 +68,7 @@ pub struct NodePair {
     links: (String, String),
 }
 
-fn ip(args: &[&str]) -> Result<(), NodeError> {
+pub(crate) fn ip(args: &[&str]) -> Result<(), NodeError> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())

@@ -6,8 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use haul_launch::{launch, LaunchSpec, Launched};
 
@@ -130,71 +128,19 @@ pub fn ticks(log: &Path) -> usize {
         .unwrap_or(0)
 }
 
-static NETNS_SEQ: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace with loopback up; on drop every process in it is killed and it is
-/// deleted.
-pub struct Netns {
-    pub name: String,
-}
+/// A network namespace with loopback up, removed with every process in it on drop.
+pub struct Netns(haul_test_support::LoopbackNetns);
 
 impl Netns {
     pub fn new() -> Netns {
-        let name = format!(
-            "haulwl-{}-{}",
-            std::process::id(),
-            NETNS_SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.name))
-    }
-
-    /// Host pids of the live processes inside.
-    pub fn processes(&self) -> Vec<i32> {
-        let Ok(ns) = std::fs::metadata(self.path()) else {
-            return Vec::new();
-        };
-        use std::os::unix::fs::MetadataExt;
-        let mut pids = Vec::new();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let same = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-                .map(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
-                .unwrap_or(false);
-            if same && haul_workloads::procfs::is_alive(pid) {
-                pids.push(pid);
-            }
-        }
-        pids
+        Netns(haul_test_support::LoopbackNetns::new("wl").expect("network namespace"))
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            let pids = self.processes();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: kill(2); every process in this namespace was started by the test.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+impl std::ops::Deref for Netns {
+    type Target = haul_test_support::LoopbackNetns;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
