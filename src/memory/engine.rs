@@ -33,9 +33,12 @@ use super::wire::{Header, Kind, HEADER_LEN, MAX_PAGES};
 pub const FAULT_CLUSTER_PAGES: u64 = 16;
 /// How long the engine waits for the restore's announcements and its "finished" word.
 pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a bulk fill waits for a restored task's address space to settle (`EAGAIN`: an
-/// event the fault thread has not read yet) before the engine fails and kills the copy: the
-/// fault thread reads events within milliseconds, so only a stuck engine reaches it.
+/// How long pages may stay unfillable once the restore finished (`EAGAIN`: an event the fault
+/// thread has not read yet; `ENOENT` on a single page: its VMA is not registered) before the
+/// engine fails and kills the copy instead of leaving them missing: by then every lazy VMA is
+/// registered and the fault thread reads events within milliseconds, so only a stuck engine
+/// or a page the restore never registered reaches it. Until the restore finished there is no
+/// limit: a stop-and-copy's bulk pages arrive before the restorer registered their VMAs.
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// What the engine is given.
@@ -127,6 +130,8 @@ struct State {
     complete: bool,
     /// The restore sent its "finished" word.
     restore_finished: bool,
+    /// When it did (every lazy VMA of every task is registered from then on).
+    restore_finished_at: Option<Instant>,
     /// The engine is about to exit: the fault thread stops.
     exiting: bool,
     started: Option<Instant>,
@@ -206,8 +211,10 @@ impl Shared {
     /// every live task of that pid that still misses them. Each copy stays inside one run of
     /// missing pages, and a copy the kernel refuses as not lying inside one registered VMA
     /// (`ENOENT`) is redone page by page, so a run that spans two VMAs still fills. Pages are
-    /// never given up while they may still be mapped: a page that is no longer in a registered
-    /// VMA (unmapped, unregistered) is dropped only when a single-page copy says so.
+    /// never given up here: what cannot be filled yet (`EAGAIN`: an event is unread; `ENOENT`
+    /// on one page: its VMA is not registered yet, as in a stop-and-copy before the restorer
+    /// got there) is left missing and `again` set. Pages leave the missing set only filled,
+    /// found there already, or by the task's own events (unmap, remove, remap).
     fn fill_pass(&self, pid: u32, img: u64, data: &[u8]) -> FillPass {
         let end = img + data.len() as u64;
         let mut pass = FillPass::default();
@@ -263,15 +270,15 @@ impl Shared {
                             break;
                         }
                         Fill::NoVma if !page_wise && stop - at > PAGE => {
-                            // the run crosses a VMA boundary (or part of it went): page by page
+                            // the run crosses a VMA boundary, or part of it is not registered
+                            // (yet): page by page
                             page_wise = true;
                         }
                         Fill::NoVma => {
-                            // this page lies in no registered VMA any more: nothing to fill
-                            pass.dropped += pages_in(&t.missing.remove(at, at + PAGE));
-                            drop(st);
-                            let _ = uffd.wake(at, PAGE);
-                            at += PAGE;
+                            // this page is in no registered VMA now: the restorer has not
+                            // registered it yet, or an unmap's event is about to take it out
+                            pass.again = true;
+                            break;
                         }
                         Fill::Gone => {
                             t.gone = true;
@@ -287,23 +294,31 @@ impl Shared {
         pass
     }
 
-    /// [`Shared::fill_pass`] until no page waits for the address space to settle (bulk
-    /// threads: the fault thread reads the events meanwhile). Fails the engine (the copy is
-    /// killed) if the address space has not settled after [`SETTLE_LIMIT`].
+    /// Whether pages that could not be filled since `since` have waited too long: the
+    /// restore finished, and both that and `since` are more than [`SETTLE_LIMIT`] ago.
+    fn settle_overdue(&self, since: Instant) -> bool {
+        let st = self.state.lock().expect("engine state");
+        since.elapsed() > SETTLE_LIMIT
+            && st
+                .restore_finished_at
+                .is_some_and(|f| f.elapsed() > SETTLE_LIMIT)
+    }
+
+    /// [`Shared::fill_pass`] until every page could be filled (bulk threads: the fault thread
+    /// reads the events meanwhile, the restorer registers its VMAs). Fails the engine (the
+    /// copy is killed) when that is overdue ([`Shared::settle_overdue`]).
     fn fill(&self, pid: u32, img: u64, data: &[u8]) -> FillPass {
         let t0 = Instant::now();
         let mut total = FillPass::default();
         loop {
             let pass = self.fill_pass(pid, img, data);
             total.add(&pass);
-            if !pass.again {
+            if !pass.again || self.state.lock().expect("engine state").failed.is_some() {
                 return total;
             }
-            if t0.elapsed() > SETTLE_LIMIT
-                || self.state.lock().expect("engine state").failed.is_some()
-            {
+            if self.settle_overdue(t0) {
                 self.fail(format!(
-                    "pages of task {pid} at {img:#x}..{:#x} could not be filled: the address space kept changing for {} s",
+                    "pages of task {pid} at {img:#x}..{:#x} could not be filled for {} s after the restore finished (their VMA not registered, or the address space kept changing)",
                     img + data.len() as u64,
                     SETTLE_LIMIT.as_secs()
                 ));
@@ -323,9 +338,8 @@ struct FillPass {
     filled: u64,
     /// Pages found there already.
     dup: u64,
-    /// Pages no longer in a registered VMA (unmapped): nothing to fill.
-    dropped: u64,
-    /// Some pages wait for the uffd's events to be read (`EAGAIN`): try again after.
+    /// Some pages could not be filled yet (an unread event, a VMA not registered yet): try
+    /// again later.
     again: bool,
 }
 
@@ -333,7 +347,6 @@ impl FillPass {
     fn add(&mut self, o: &FillPass) {
         self.filled += o.filled;
         self.dup += o.dup;
-        self.dropped += o.dropped;
         self.again = o.again;
     }
 }
@@ -523,6 +536,7 @@ pub fn run(cfg: EngineConfig) -> Result<EngineReport, EngineError> {
                 Ok(()) => {
                     let mut st = shared.state.lock().expect("engine state");
                     st.restore_finished = true;
+                    st.restore_finished_at = Some(Instant::now());
                     shared.changed.notify_all();
                 }
                 Err(e) => shared.fail(format!("the restore did not finish: {e}")),
@@ -750,9 +764,9 @@ fn fault_loop(shared: &Shared, mut prio: std::net::TcpStream, wake: OwnedFd) -> 
             let waiting = std::mem::take(&mut deferred);
             for d in waiting {
                 if let Some(d) = d.retry(shared) {
-                    if d.since().elapsed() > SETTLE_LIMIT {
+                    if shared.settle_overdue(d.since()) {
                         return Err(io::Error::other(format!(
-                            "{d}: the restored task's address space did not settle for {} s",
+                            "{d}: not possible for {} s after the restore finished",
                             SETTLE_LIMIT.as_secs()
                         )));
                     }
@@ -863,8 +877,9 @@ fn sweep(shared: &Shared, prio: &mut std::net::TcpStream) -> io::Result<()> {
 
 /// A fill the fault thread could not do yet: the kernel refuses fills into a task while one
 /// of its non-cooperative events (remap, remove, unmap, fork) is queued and unread
-/// (`EAGAIN`), and those events are the fault thread's to read. A faulting thread sleeps
-/// until its page is filled or woken, so such a fill must be retried, never dropped.
+/// (`EAGAIN`), and those events are the fault thread's to read; or part of an answer lies in
+/// a VMA not registered yet. A faulting thread sleeps until its page is filled or woken, so
+/// such a fill must be retried, never dropped.
 enum Deferred {
     /// An answer from the priority stream.
     Pages {
@@ -1067,14 +1082,15 @@ mod tests {
 
     /// None when userfaultfd is not available here (a visible skip).
     fn scene() -> Option<Scene> {
-        scene_with_vmas(None)
+        scene_with_vmas(None, true)
     }
 
     /// The scene's region as two adjacent VMAs when `split` is `Some(k)`: pages `0..k` and
     /// `k..PAGES` (the second marked `MADV_DONTFORK`, so the kernel keeps them apart), named as
     /// two VMAs in the mm image and one lazy pagemap entry over both, as CRIU writes a
-    /// thread's stack and the mapping above it.
-    fn scene_with_vmas(split: Option<u64>) -> Option<Scene> {
+    /// thread's stack and the mapping above it. Unless `registered`, the region is not
+    /// registered with the uffd yet (the restorer has not got there).
+    fn scene_with_vmas(split: Option<u64>, registered: bool) -> Option<Scene> {
         let uffd = match Uffd::open_own(false) {
             Ok(u) => u,
             Err(e) => {
@@ -1096,7 +1112,9 @@ mod tests {
         };
         assert_ne!(p, libc::MAP_FAILED);
         let region = p as u64;
-        uffd.register(region, len as u64).unwrap();
+        if registered {
+            uffd.register(region, len as u64).unwrap();
+        }
         if let Some(k) = split {
             // SAFETY: advice on the tail of the mapping made above.
             let r = unsafe {
@@ -1281,7 +1299,7 @@ mod tests {
     #[test]
     fn a_fault_next_to_a_vma_boundary_is_answered() {
         const SPLIT: u64 = 40;
-        let Some(mut sc) = scene_with_vmas(Some(SPLIT)) else {
+        let Some(mut sc) = scene_with_vmas(Some(SPLIT), true) else {
             return;
         };
         let region = sc.region;
@@ -1314,6 +1332,51 @@ mod tests {
             rep.priority_pages + rep.bulk_pages + rep.duplicate_pages,
             PAGES
         );
+        let _ = sc.victim.kill();
+        drop(sc.uffd);
+    }
+
+    /// Whether every page of the region is resident (mincore: no fault, so no hang when not).
+    fn resident(region: u64) -> bool {
+        let mut v = vec![0u8; PAGES as usize];
+        // SAFETY: mincore reads the residency of our own mapping into a vector of one byte
+        // per page.
+        let r = unsafe {
+            libc::mincore(
+                region as *mut libc::c_void,
+                (PAGES * PAGE) as usize,
+                v.as_mut_ptr(),
+            )
+        };
+        r == 0 && v.iter().all(|b| b & 1 == 1)
+    }
+
+    /// A stop-and-copy's bulk pages come before the restorer registered their VMAs with the
+    /// uffd (`ENOENT`); they must wait for it, however long the restore takes to get there,
+    /// never be given up (the task would later find zeros there).
+    #[test]
+    fn pages_that_come_before_their_vma_is_registered_wait_for_it() {
+        let Some(mut sc) = scene_with_vmas(None, false) else {
+            return;
+        };
+        let region = sc.region;
+        send_pages(&mut sc.bulk, region, 0, PAGES);
+        sc.bulk.write_all(&Header::end(PAGES).encode()).unwrap();
+        // the restorer registers the VMA only now
+        std::thread::sleep(Duration::from_millis(1500));
+        sc.uffd.register(region, PAGES * PAGE).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !resident(region) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            resident(region),
+            "pages that came before the registration were never filled"
+        );
+        assert!(region_ok(region));
+        finish_restore(&sc.restore);
+        let rep = sc.engine.join().unwrap().unwrap();
+        assert_eq!(rep.bulk_pages, PAGES);
         let _ = sc.victim.kill();
         drop(sc.uffd);
     }

@@ -176,7 +176,8 @@ pub enum Fill {
     /// `ENOENT`: nothing was filled because `[dst, dst + len)` does not lie inside ONE
     /// registered VMA: it crosses a VMA boundary (a range the images call contiguous can be
     /// two VMAs, e.g. a thread's stack and the mapping above it, or a VMA split later by
-    /// `mprotect`), or it is no longer mapped or registered. Fill page by page to tell.
+    /// `mprotect`), or it is not registered (yet: the restorer registers the lazy VMAs only
+    /// after the uffd was handed over) or no longer mapped. Fill page by page to tell.
     NoVma,
     /// The process (its memory) is gone (`ESRCH`, `ENOSPC`) or the fd is unusable.
     Gone,
