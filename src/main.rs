@@ -153,9 +153,8 @@ enum Cmd {
         /// How memory moves after the freeze: `auto` (haul's own memory path for post-copy
         /// and hybrid, and for stop-copy where it is estimated faster: pages pushed at link
         /// speed, faulted pages first; not for a sparse tree, whose lazy dump costs with its
-        /// mapped size, nor for a multi-threaded tree, which hangs there for now), `haul`
-        /// (always, but for a multi-threaded tree), or `criu` (CRIU's page server, and its
-        /// lazy-pages daemon for post-copy).
+        /// mapped size), `haul` (always), or `criu` (CRIU's page server, and its lazy-pages
+        /// daemon for post-copy).
         #[arg(long, default_value = "auto", value_parser = ["auto", "haul", "criu"])]
         memory_path: String,
         /// Bulk memory streams of haul's memory path (besides its priority stream), 1 to 16.

@@ -9,7 +9,8 @@
 //! | `rec_writer_*` | `rec-writer` on the shared directory | every record whole, in sequence, none missing (also re-checked by the test) |
 //! | `redis_*` | `redis-server` (Debian's), 10 000 keys, `redis-load` writing | every key of the data set and every acknowledged write there, 0 client errors |
 //!
-//! Each runs under stop-and-copy and post-copy. The TCP servers listen on a service address
+//! Each runs under stop-and-copy and post-copy; the multi-threaded ones (`mt_threads_*`,
+//! `tcp_*`, `redis_*`) over haul's memory path (`--memory-path haul`), where they once hung. The TCP servers listen on a service address
 //! that moves from A to B with the workload; the clients run on a third namespace whose route
 //! follows it (see `common/workloads.rs`). Each test prints one `figures:` line (haul's
 //! downtime, and the longest pause the workload and its client saw).
@@ -41,6 +42,20 @@ macro_rules! skip_unless {
     };
 }
 
+/// haul's own memory path (the engine on B), asked for: multi-threaded trees (mt-threads,
+/// tcp-echo, redis) once hung over it with the process frozen (a fault at the top of a
+/// thread's stack filled with one copy across two VMAs; see `memory::ranges::Missing`).
+const MEMORY_PATH_HAUL: &[&str] = &["--memory-path", "haul"];
+
+/// The migration went over haul's memory path, as asked.
+fn assert_haul_memory_path(workload: &str, moved: &Moved) {
+    assert_eq!(
+        moved.report["memory_path"].as_str(),
+        Some("haul"),
+        "{workload} should have moved over haul's memory path (--memory-path haul)"
+    );
+}
+
 /// One line of figures per test (`cargo test -- --nocapture` shows them).
 fn figures(
     workload: &str,
@@ -68,7 +83,8 @@ fn mt_threads_move_and_check_their_memory_on_b(strategy: &str) {
     let w = st.start_in_a("mt-threads", &["--threads", "3", "--ballast", "256k"]);
     let log = st.wd.join(MT_THREADS_LOG);
     wait_progress(&log, 20);
-    let moved = st.migrate(w.pid(), strategy, &[], "mt-threads");
+    let moved = st.migrate(w.pid(), strategy, MEMORY_PATH_HAUL, "mt-threads");
+    assert_haul_memory_path("mt-threads", &moved);
     assert_eq!(
         procfs::threads(moved.dest_pid).map(|t| t.len()).ok(),
         Some(4),
@@ -132,10 +148,15 @@ fn tcp_connections_survive_the_move(strategy: &str) {
     let moved = st.migrate_then(
         server.pid(),
         strategy,
-        &["--tcp-established"],
+        &[
+            "--tcp-established",
+            MEMORY_PATH_HAUL[0],
+            MEMORY_PATH_HAUL[1],
+        ],
         "tcp-echo",
         || c.after_move(),
     );
+    assert_haul_memory_path("tcp-echo", &moved);
     // The same connections carry on, answered by the server on B.
     let after = answered();
     wait_for("50 requests answered on B", PATIENCE, || {
@@ -217,10 +238,15 @@ fn redis_keeps_every_key_while_a_client_writes(strategy: &str) {
     let moved = st.migrate_then(
         redis.pid(),
         strategy,
-        &["--tcp-established"],
+        &[
+            "--tcp-established",
+            MEMORY_PATH_HAUL[0],
+            MEMORY_PATH_HAUL[1],
+        ],
         "redis-server",
         || c.after_move(),
     );
+    assert_haul_memory_path("redis", &moved);
     let after = written();
     wait_for("50 writes acknowledged by redis on B", PATIENCE, || {
         written() >= after + 50

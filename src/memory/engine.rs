@@ -33,9 +33,13 @@ use super::wire::{Header, Kind, HEADER_LEN, MAX_PAGES};
 pub const FAULT_CLUSTER_PAGES: u64 = 16;
 /// How long the engine waits for the restore's announcements and its "finished" word.
 pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often a fill that raced with an address-space change is retried before the range is
-/// given up (the change was an unmap: nothing is missing there any more).
-const RETRIES: u32 = 2000;
+/// How long pages may stay unfillable once the restore finished (`EAGAIN`: an event the fault
+/// thread has not read yet; `ENOENT` on a single page: its VMA is not registered) before the
+/// engine fails and kills the copy instead of leaving them missing: by then every lazy VMA is
+/// registered and the fault thread reads events within milliseconds, so only a stuck engine
+/// or a page the restore never registered reaches it. Until the restore finished there is no
+/// limit: a stop-and-copy's bulk pages arrive before the restorer registered their VMAs.
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// What the engine is given.
 pub struct EngineConfig {
@@ -126,6 +130,8 @@ struct State {
     complete: bool,
     /// The restore sent its "finished" word.
     restore_finished: bool,
+    /// When it did (every lazy VMA of every task is registered from then on).
+    restore_finished_at: Option<Instant>,
     /// The engine is about to exit: the fault thread stops.
     exiting: bool,
     started: Option<Instant>,
@@ -201,85 +207,152 @@ impl Shared {
         }
     }
 
-    /// Copies `data` (the pages at image address `img` of image pid `pid`) into every live
-    /// task of that pid that still misses them. Returns (pages filled, pages already there).
-    fn fill(&self, pid: u32, img: u64, data: &[u8]) -> (u64, u64) {
+    /// One pass of copying `data` (the pages at image address `img` of image pid `pid`) into
+    /// every live task of that pid that still misses them. Each copy stays inside one run of
+    /// missing pages, and a copy the kernel refuses as not lying inside one registered VMA
+    /// (`ENOENT`) is redone page by page, so a run that spans two VMAs still fills. Pages are
+    /// never given up here: what cannot be filled yet (`EAGAIN`: an event is unread; `ENOENT`
+    /// on one page: its VMA is not registered yet, as in a stop-and-copy before the restorer
+    /// got there) is left missing and `again` set. Pages leave the missing set only filled,
+    /// found there already, or by the task's own events (unmap, remove, remap).
+    fn fill_pass(&self, pid: u32, img: u64, data: &[u8]) -> FillPass {
         let end = img + data.len() as u64;
-        let mut filled = 0;
-        let mut dup = 0;
-        let mut tries = 0;
-        loop {
-            let work: Vec<(usize, Arc<Uffd>, Vec<super::ranges::Run>)> = {
-                let st = self.state.lock().expect("engine state");
-                st.tasks
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| t.pid == pid && !t.gone)
-                    .map(|(i, t)| (i, t.uffd.clone(), t.missing.by_img(img, end)))
-                    .filter(|(_, _, r)| !r.is_empty())
-                    .collect()
-            };
-            if work.is_empty() {
-                break;
-            }
-            let mut retry = false;
-            for (i, uffd, runs) in work {
-                for r in runs {
-                    let off = (r.img - img) as usize;
-                    let len = (r.end - r.start) as usize;
-                    let res = uffd.copy(r.start, &data[off..off + len]);
+        let mut pass = FillPass::default();
+        let work: Vec<(usize, Arc<Uffd>, Vec<super::ranges::Run>)> = {
+            let st = self.state.lock().expect("engine state");
+            st.tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.pid == pid && !t.gone)
+                .map(|(i, t)| (i, t.uffd.clone(), t.missing.by_img(img, end)))
+                .filter(|(_, _, r)| !r.is_empty())
+                .collect()
+        };
+        'tasks: for (i, uffd, runs) in work {
+            for r in runs {
+                let mut at = r.start;
+                let mut page_wise = false;
+                while at < r.end {
+                    let stop = if page_wise { at + PAGE } else { r.end };
+                    let off = (r.img + (at - r.start) - img) as usize;
+                    let len = (stop - at) as usize;
+                    let res = uffd.copy(at, &data[off..off + len]);
+                    tracing::debug!(
+                        "lazy engine: copy task#{i} pid {pid} {at:#x}+{} pages: {res:?}",
+                        len as u64 / PAGE
+                    );
                     let mut st = self.state.lock().expect("engine state");
                     let t = &mut st.tasks[i];
                     match res {
                         Fill::Done => {
-                            filled += t
-                                .missing
-                                .remove(r.start, r.end)
-                                .iter()
-                                .map(|p| p.pages())
-                                .sum::<u64>();
+                            pass.filled += pages_in(&t.missing.remove(at, stop));
+                            at = stop;
                         }
                         Fill::Exists(n) => {
                             let n = n - n % PAGE;
-                            filled += n / PAGE;
-                            t.missing.remove(r.start, r.start + n);
-                            // the page at start+n was there already: whoever put it, it is in
-                            dup += t.missing.remove(r.start + n, r.start + n + PAGE).len() as u64;
-                            retry = true;
+                            pass.filled += pages_in(&t.missing.remove(at, at + n));
+                            // the page at at+n was there already: whoever put it, it is in
+                            let p = at + n;
+                            pass.dup += pages_in(&t.missing.remove(p, p + PAGE));
+                            drop(st);
+                            let _ = uffd.wake(p, PAGE);
+                            at = p + PAGE;
                         }
-                        Fill::Retry(n) => {
+                        Fill::Again(n) if n >= PAGE => {
                             let n = n - n % PAGE;
-                            filled += n / PAGE;
-                            t.missing.remove(r.start, r.start + n);
-                            retry = true;
+                            pass.filled += pages_in(&t.missing.remove(at, at + n));
+                            at += n;
+                        }
+                        Fill::Again(_) => {
+                            // a remap/remove/unmap/fork event waits on this uffd: the rest
+                            // of these pages after it has been read
+                            pass.again = true;
+                            break;
+                        }
+                        Fill::NoVma if !page_wise && stop - at > PAGE => {
+                            // the run crosses a VMA boundary, or part of it is not registered
+                            // (yet): page by page
+                            page_wise = true;
+                        }
+                        Fill::NoVma => {
+                            // this page is in no registered VMA now: the restorer has not
+                            // registered it yet, or an unmap's event is about to take it out
+                            pass.again = true;
+                            break;
                         }
                         Fill::Gone => {
                             t.gone = true;
                             t.missing = Missing::default();
+                            continue 'tasks;
                         }
                     }
                 }
             }
-            if !retry {
-                break;
-            }
-            tries += 1;
-            if tries > RETRIES {
-                // The ranges were unmapped under us: nothing to fill there any more.
-                let mut st = self.state.lock().expect("engine state");
-                for t in st.tasks.iter_mut().filter(|t| t.pid == pid) {
-                    for r in t.missing.by_img(img, end) {
-                        t.missing.remove(r.start, r.end);
-                    }
-                }
-                break;
-            }
-            std::thread::sleep(Duration::from_micros(200));
         }
         let mut st = self.state.lock().expect("engine state");
         self.check_complete(&mut st);
-        (filled, dup)
+        pass
     }
+
+    /// Whether pages that could not be filled since `since` have waited too long: the
+    /// restore finished, and both that and `since` are more than [`SETTLE_LIMIT`] ago.
+    fn settle_overdue(&self, since: Instant) -> bool {
+        let st = self.state.lock().expect("engine state");
+        since.elapsed() > SETTLE_LIMIT
+            && st
+                .restore_finished_at
+                .is_some_and(|f| f.elapsed() > SETTLE_LIMIT)
+    }
+
+    /// [`Shared::fill_pass`] until every page could be filled (bulk threads: the fault thread
+    /// reads the events meanwhile, the restorer registers its VMAs). Fails the engine (the
+    /// copy is killed) when that is overdue ([`Shared::settle_overdue`]).
+    fn fill(&self, pid: u32, img: u64, data: &[u8]) -> FillPass {
+        let t0 = Instant::now();
+        let mut total = FillPass::default();
+        loop {
+            let pass = self.fill_pass(pid, img, data);
+            total.add(&pass);
+            if !pass.again || self.state.lock().expect("engine state").failed.is_some() {
+                return total;
+            }
+            if self.settle_overdue(t0) {
+                self.fail(format!(
+                    "pages of task {pid} at {img:#x}..{:#x} could not be filled for {} s after the restore finished (their VMA not registered, or the address space kept changing)",
+                    img + data.len() as u64,
+                    SETTLE_LIMIT.as_secs()
+                ));
+                return total;
+            }
+            // the fault thread reads the pending event
+            self.poke();
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// What one fill did.
+#[derive(Debug, Default, Clone, Copy)]
+struct FillPass {
+    /// Pages filled.
+    filled: u64,
+    /// Pages found there already.
+    dup: u64,
+    /// Some pages could not be filled yet (an unread event, a VMA not registered yet): try
+    /// again later.
+    again: bool,
+}
+
+impl FillPass {
+    fn add(&mut self, o: &FillPass) {
+        self.filled += o.filled;
+        self.dup += o.dup;
+        self.again = o.again;
+    }
+}
+
+fn pages_in(runs: &[super::ranges::Run]) -> u64 {
+    runs.iter().map(|r| r.pages()).sum()
 }
 
 /// SIGKILLs the restored tree's root named in `file` (its pid namespace ends with it).
@@ -399,6 +472,7 @@ pub fn run(cfg: EngineConfig) -> Result<EngineReport, EngineError> {
     for _ in 0..images.tasks.len() {
         match lazy.next_task() {
             Ok(Announce::Task(pid, uffd)) => {
+                tracing::debug!("lazy engine: restore announced task {pid}");
                 let lazy_ranges = images.task(pid).map(|t| t.lazy.clone()).unwrap_or_default();
                 let mut st = shared.state.lock().expect("engine state");
                 st.started.get_or_insert_with(Instant::now);
@@ -412,7 +486,7 @@ pub fn run(cfg: EngineConfig) -> Result<EngineReport, EngineError> {
                 drop(st);
                 shared.poke();
             }
-            Ok(Announce::Zombie(_)) => {}
+            Ok(Announce::Zombie(pid)) => tracing::debug!("lazy engine: zombie {pid}"),
             Err(e) => {
                 shared.fail(format!("lazy-pages socket: {e}"));
                 return finish(&shared, fault, vec![]);
@@ -462,6 +536,7 @@ pub fn run(cfg: EngineConfig) -> Result<EngineReport, EngineError> {
                 Ok(()) => {
                     let mut st = shared.state.lock().expect("engine state");
                     st.restore_finished = true;
+                    st.restore_finished_at = Some(Instant::now());
                     shared.changed.notify_all();
                 }
                 Err(e) => shared.fail(format!("the restore did not finish: {e}")),
@@ -591,10 +666,10 @@ fn bulk_loop(shared: &Shared, mut s: std::net::TcpStream) -> io::Result<()> {
             Kind::Pages => {
                 let len = h.payload_len();
                 s.read_exact(&mut buf[..len])?;
-                let (n, dup) = shared.fill(h.pid, h.addr, &buf[..len]);
+                let pass = shared.fill(h.pid, h.addr, &buf[..len]);
                 let mut st = shared.state.lock().expect("engine state");
-                st.report.bulk_pages += n;
-                st.report.duplicate_pages += dup;
+                st.report.bulk_pages += pass.filled;
+                st.report.duplicate_pages += pass.dup;
                 if st.failed.is_some() {
                     return Ok(());
                 }
@@ -623,6 +698,8 @@ fn fault_loop(shared: &Shared, mut prio: std::net::TcpStream, wake: OwnedFd) -> 
     let mut buf = page_buffer();
     let mut sweep_at: Option<Instant> = None;
     let mut prio_open = true;
+    // fills the kernel refused while an event was queued (EAGAIN): retried once it is read
+    let mut deferred: Vec<Deferred> = Vec::new();
     loop {
         let uffds: Vec<(usize, Arc<Uffd>)> = {
             let st = shared.state.lock().expect("engine state");
@@ -653,8 +730,9 @@ fn fault_loop(shared: &Shared, mut prio: std::net::TcpStream, wake: OwnedFd) -> 
             events: libc::POLLIN,
             revents: 0,
         }));
+        let timeout = if deferred.is_empty() { 100 } else { 1 };
         // SAFETY: `pfds` is a live array of pollfd of the given length.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 100) };
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -678,7 +756,21 @@ fn fault_loop(shared: &Shared, mut prio: std::net::TcpStream, wake: OwnedFd) -> 
             }
             if re & libc::POLLIN != 0 {
                 while let Some(ev) = u.read_event()? {
-                    handle_event(shared, &mut prio, *i, u, ev)?;
+                    handle_event(shared, &mut prio, *i, u, ev, &mut deferred)?;
+                }
+            }
+        }
+        if !deferred.is_empty() {
+            let waiting = std::mem::take(&mut deferred);
+            for d in waiting {
+                if let Some(d) = d.retry(shared) {
+                    if shared.settle_overdue(d.since()) {
+                        return Err(io::Error::other(format!(
+                            "{d}: not possible for {} s after the restore finished",
+                            SETTLE_LIMIT.as_secs()
+                        )));
+                    }
+                    deferred.push(d);
                 }
             }
         }
@@ -697,13 +789,23 @@ fn fault_loop(shared: &Shared, mut prio: std::net::TcpStream, wake: OwnedFd) -> 
                 Some(h) if h.kind == Kind::Pages => {
                     let len = h.payload_len();
                     prio.read_exact(&mut buf[..len])?;
-                    let (n, dup) = shared.fill(h.pid, h.addr, &buf[..len]);
-                    let mut st = shared.state.lock().expect("engine state");
-                    for p in 0..u64::from(h.npages) {
-                        st.requested.remove(&(h.pid, h.addr + p * PAGE));
+                    tracing::debug!(
+                        "lazy engine: priority answer pid {} {:#x}+{}",
+                        h.pid,
+                        h.addr,
+                        h.npages
+                    );
+                    // never wait here for the address space to settle: the events that
+                    // settle it are this thread's to read (deferred, retried after them)
+                    let d = Deferred::Pages {
+                        pid: h.pid,
+                        img: h.addr,
+                        data: buf[..len].to_vec(),
+                        since: Instant::now(),
+                    };
+                    if let Some(d) = d.retry(shared) {
+                        deferred.push(d);
                     }
-                    st.report.priority_pages += n;
-                    st.report.duplicate_pages += dup;
                 }
                 Some(h) if h.kind == Kind::Refused => {
                     return Err(io::Error::new(
@@ -773,13 +875,107 @@ fn sweep(shared: &Shared, prio: &mut std::net::TcpStream) -> io::Result<()> {
     Ok(())
 }
 
+/// A fill the fault thread could not do yet: the kernel refuses fills into a task while one
+/// of its non-cooperative events (remap, remove, unmap, fork) is queued and unread
+/// (`EAGAIN`), and those events are the fault thread's to read; or part of an answer lies in
+/// a VMA not registered yet. A faulting thread sleeps until its page is filled or woken, so
+/// such a fill must be retried, never dropped.
+enum Deferred {
+    /// An answer from the priority stream.
+    Pages {
+        pid: u32,
+        img: u64,
+        data: Vec<u8>,
+        since: Instant,
+    },
+    /// A fault on a page that is not lazy (zeros at dump time): a zero page.
+    Zero {
+        task: usize,
+        uffd: Arc<Uffd>,
+        page: u64,
+        since: Instant,
+    },
+}
+
+impl std::fmt::Display for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Deferred::Pages { pid, img, data, .. } => write!(
+                f,
+                "filling {} faulted pages of task {pid} at {img:#x}",
+                data.len() as u64 / PAGE
+            ),
+            Deferred::Zero { task, page, .. } => {
+                write!(f, "a zero page at {page:#x} of task #{task}")
+            }
+        }
+    }
+}
+
+impl Deferred {
+    fn since(&self) -> Instant {
+        match self {
+            Deferred::Pages { since, .. } | Deferred::Zero { since, .. } => *since,
+        }
+    }
+
+    /// Tries once; `Some(self)` when it must wait for the task's events to be read.
+    fn retry(self, shared: &Shared) -> Option<Deferred> {
+        match self {
+            Deferred::Pages {
+                pid, img, ref data, ..
+            } => {
+                let pass = shared.fill_pass(pid, img, data);
+                let mut st = shared.state.lock().expect("engine state");
+                st.report.priority_pages += pass.filled;
+                st.report.duplicate_pages += pass.dup;
+                if pass.again {
+                    return Some(self);
+                }
+                for p in 0..data.len() as u64 / PAGE {
+                    st.requested.remove(&(pid, img + p * PAGE));
+                }
+                None
+            }
+            Deferred::Zero {
+                task,
+                ref uffd,
+                page,
+                ..
+            } => {
+                let z = uffd.zero(page, PAGE);
+                tracing::debug!("lazy engine: fault {page:#x} task#{task} not missing: zero {z:?}");
+                match z {
+                    Fill::Done => None,
+                    Fill::Again(_) => Some(self),
+                    Fill::Exists(_) | Fill::NoVma => {
+                        // there already, or no longer in a registered VMA: the thread only
+                        // needs waking (it faults again, or gets what the kernel gives)
+                        let _ = uffd.wake(page, PAGE);
+                        None
+                    }
+                    Fill::Gone => {
+                        let mut st = shared.state.lock().expect("engine state");
+                        st.tasks[task].gone = true;
+                        st.tasks[task].missing = Missing::default();
+                        shared.check_complete(&mut st);
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn handle_event(
     shared: &Shared,
     prio: &mut std::net::TcpStream,
     i: usize,
     u: &Arc<Uffd>,
     ev: Event,
+    deferred: &mut Vec<Deferred>,
 ) -> io::Result<()> {
+    tracing::debug!("lazy engine: task#{i} event {ev:?}");
     let mut st = shared.state.lock().expect("engine state");
     match ev {
         Event::PageFault { addr } => {
@@ -796,6 +992,10 @@ fn handle_event(
                         n += 1;
                     }
                     st.report.faults += 1;
+                    let already = st.requested.contains(&(pid, img));
+                    tracing::debug!(
+                        "lazy engine: fault {addr:#x} task#{i} pid {pid} img {img:#x} n {n} already requested {already}"
+                    );
                     if st.requested.insert((pid, img)) {
                         for p in 1..n {
                             st.requested.insert((pid, img + p * PAGE));
@@ -807,17 +1007,14 @@ fn handle_event(
                 None => {
                     // Not a lazy page (absent at dump time: zeros), or it just arrived.
                     drop(st);
-                    match u.zero(page, PAGE) {
-                        Fill::Exists(_) => {
-                            let _ = u.wake(page, PAGE);
-                        }
-                        Fill::Gone => {
-                            let mut st = shared.state.lock().expect("engine state");
-                            st.tasks[i].gone = true;
-                            st.tasks[i].missing = Missing::default();
-                            shared.check_complete(&mut st);
-                        }
-                        _ => {}
+                    let d = Deferred::Zero {
+                        task: i,
+                        uffd: u.clone(),
+                        page,
+                        since: Instant::now(),
+                    };
+                    if let Some(d) = d.retry(shared) {
+                        deferred.push(d);
                     }
                 }
             }
@@ -885,6 +1082,15 @@ mod tests {
 
     /// None when userfaultfd is not available here (a visible skip).
     fn scene() -> Option<Scene> {
+        scene_with_vmas(None, true)
+    }
+
+    /// The scene's region as two adjacent VMAs when `split` is `Some(k)`: pages `0..k` and
+    /// `k..PAGES` (the second marked `MADV_DONTFORK`, so the kernel keeps them apart), named as
+    /// two VMAs in the mm image and one lazy pagemap entry over both, as CRIU writes a
+    /// thread's stack and the mapping above it. Unless `registered`, the region is not
+    /// registered with the uffd yet (the restorer has not got there).
+    fn scene_with_vmas(split: Option<u64>, registered: bool) -> Option<Scene> {
         let uffd = match Uffd::open_own(false) {
             Ok(u) => u,
             Err(e) => {
@@ -906,7 +1112,37 @@ mod tests {
         };
         assert_ne!(p, libc::MAP_FAILED);
         let region = p as u64;
-        uffd.register(region, len as u64).unwrap();
+        if registered {
+            uffd.register(region, len as u64).unwrap();
+        }
+        if let Some(k) = split {
+            // SAFETY: advice on the tail of the mapping made above.
+            let r = unsafe {
+                libc::madvise(
+                    (region + k * PAGE) as *mut libc::c_void,
+                    ((PAGES - k) * PAGE) as usize,
+                    libc::MADV_DONTFORK,
+                )
+            };
+            assert_eq!(r, 0, "madvise: {}", io::Error::last_os_error());
+        }
+        let vma = |start: u64, end: u64| pb::VmaEntry {
+            start,
+            end,
+            pgoff: 0,
+            shmid: 0,
+            prot: 3,
+            flags: 0x22,
+            status: 0,
+            fd: -1,
+        };
+        let vmas = match split {
+            Some(k) => vec![
+                vma(region, region + k * PAGE),
+                vma(region + k * PAGE, region + len as u64),
+            ],
+            None => vec![vma(region, region + len as u64)],
+        };
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let pstree = pb::PstreeEntry {
@@ -921,18 +1157,7 @@ mod tests {
             encode_image(PSTREE_MAGIC, &[pstree.encode_to_vec()]),
         )
         .unwrap();
-        let mm = pb::MmEntry {
-            vmas: vec![pb::VmaEntry {
-                start: region,
-                end: region + len as u64,
-                pgoff: 0,
-                shmid: 0,
-                prot: 3,
-                flags: 0x22,
-                status: 0,
-                fd: -1,
-            }],
-        };
+        let mm = pb::MmEntry { vmas };
         std::fs::write(
             d.join("mm-1.img"),
             encode_image(MM_MAGIC, &[mm.encode_to_vec()]),
@@ -1063,6 +1288,95 @@ mod tests {
             sc.victim.try_wait().unwrap().is_none(),
             "a complete copy is left alone"
         );
+        let _ = sc.victim.kill();
+        drop(sc.uffd);
+    }
+
+    /// The hang of multi-threaded trees over the engine: a thread faults on the last page of
+    /// one VMA (a thread's rseq area at the top of its stack), the fault's cluster runs into
+    /// the adjacent VMA, and one `UFFDIO_COPY` over both is refused (`ENOENT`). The faulting
+    /// thread must still get its page, and every page must land.
+    #[test]
+    fn a_fault_next_to_a_vma_boundary_is_answered() {
+        const SPLIT: u64 = 40;
+        let Some(mut sc) = scene_with_vmas(Some(SPLIT), true) else {
+            return;
+        };
+        let region = sc.region;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // SAFETY: the page faults into the engine, which fills it; then it is readable.
+            let v = unsafe { std::ptr::read_volatile((region + (SPLIT - 1) * PAGE) as *const u8) };
+            let _ = tx.send(v);
+        });
+        let mut hb = [0u8; HEADER_LEN];
+        sc.prio.read_exact(&mut hb).unwrap();
+        let req = Header::decode(&hb).unwrap();
+        assert_eq!(req.kind, Kind::Request);
+        assert_eq!(req.addr, region + (SPLIT - 1) * PAGE);
+        assert!(req.npages > 1, "the request's cluster crosses the boundary");
+        send_pages(&mut sc.prio, region, SPLIT - 1, u64::from(req.npages));
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(
+            got.ok(),
+            Some(pattern(SPLIT - 1)),
+            "the thread faulting next to the VMA boundary was never woken with its page"
+        );
+        // the rest in one bulk message across the boundary too
+        send_pages(&mut sc.bulk, region, 0, PAGES);
+        sc.bulk.write_all(&Header::end(PAGES).encode()).unwrap();
+        finish_restore(&sc.restore);
+        let rep = sc.engine.join().unwrap().unwrap();
+        assert!(region_ok(region));
+        assert_eq!(
+            rep.priority_pages + rep.bulk_pages + rep.duplicate_pages,
+            PAGES
+        );
+        let _ = sc.victim.kill();
+        drop(sc.uffd);
+    }
+
+    /// Whether every page of the region is resident (mincore: no fault, so no hang when not).
+    fn resident(region: u64) -> bool {
+        let mut v = vec![0u8; PAGES as usize];
+        // SAFETY: mincore reads the residency of our own mapping into a vector of one byte
+        // per page.
+        let r = unsafe {
+            libc::mincore(
+                region as *mut libc::c_void,
+                (PAGES * PAGE) as usize,
+                v.as_mut_ptr(),
+            )
+        };
+        r == 0 && v.iter().all(|b| b & 1 == 1)
+    }
+
+    /// A stop-and-copy's bulk pages come before the restorer registered their VMAs with the
+    /// uffd (`ENOENT`); they must wait for it, however long the restore takes to get there,
+    /// never be given up (the task would later find zeros there).
+    #[test]
+    fn pages_that_come_before_their_vma_is_registered_wait_for_it() {
+        let Some(mut sc) = scene_with_vmas(None, false) else {
+            return;
+        };
+        let region = sc.region;
+        send_pages(&mut sc.bulk, region, 0, PAGES);
+        sc.bulk.write_all(&Header::end(PAGES).encode()).unwrap();
+        // the restorer registers the VMA only now
+        std::thread::sleep(Duration::from_millis(1500));
+        sc.uffd.register(region, PAGES * PAGE).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !resident(region) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            resident(region),
+            "pages that came before the registration were never filled"
+        );
+        assert!(region_ok(region));
+        finish_restore(&sc.restore);
+        let rep = sc.engine.join().unwrap().unwrap();
+        assert_eq!(rep.bulk_pages, PAGES);
         let _ = sc.victim.kill();
         drop(sc.uffd);
     }

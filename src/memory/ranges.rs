@@ -29,8 +29,12 @@ impl Run {
     }
 }
 
-/// The missing pages of one task. Runs never overlap; adjacent runs whose image addresses
-/// continue each other are merged.
+/// The missing pages of one task. Runs never overlap, and are never merged: each range
+/// given to [`Missing::from_ranges`] lies inside one VMA (see `image::lazy_ranges`), and
+/// `UFFDIO_COPY` refuses (`ENOENT`) a range that is not inside ONE VMA. Two adjacent
+/// VMAs are common (a thread's stack and the mapping right above it, which holds its TLS and
+/// rseq area): a merged run across them made the engine's copies fail there and the faulting
+/// thread sleep forever.
 #[derive(Debug, Clone, Default)]
 pub struct Missing {
     /// start -> (end, img)
@@ -77,29 +81,22 @@ impl Missing {
             .map(|(&start, &(end, img))| Run { start, end, img })
     }
 
-    /// Adds a run that overlaps nothing already missing (merging with neighbours).
+    /// Adds a run that overlaps nothing already missing (never merged with its neighbours:
+    /// see [`Missing`]).
     fn insert(&mut self, r: Run) {
         if r.end <= r.start {
             return;
         }
         debug_assert!(r.start % PAGE == 0 && r.end % PAGE == 0 && r.img % PAGE == 0);
-        let mut run = r;
+        debug_assert!(
+            self.runs
+                .range(..r.end)
+                .next_back()
+                .map_or(true, |(_, &(pe, _))| pe <= r.start),
+            "overlapping insert"
+        );
         self.pages += r.pages();
-        if let Some((&ps, &(pe, pimg))) = self.runs.range(..run.start).next_back() {
-            debug_assert!(pe <= run.start, "overlapping insert");
-            if pe == run.start && pimg + (pe - ps) == run.img {
-                self.runs.remove(&ps);
-                run.start = ps;
-                run.img = pimg;
-            }
-        }
-        if let Some(&(ne, nimg)) = self.runs.get(&run.end) {
-            if run.img + (run.end - run.start) == nimg {
-                self.runs.remove(&run.end);
-                run.end = ne;
-            }
-        }
-        self.runs.insert(run.start, (run.end, run.img));
+        self.runs.insert(r.start, (r.end, r.img));
     }
 
     /// The image address of run-time page `addr`, when it is missing.
@@ -274,17 +271,33 @@ mod tests {
         );
     }
 
+    /// Two adjacent ranges are two VMAs: a run (hence one `UFFDIO_COPY`) never spans both.
     #[test]
-    fn adjacent_runs_merge() {
+    fn adjacent_ranges_stay_apart() {
         let m = Missing::from_ranges([(0, 4 * P), (4 * P, 8 * P)]);
-        assert_eq!(m.runs(), 1);
+        assert_eq!(m.runs(), 2);
         assert_eq!(
-            m.first(3),
+            m.first(8),
             Some(Run {
                 start: 0,
-                end: 3 * P,
+                end: 4 * P,
                 img: 0
             })
+        );
+        assert_eq!(
+            m.by_img(3 * P, 5 * P),
+            vec![
+                Run {
+                    start: 3 * P,
+                    end: 4 * P,
+                    img: 3 * P
+                },
+                Run {
+                    start: 4 * P,
+                    end: 5 * P,
+                    img: 4 * P
+                }
+            ]
         );
     }
 

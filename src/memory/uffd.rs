@@ -167,9 +167,18 @@ pub enum Fill {
     Done,
     /// `n` bytes were filled, then a page already present stopped it (`EEXIST`).
     Exists(u64),
-    /// The address space changed under us (`EAGAIN`, or `ENOENT`: no VMA there any more):
-    /// let the uffd's events be read, look again at what is missing, retry from `n` bytes on.
-    Retry(u64),
+    /// `EAGAIN`: `n` bytes were filled, then the fill stopped. With `n == 0` the address
+    /// space is changing (the kernel refuses fills while a non-cooperative event — remap,
+    /// remove, unmap, fork — is queued on this uffd and not read yet): read the uffd's events,
+    /// look again at what is missing, retry. With `n > 0`, go on from `n` (the next try says
+    /// what stopped it).
+    Again(u64),
+    /// `ENOENT`: nothing was filled because `[dst, dst + len)` does not lie inside ONE
+    /// registered VMA: it crosses a VMA boundary (a range the images call contiguous can be
+    /// two VMAs, e.g. a thread's stack and the mapping above it, or a VMA split later by
+    /// `mprotect`), or it is not registered (yet: the restorer registers the lazy VMAs only
+    /// after the uffd was handed over) or no longer mapped. Fill page by page to tell.
+    NoVma,
     /// The process (its memory) is gone (`ESRCH`, `ENOSPC`) or the fd is unusable.
     Gone,
 }
@@ -277,9 +286,10 @@ impl Uffd {
         let n = done.max(0) as u64;
         match e.raw_os_error() {
             Some(libc::EEXIST) => Fill::Exists(n),
-            Some(libc::EAGAIN) | Some(libc::ENOENT) => Fill::Retry(n),
+            Some(libc::EAGAIN) => Fill::Again(n),
+            Some(libc::ENOENT) => Fill::NoVma,
             _ if done == -i64::from(libc::EEXIST) => Fill::Exists(0),
-            _ if done == -i64::from(libc::EAGAIN) => Fill::Retry(0),
+            _ if done == -i64::from(libc::EAGAIN) => Fill::Again(0),
             _ => Fill::Gone,
         }
     }
@@ -523,6 +533,55 @@ mod tests {
         assert!(mem[..2 * 4096].iter().all(|&b| b == 7));
         assert!(mem[2 * 4096..].iter().all(|&b| b == 0));
         assert!(u.read_event().unwrap().is_none(), "no fault happened");
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(p, len) };
+    }
+
+    /// One copy over two adjacent VMAs is refused as a whole (`ENOENT`, nothing filled); each
+    /// VMA's part fills on its own. (The engine once took this for "the address space is
+    /// changing", retried, gave up, and left the faulting thread asleep.)
+    #[test]
+    fn a_copy_across_two_vmas_is_no_vma() {
+        let u = match Uffd::open_own(true) {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("SKIP: userfaultfd unavailable here: {e}");
+                return;
+            }
+        };
+        let len = 4 * 4096;
+        // SAFETY: a fresh private anonymous mapping, unmapped at the end of the test.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let a = p as u64;
+        u.register(a, len as u64).unwrap();
+        // SAFETY: advice on the upper half of that mapping: it becomes a VMA of its own.
+        let r = unsafe {
+            libc::madvise(
+                (a + 2 * 4096) as *mut libc::c_void,
+                2 * 4096,
+                libc::MADV_DONTFORK,
+            )
+        };
+        assert_eq!(r, 0);
+        let src = vec![9u8; len];
+        assert_eq!(u.copy(a + 4096, &src[..2 * 4096]), Fill::NoVma);
+        assert_eq!(u.copy(a + 4096, &src[..4096]), Fill::Done);
+        assert_eq!(u.copy(a + 2 * 4096, &src[..4096]), Fill::Done);
+        assert_eq!(u.copy(a, &src[..4096]), Fill::Done);
+        assert_eq!(u.copy(a + 3 * 4096, &src[..4096]), Fill::Done);
+        // SAFETY: all four pages are present now.
+        let mem = unsafe { std::slice::from_raw_parts(p as *const u8, len) };
+        assert!(mem.iter().all(|&b| b == 9));
         // SAFETY: the mapping made above.
         unsafe { libc::munmap(p, len) };
     }

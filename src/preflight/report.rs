@@ -38,10 +38,9 @@ impl SourcePreflight {
     /// The cost model's inputs for this tree (bandwidth, dirty rate and the nodes' features
     /// from the caller; `memory_path`: what `--memory-path` allows).
     ///
-    /// A multi-threaded tree never takes haul's memory path: the full test run of 2026-11-30
-    /// found `mt-threads` (3 threads), `tcp-echo` and redis hanging over it, stop-copy and
-    /// post-copy alike, with the process frozen (CRIU's restore and the engine each
-    /// waiting; tests/workloads_migrate.rs).
+    /// Multi-threaded trees take haul's memory path like any other (they once hung there: the
+    /// engine filled a faulted thread-stack page with one copy across two VMAs; see
+    /// `memory::ranges::Missing`).
     pub fn cost_inputs(
         &self,
         source: Features,
@@ -53,8 +52,7 @@ impl SourcePreflight {
         CostInputs {
             memory_engine: memory_path != EngineUse::Off
                 && source.lazy_pages
-                && destination.lazy_pages
-                && !self.inspection.multi_threaded(),
+                && destination.lazy_pages,
             stop_copy_engine_forced: memory_path == EngineUse::Forced,
             resident_bytes: self.inspection.resident(),
             mapped_bytes: self.inspection.mapped(),

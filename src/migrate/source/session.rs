@@ -131,14 +131,6 @@ impl Session {
             info!("pre-flight: {f}");
         }
         let memory_engine = choice.over_haul_path(strategy);
-        if checked.tree.inspection.multi_threaded() && cfg.memory.forced {
-            warn!(
-                "--memory-path haul is not taken for pid {}: the tree is multi-threaded, which haul's memory path cannot move yet (the restore hangs with the process frozen); memory moves over CRIU's path",
-                cfg.pid
-            );
-        } else if checked.tree.inspection.multi_threaded() && cfg.memory.engine {
-            info!("memory path: CRIU's (the tree is multi-threaded; see SourcePreflight::cost_inputs)");
-        }
         report.memory_path = if memory_engine { "haul" } else { "criu" }.into();
         report.preflight = Some(PreflightReport::new(&checked.tree, dst_findings, choice));
         report.strategy = strategy.name().into();

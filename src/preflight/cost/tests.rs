@@ -258,8 +258,8 @@ fn memory_path_is_decided_by_the_estimates() {
     assert!(!choose_strategy(&m, &sparse).over_haul_path(Strategy::StopCopy));
     sparse.stop_copy_engine_forced = true;
     assert!(choose_strategy(&m, &sparse).over_haul_path(Strategy::StopCopy));
-    // Without the engine (CRIU's path asked for, a multi-threaded tree, no lazy pages), no
-    // strategy takes haul's path, forced or not.
+    // Without the engine (CRIU's path asked for, no lazy pages), no strategy takes haul's
+    // path, forced or not.
     dense.memory_engine = false;
     dense.stop_copy_engine_forced = true;
     let c = choose_strategy(&m, &dense);
