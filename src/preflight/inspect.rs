@@ -199,11 +199,6 @@ pub struct TreeInspection {
 }
 
 impl TreeInspection {
-    /// Whether a process of the tree runs more than one thread.
-    pub fn multi_threaded(&self) -> bool {
-        self.processes.iter().any(|p| p.tids.len() > 1)
-    }
-
     /// Resident bytes of the whole tree.
     pub fn resident(&self) -> u64 {
         self.memory.iter().map(|m| m.resident).sum()
