@@ -123,8 +123,9 @@ pub struct MigrationReport {
     pub downtime_secs: f64,
     /// The destination's wall time for the restore request (s).
     pub restore_wall_secs: f64,
-    /// Where the final dump's downtime went, on the source's clock (pre-copy, stop-copy;
-    /// `None` for post-copy and before runs-T3b).
+    /// Where the final dump's downtime went, on the source's clock (`None` in reports before
+    /// results/vm/throttle-2026-11-30/runs-T3b; with a lazy final dump only the parts up to
+    /// `post-dump`, the others 0).
     #[serde(default)]
     pub final_parts: Option<FinalDumpParts>,
     /// Post-copy: from "running on the destination" until the last page left the source (s).
