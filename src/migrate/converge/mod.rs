@@ -741,7 +741,8 @@ mod tests {
     /// The rounds of results/vm/throttle-2026-11-30/runs-T3 (auto-r2 to r4, T = 3 s) as
     /// recorded (pages, bytes, secs, start s, throttle %, CRIU's frozen, memdump and memwrite
     /// µs), and the downtime less restore their final dumps took (s).
-    const RUNS_T3: [(&[(u64, u64, f64, f64, u8, u32, u32, u32)], f64); 3] = [
+    type Recorded = (u64, u64, f64, f64, u8, u32, u32, u32);
+    const RUNS_T3: [(&[Recorded], f64); 3] = [
         (
             &[
                 (16433, 67309568, 6.771, 0.0, 0, 165021, 78545, 5613599),
