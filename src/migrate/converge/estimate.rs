@@ -15,6 +15,7 @@
 //!   mem_i       = rate0_i * (1 - L_i) * secs_i / link_i     what a final dump now would move, in s
 //!   other_i     = max(0, f_i - m_i)                         the round's frozen non-memory part
 //!   rest_i      = max(0, secs_i - w_i - m_i, other_i)       the round's time besides moving pages
+//!                 (other_i alone when CRIU reports no w_i for a round that wrote pages)
 //!   frz_i       = max(rest_1 .. rest_i)                     the final dump's fixed part, estimated
 //!   est_i       = mem_i + frz_i                             the downtime the freeze would cost
 //! ```
@@ -106,12 +107,21 @@ impl PreCopyRound {
     }
 
     /// The round's wall time besides moving its pages (s): `secs - memwrite - memdump`, at
-    /// least its frozen non-memory part; `None` without stats.
+    /// least its frozen non-memory part; `None` without stats. A round that wrote pages but
+    /// reports no write time (a CRIU that does not time it) counts its frozen non-memory part
+    /// alone, as the estimate did before: its wall time would count the pages' transfer as
+    /// fixed.
     pub fn rest_secs(&self) -> Option<f64> {
-        self.has_stats().then(|| {
+        if !self.has_stats() {
+            return None;
+        }
+        if self.memory_write_secs <= 0.0 && self.pages_written > 0 {
+            return Some(self.frozen_other_secs());
+        }
+        Some(
             (self.secs - self.memory_write_secs - self.memory_frozen_secs)
-                .max(self.frozen_other_secs())
-        })
+                .max(self.frozen_other_secs()),
+        )
     }
 }
 
@@ -376,6 +386,12 @@ mod tests {
             round(2048, 0.5, 0.1, 0.05, 0.2),
         ];
         let e = estimates(&rounds);
+        // pages written but no write time: the frozen part besides memory alone (0.2 s), not
+        // the round's 9 s; no pages and no write time: the whole round's time is fixed
+        let no_write = estimates(&[round(2048, 9.0, 0.3, 0.1, 0.0)]);
+        assert!((no_write[0].rest_secs.unwrap() - 0.2).abs() < 1e-9);
+        let no_pages = estimates(&[round(0, 2.0, 0.3, 0.0, 0.0)]);
+        assert!((no_pages[0].rest_secs.unwrap() - 2.0).abs() < 1e-9);
         assert_eq!(e[0].rest_secs, None);
         assert_eq!(e[0].est_frozen_secs, 0.0);
         assert!((e[1].est_frozen_secs - 1.5).abs() < 1e-9);
