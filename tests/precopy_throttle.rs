@@ -245,7 +245,8 @@ async fn without_a_target_the_rounds_follow_phaul_and_nothing_is_throttled() {
         assert_eq!(r.pre_dump_mode, Some(PreDumpMode::Splice));
         assert!((r.frozen_secs - 0.0005).abs() < 1e-9, "{}", r.frozen_secs);
         assert!(r.bandwidth > 0.0 && r.est_downtime_secs > 0.0, "{r:?}");
-        // the estimate's two parts: the frozen one is CRIU's frozen time less its memdump
+        // the estimate's two parts: the fixed one is CRIU's frozen time less its memdump (the
+        // script reports no write time, so not the round's time besides moving pages)
         let (mem, frz) = (r.est_memory_secs.unwrap(), r.est_frozen_secs.unwrap());
         assert!((frz - 0.0005).abs() < 1e-9, "{r:?}");
         assert!((r.est_downtime_secs - (mem + frz)).abs() < 1e-12, "{r:?}");

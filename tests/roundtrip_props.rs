@@ -20,7 +20,7 @@ use haul::criu::{stats, CriuVersion, DumpStats, Features, RestoreStats};
 use haul::migrate::control::Control;
 use haul::migrate::converge::{OnTimeout, ThrottleLevel, MAX_PERCENT};
 use haul::migrate::images::{new_migration_id, valid_migration_id};
-use haul::migrate::report::{MigrationReport, RoundReport};
+use haul::migrate::report::{FinalDumpParts, MigrationReport, RoundReport};
 use haul::migrate::strategy::Strategy as Migration;
 use haul::migrate::transfer::{is_image, send_images, ImageReceiver, CHUNK};
 use haul::sync::stats::{SyncReport, SyncRoundReport};
@@ -641,6 +641,8 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                     est_downtime_secs: f[2],
                     est_memory_secs: rate,
                     est_frozen_secs: rate.map(|r| r / 2.0),
+                    write_rate: rate.map(|r| r * 2.0),
+                    rest_secs: rate.map(|r| r / 3.0),
                     link_bandwidth: f[4],
                     fixed_secs: f[5],
                     throttle,
@@ -703,6 +705,12 @@ fn report() -> impl Strategy<Value = MigrationReport> {
                 restore_secs: secs.0[2],
                 downtime_secs: secs.0[3],
                 restore_wall_secs: secs.0[4],
+                final_parts: secs.1.map(|s| FinalDumpParts {
+                    until_pre_dump_secs: Some(s / 5.0),
+                    dump_secs: s,
+                    handoff_secs: s / 7.0,
+                    restore_call_secs: s * 3.0,
+                }),
                 postcopy_window_secs: secs.1,
                 dump: stats.0,
                 restore: stats.1,

@@ -30,11 +30,20 @@ pub struct RoundReport {
     /// over the link's bandwidth (s).
     #[serde(default)]
     pub est_memory_secs: Option<f64>,
-    /// The frozen non-memory part: the median of the rounds' CRIU frozen time less its
-    /// memdump time so far (s; a lower bound of the final dump's).
+    /// The final dump's fixed (non-memory) part, estimated: the median of the rounds' wall
+    /// time besides writing pages so far (`converge::estimate`; reports before 2026-11-30's
+    /// runs-T3b: the median of the rounds' CRIU frozen time less memdump, a lower bound).
     #[serde(default)]
     pub est_frozen_secs: Option<f64>,
-    /// The link's bandwidth: the best any round so far saw (bytes/s).
+    /// The rate CRIU wrote this round's pages at: pages over its `memwrite_time` (bytes/s).
+    #[serde(default)]
+    pub write_rate: Option<f64>,
+    /// The round's wall time besides writing its pages: `secs - memwrite_time` (s).
+    #[serde(default)]
+    pub rest_secs: Option<f64>,
+    /// The page rate the final dump's memory part is estimated at (bytes/s): the slowest
+    /// write rate of the rounds so far that wrote at least 4 MiB (before runs-T3b: the best
+    /// round's bandwidth).
     #[serde(default)]
     pub link_bandwidth: f64,
     /// The round's fixed part: its time the bytes do not explain (s).
@@ -59,6 +68,26 @@ pub struct RoundReport {
     /// What the stop rule decided after the round, and why.
     #[serde(default)]
     pub verdict: String,
+}
+
+/// Where the final dump's downtime went: from haul's request to CRIU (where `downtime_secs`
+/// starts) to the destination's answer that the process runs, in order (s, on the source's
+/// clock). What the stop rule's fixed-part estimate (`converge::estimate`) aims at is their sum
+/// less CRIU's memdump and restore times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct FinalDumpParts {
+    /// Until CRIU's `pre-dump` notification, when a throttle was released there (CRIU
+    /// starting; the tree is not frozen yet); `None` without a throttle.
+    pub until_pre_dump_secs: Option<f64>,
+    /// Until CRIU's `post-dump` notification: the tree dumped, memory included (from the
+    /// request, or from the `pre-dump` notification when there was one).
+    pub dump_secs: f64,
+    /// Haul's hand-off after `post-dump`: the page server's end, the final sync, the images
+    /// sent, until the restore is requested.
+    pub handoff_secs: f64,
+    /// The restore request until the destination's answer (its restore wall time plus the
+    /// round trip).
+    pub restore_call_secs: f64,
 }
 
 /// Everything measured in one migration.
@@ -94,6 +123,11 @@ pub struct MigrationReport {
     pub downtime_secs: f64,
     /// The destination's wall time for the restore request (s).
     pub restore_wall_secs: f64,
+    /// Where the final dump's downtime went, on the source's clock (`None` in reports before
+    /// results/vm/throttle-2026-11-30/runs-T3b; with a lazy final dump only the parts up to
+    /// `post-dump`, the others 0).
+    #[serde(default)]
+    pub final_parts: Option<FinalDumpParts>,
     /// Post-copy: from "running on the destination" until the last page left the source (s).
     /// While it lasts, losing the source loses the process.
     pub postcopy_window_secs: Option<f64>,

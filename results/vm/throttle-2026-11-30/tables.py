@@ -7,7 +7,8 @@ the repetitions of a case (NAME-rN); the link; the failure runs' states.
 
 For plain CRIU's loop the per-round dirty rate and estimated downtime are computed here with
 haul's formulas (src/migrate/converge/estimate.rs, throttle 0): rate_i = pages_i * 4096 /
-(start_i - start_{i-1}), link = the best round's bytes/s, est_i = rate_i * secs_i / link.
+(start_i - start_{i-1}), link = the best round's bytes/s, est_i = rate_i * secs_i / link
+(the estimate before runs-T3b: memory part only, at the best round's bandwidth).
 """
 import datetime
 import json
@@ -192,6 +193,10 @@ def case_row(name, d):
         row["est_frz"] = last.get("est_frz")
         row["why"] = rep.get("convergence", "")
         row["mode"] = rep.get("pre_dump_mode") or "-"
+        row["est_mem"] = last.get("est_mem")
+        row["est_link"] = last.get("link")
+        row["final_parts"] = rep.get("final_parts")
+        row["restore_wall"] = rep.get("restore_wall_secs")
     else:
         rounds = criu_rounds(d, res)
         dump = next((kv for k, kv, _ in res if k == "dump"), None)
@@ -227,6 +232,26 @@ def summary(rows, T):
             f"| {r['case']} | {r['n_rounds']} | {r['throttle']}% | {fmt(r['link'])} | {r.get('final_pages') or '-'} | {fmt(r.get('final_memdump'))} / {fmt(r.get('final_memwrite'))} | "
             f"{fmt(r.get('downtime'))} | {fmt(r.get('restore'))} | {fmt(r.get('beyond'))} | {ok} | {fmt(r.get('nonmem'))} | {fmt(r.get('est_frz'))} | {fmt(r.get('gap'))} | "
             f"{fmt(r['frozen_rounds'])} | {fmt(r.get('total'), 1)} | {fmt(r.get('before'))} | {fmt(r.get('after'))} | {r['checked']} |"
+        )
+
+
+def final_parts(rows):
+    """haul's runs with the final dump's parts (report.json's final_parts, runs-T3b on): the
+    estimate at the stop against what the final dump took, part by part."""
+    rs = [r for r in rows if r.get("final_parts")]
+    if not rs:
+        return
+    print("| case | est. at the stop: memory + fixed s | est. page rate MiB/s | final dump's page rate MiB/s (pages / memdump) | until pre-dump s | dump until post-dump s (of which memdump) | hand-off s | restore call s (dst's wall / CRIU's restore) | downtime - restore - memdump s (the fixed part) | downtime - restore s | est. - (downtime - restore) s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rs:
+        p = r["final_parts"]
+        rate = r["final_pages"] * PAGE / MIB / r["final_memdump"] if r.get("final_pages") and r.get("final_memdump") else None
+        est = (r["est_mem"] or 0) + (r["est_frz"] or 0) if r.get("est_mem") is not None else None
+        diff = est - r["beyond"] if est is not None and r.get("beyond") is not None else None
+        print(
+            f"| {r['case']} | {fmt(r.get('est_mem'))} + {fmt(r.get('est_frz'))} | {fmt(r.get('est_link'))} | {fmt(rate)} | {fmt(p.get('until_pre_dump_secs'))} | "
+            f"{fmt(p.get('dump_secs'))} ({fmt(r.get('final_memdump'))}) | {fmt(p.get('handoff_secs'))} | {fmt(p.get('restore_call_secs'))} ({fmt(r.get('restore_wall'))} / {fmt(r.get('restore'))}) | "
+            f"{fmt(r.get('nonmem'))} | {fmt(r.get('beyond'))} | {'+' if diff is not None and diff >= 0 else ''}{fmt(diff)} |"
         )
 
 
@@ -331,6 +356,8 @@ def main():
             link(d)
     print("\n### Every run\n")
     summary(rows, T)
+    print("\n### Where the final dump's downtime went (haul's runs)\n")
+    final_parts(rows)
     print("\n### Medians of the repetitions\n")
     medians(rows, T)
     print("\n### Rounds of every run")

@@ -7,7 +7,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::criu::pb::CriuReqType;
 use crate::criu::service::{CriuOperation, Until};
@@ -17,6 +17,7 @@ use crate::wire::pb;
 
 use super::super::images::RoundDir;
 use super::super::limits;
+use super::super::report::FinalDumpParts;
 use super::super::{relay, transfer};
 use super::progress;
 use super::session::{Session, Stage};
@@ -93,6 +94,8 @@ impl Session {
         let t_freeze = Instant::now();
         self.stage = Stage::Frozen;
         let mut op = self.criu.start_request(req, &inherit, Some(log)).await?;
+        let mut parts = FinalDumpParts::default();
+        let mut t_part = t_freeze;
         if self.throttle.is_some() {
             if let Err(e) = self.release_throttle_at_pre_dump(&mut op).await {
                 // Answered with failure: CRIU gives up before it seizes the tree.
@@ -103,9 +106,13 @@ impl Session {
                 }
                 return Err(e);
             }
+            parts.until_pre_dump_secs = Some(t_part.elapsed().as_secs_f64());
+            t_part = Instant::now();
         }
         // Wait for post-dump: everything dumped, tasks frozen.
         let reached = op.run_until(&Hook::PostDump).await;
+        parts.dump_secs = t_part.elapsed().as_secs_f64();
+        self.report.final_parts = Some(parts);
         if !matches!(reached, Ok(Until::Reached(_))) {
             // CRIU resumes the tasks when a dump fails.
             op.finish().await;
@@ -184,6 +191,7 @@ impl Session {
         early: bool,
         t_freeze: Instant,
     ) -> Result<HandOver, SourceError> {
+        let t_handoff = Instant::now();
         if let Memory::PageServer(_) = memory {
             let bytes = self.end_round(0).await?;
             self.report.memory_bytes_sent += bytes;
@@ -198,7 +206,24 @@ impl Session {
         match memory {
             // Post-copy restores only once CRIU serves the pages (the restore faults on them).
             Memory::Lazy(port) => Ok(HandOver::LazyReady(*port)),
-            Memory::PageServer(_) => Ok(HandOver::Restored(self.restore(false).await?)),
+            Memory::PageServer(_) => {
+                let handoff_secs = t_handoff.elapsed().as_secs_f64();
+                let t_restore = Instant::now();
+                let restored = self.restore(false).await?;
+                if let Some(p) = &mut self.report.final_parts {
+                    p.handoff_secs = handoff_secs;
+                    p.restore_call_secs = t_restore.elapsed().as_secs_f64();
+                    info!(
+                        "final dump's parts: CRIU until pre-dump {}, dump until post-dump {:.3}s, hand-off {handoff_secs:.3}s, restore call {:.3}s (destination's wall {:.3}s)",
+                        p.until_pre_dump_secs
+                            .map_or_else(|| "-".to_string(), |s| format!("{s:.3}s")),
+                        p.dump_secs,
+                        p.restore_call_secs,
+                        restored.restore_wall_secs
+                    );
+                }
+                Ok(HandOver::Restored(restored))
+            }
         }
     }
 

@@ -156,6 +156,7 @@ impl Session {
                 throttle: level,
                 frozen_secs: f64::from(st.frozen_time_us) / 1e6,
                 memory_frozen_secs: f64::from(st.memdump_time_us) / 1e6,
+                memory_write_secs: f64::from(st.memwrite_time_us) / 1e6,
             });
             let est = *converge::estimates(&rounds)
                 .last()
@@ -180,6 +181,8 @@ impl Session {
                 est_downtime_secs: est.est_downtime_secs,
                 est_memory_secs: Some(est.est_memory_secs),
                 est_frozen_secs: Some(est.est_frozen_secs),
+                write_rate: est.write_rate,
+                rest_secs: est.rest_secs,
                 link_bandwidth: est.link_bandwidth,
                 fixed_secs: est.fixed_secs,
                 throttle: level,
