@@ -40,6 +40,14 @@ pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 /// or a page the restore never registered reaches it. Until the restore finished there is no
 /// limit: a stop-and-copy's bulk pages arrive before the restorer registered their VMAs.
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+/// A bulk thread's first pause before it tries pages that could not be filled yet again; the
+/// pause doubles up to [`RETRY_PAUSE_MAX`]. A stop-and-copy's bulk pages wait there until the
+/// restorer registered their VMAs (a second and more at 1 GiB): retried every 200 µs, the
+/// two bulk threads spent about 1.7 CPU-s more per GiB on a 2-core node, the cores CRIU's
+/// restore needed (results/memory-path-final-2026-11-30.md).
+const RETRY_PAUSE_MIN: Duration = Duration::from_micros(200);
+/// The longest pause between such tries (what it adds at most once the VMAs are there).
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(5);
 
 /// What the engine is given.
 pub struct EngineConfig {
@@ -310,6 +318,7 @@ impl Shared {
     fn fill(&self, pid: u32, img: u64, data: &[u8]) -> FillPass {
         let t0 = Instant::now();
         let mut total = FillPass::default();
+        let mut pause = RETRY_PAUSE_MIN;
         loop {
             let pass = self.fill_pass(pid, img, data);
             total.add(&pass);
@@ -326,7 +335,8 @@ impl Shared {
             }
             // the fault thread reads the pending event
             self.poke();
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
     }
 }
