@@ -153,8 +153,10 @@ enum Cmd {
         /// How memory moves after the freeze: `auto` (haul's own memory path for post-copy
         /// and hybrid, and for stop-copy where it is estimated faster: pages pushed at link
         /// speed, faulted pages first; not for a sparse tree, whose lazy dump costs with its
-        /// mapped size), `haul` (always), or `criu` (CRIU's page server, and its lazy-pages
-        /// daemon for post-copy).
+        /// mapped size), `haul` (stop-copy too, whatever the estimate), or `criu` (CRIU's
+        /// page server, and its lazy-pages daemon for post-copy). haul's path needs lazy pages
+        /// on both nodes; stop-copy of a tree with established TCP connections always keeps
+        /// CRIU's page-server dump (a failed lazy dump would leave them locked).
         #[arg(long, default_value = "auto", value_parser = ["auto", "haul", "criu"])]
         memory_path: String,
         /// Bulk memory streams of haul's memory path (besides its priority stream), 1 to 16.

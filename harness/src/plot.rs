@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -225,6 +226,44 @@ struct LogAxis {
 }
 
 /// Lines over a logarithmic x axis, error bars at q1..q3.
+/// A chart of `labels.len()` categories along x (one label under each) and seconds from 0 to
+/// `ymax` up, its mesh drawn: the frame of the bar charts.
+fn category_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    labels: &[String],
+    ymax: f64,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String> {
+    let n = labels.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 {
+                labels.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("seconds")
+        .y_label_formatter(&|y| format!("{y:.2}"))
+        .label_style(("sans-serif", 12))
+        .axis_desc_style(("sans-serif", 14))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(e)?;
+    Ok(chart)
+}
+
 fn draw_lines<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
@@ -634,34 +673,8 @@ fn draw_bars<DB: DrawingBackend>(
         .fold(0.0f64, f64::max)
         .max(1e-3)
         * 1.2;
-    let n = cases.len();
     let labels = cases.clone();
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax)
-        .map_err(e)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 {
-                labels.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc("seconds")
-        .y_label_formatter(&|y| format!("{y:.2}"))
-        .label_style(("sans-serif", 12))
-        .axis_desc_style(("sans-serif", 14))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .map_err(e)?;
+    let mut chart = category_chart(area, title, &labels, ymax)?;
     let width = 0.8 / series.len() as f64;
     for (si, s) in series.iter().enumerate() {
         let c = color(s);
@@ -865,37 +878,11 @@ impl SyncCost<'_> {
             return note(area, title, "no successful synced migrations");
         }
         let ymax = bars.iter().map(|b| b.2.max(b.3)).fold(0.0f64, f64::max) * 1.2;
-        let n = bars.len();
         let labels: Vec<String> = bars
             .iter()
             .map(|b| format!("{} {}", b.1, short_case(&b.0)))
             .collect();
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..ymax.max(1e-3))
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n)
-            .x_label_formatter(&|x| {
-                let i = x.round();
-                if (x - i).abs() < 0.01 && i >= 0.0 {
-                    labels.get(i as usize).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            })
-            .y_desc("seconds")
-            .y_label_formatter(&|y| format!("{y:.2}"))
-            .label_style(("sans-serif", 12))
-            .axis_desc_style(("sans-serif", 14))
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(e)?;
+        let mut chart = category_chart(area, title, &labels, ymax.max(1e-3))?;
         for (i, (case, series, down, sync)) in bars.iter().enumerate() {
             let c = shade(series, self.case_index(case));
             let x = i as f64;

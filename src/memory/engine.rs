@@ -140,6 +140,9 @@ struct State {
     restore_finished: bool,
     /// When it did (every lazy VMA of every task is registered from then on).
     restore_finished_at: Option<Instant>,
+    /// When the restore was seen at `post-restore` (its tree's pid file written): every lazy
+    /// VMA is registered from then on.
+    registered_at: Option<Instant>,
     /// The engine is about to exit: the fault thread stops.
     exiting: bool,
     started: Option<Instant>,
@@ -302,13 +305,27 @@ impl Shared {
         pass
     }
 
-    /// Whether pages that could not be filled since `since` have waited too long: the
-    /// restore finished, and both that and `since` are more than [`SETTLE_LIMIT`] ago.
+    /// Whether pages that could not be filled since `since` have waited too long: every lazy
+    /// VMA is registered, and both that and `since` are more than [`SETTLE_LIMIT`] ago.
+    ///
+    /// Every VMA is registered once the restore finished, or once it reached `post-restore`
+    /// (the restorer is done), which the destination marks by writing the tree's pid file:
+    /// a held stop-and-copy answers `post-restore` only when every page is in, so its restore
+    /// cannot finish before that, and without the mark a page that never fills would hold the
+    /// copy (and the frozen source) until the destination's 600 s wait (review of
+    /// 2026-11-30).
     fn settle_overdue(&self, since: Instant) -> bool {
-        let st = self.state.lock().expect("engine state");
+        let mut st = self.state.lock().expect("engine state");
+        if st.restore_finished_at.is_none()
+            && st.registered_at.is_none()
+            && self.tree_pid_file.exists()
+        {
+            st.registered_at = Some(Instant::now());
+        }
         since.elapsed() > SETTLE_LIMIT
             && st
                 .restore_finished_at
+                .or(st.registered_at)
                 .is_some_and(|f| f.elapsed() > SETTLE_LIMIT)
     }
 

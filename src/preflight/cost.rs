@@ -152,17 +152,29 @@ pub struct CostInputs {
     pub destination: Features,
     /// `--max-downtime` (s).
     pub max_downtime_secs: Option<f64>,
-    /// haul's memory path may move the memory (lazy pages on both nodes, not turned off, a
-    /// single-threaded tree): post-copy and hybrid use it; stop-copy uses it when
+    /// haul's memory path may move the memory (lazy pages on both nodes, not turned off):
+    /// post-copy and hybrid use it; stop-copy uses it when
     /// [`CostInputs::stop_copy_engine_forced`] or when it is estimated cheaper than CRIU's
     /// page-server dump (not for a sparse tree: a lazy dump's set-up grows with the mapped
-    /// size). The estimate's [`Estimate::memory_path`] is the path the migration takes.
+    /// size), and never for a tree with established TCP connections
+    /// ([`CostInputs::tcp_established`]). The estimate's [`Estimate::memory_path`] is the path
+    /// the migration takes.
     #[serde(default)]
     pub memory_engine: bool,
     /// `--memory-path haul`: stop-copy moves the memory over haul's path whatever the
-    /// estimates say (when [`CostInputs::memory_engine`]).
+    /// estimates say (when [`CostInputs::memory_engine`], and not for
+    /// [`CostInputs::tcp_established`]).
     #[serde(default)]
     pub stop_copy_engine_forced: bool,
+    /// The tree's established TCP connections move with it (CRIU's `tcp_established`). haul's
+    /// path dumps lazily, and a lazy dump that fails after the freeze resumes the tasks
+    /// without unlocking the network: CRIU's `cr_dump_finish` (criu/cr-dump.c, 4.2.1) calls
+    /// `network_unlock` before `cr_lazy_mem_dump`, and not again when that fails, so the
+    /// connections stay blocked and in repair mode (seen on this host, review of
+    /// 2026-11-30). Stop-copy then keeps CRIU's page-server dump, whose failures unlock;
+    /// post-copy and hybrid are lazy on either path.
+    #[serde(default)]
+    pub tcp_established: bool,
 }
 
 /// What `--memory-path` allows the cost model (see [`CostInputs::memory_engine`]).
@@ -295,6 +307,7 @@ pub fn estimates(model: &CostModel, inputs: &CostInputs) -> Vec<Estimate> {
         + r * model.engine_secs_per_resident_byte
         + r / engine;
     let stop_copy = if inputs.memory_engine
+        && !inputs.tcp_established
         && (inputs.stop_copy_engine_forced || engine_stop_copy < criu_stop_copy)
     {
         estimate(Strategy::StopCopy, engine_stop_copy, None, "haul")

@@ -54,6 +54,7 @@ impl SourcePreflight {
                 && source.lazy_pages
                 && destination.lazy_pages,
             stop_copy_engine_forced: memory_path == EngineUse::Forced,
+            tcp_established: self.assessment.options.tcp_established,
             resident_bytes: self.inspection.resident(),
             mapped_bytes: self.inspection.mapped(),
             bandwidth,

@@ -100,6 +100,12 @@ pub async fn run(
             )?
         }
     };
+    report.memory_path = if choice.over_haul_path(strategy) {
+        "haul"
+    } else {
+        "criu"
+    }
+    .into();
     report.strategy = strategy.name().into();
     report.strategy_reason = why;
     let mut preflight = PreflightReport::new(&checked.tree, dst_findings, choice);

@@ -102,17 +102,22 @@ impl Session {
         report.destination_img_dir = ready.img_dir.clone();
         let dst_features: Features = ready.features.unwrap_or_default().into();
         let dst_findings = destination_findings(&ready);
-        // Only `auto` needs the link's bandwidth (its estimates); it costs total time, not
-        // downtime.
-        let bandwidth = match cfg.strategy {
-            Strategy::Auto => match probe::bandwidth(&mut ctl, &cfg, &checked.migration_id).await {
+        // The estimates need the link's bandwidth where they decide something: `auto`'s
+        // strategy, and stop-copy's memory path under `--memory-path auto` (as `--dry-run`
+        // measures it, so both name the same path). It costs total time, not downtime.
+        let estimates_decide = cfg.strategy == Strategy::Auto
+            || (cfg.strategy == Strategy::StopCopy
+                && cfg.memory.engine_use() == crate::preflight::EngineUse::Auto);
+        let bandwidth = if estimates_decide {
+            match probe::bandwidth(&mut ctl, &cfg, &checked.migration_id).await {
                 Ok(bw) => Some(bw),
                 Err(e) => {
                     warn!("cannot measure the memory channel: {}", chain(&e));
                     None
                 }
-            },
-            _ => None,
+            }
+        } else {
+            None
         };
         let (strategy, why, choice) = pick_strategy(
             &cfg,
@@ -131,6 +136,26 @@ impl Session {
             info!("pre-flight: {f}");
         }
         let memory_engine = choice.over_haul_path(strategy);
+        if cfg.memory.forced && strategy == Strategy::StopCopy && !memory_engine {
+            let why = if !(checked.features.lazy_pages && dst_features.lazy_pages) {
+                "both nodes need lazy pages (userfaultfd) for it"
+            } else {
+                "the tree has established TCP connections, which a failed lazy dump would leave locked (see CostInputs::tcp_established)"
+            };
+            warn!(
+                "--memory-path haul is not taken for pid {}: {why}; memory moves over CRIU's page-server dump",
+                cfg.pid
+            );
+        }
+        if matches!(strategy, Strategy::PostCopy | Strategy::Hybrid)
+            && checked.tree.assessment.options.tcp_established
+        {
+            warn!(
+                "pid {}'s tree has established TCP connections and {strategy} dumps lazily: should the migration fail after the freeze, the process resumes here with those connections still locked (CRIU{} unlocks the network only before the lazy part of a dump); --strategy stop-copy keeps them safe",
+                cfg.pid,
+                report.source_criu.map(|v| format!(" {v}")).unwrap_or_default()
+            );
+        }
         report.memory_path = if memory_engine { "haul" } else { "criu" }.into();
         report.preflight = Some(PreflightReport::new(&checked.tree, dst_findings, choice));
         report.strategy = strategy.name().into();

@@ -27,6 +27,7 @@ fn inputs(resident: u64, mapped: u64, f: Features) -> CostInputs {
         max_downtime_secs: None,
         memory_engine: false,
         stop_copy_engine_forced: false,
+        tcp_established: false,
     }
 }
 
@@ -197,6 +198,7 @@ proptest! {
             max_downtime_secs: target,
             memory_engine: false,
             stop_copy_engine_forced: false,
+            tcp_established: false,
         };
         let c = choose_strategy(&m, &i);
         let chosen = c.chosen();
@@ -258,6 +260,14 @@ fn memory_path_is_decided_by_the_estimates() {
     assert!(!choose_strategy(&m, &sparse).over_haul_path(Strategy::StopCopy));
     sparse.stop_copy_engine_forced = true;
     assert!(choose_strategy(&m, &sparse).over_haul_path(Strategy::StopCopy));
+    // Established TCP connections: stop-copy keeps CRIU's page-server dump (a failed lazy
+    // dump leaves them locked), also when forced; post-copy is lazy either way.
+    let mut tcp = dense;
+    tcp.tcp_established = true;
+    tcp.stop_copy_engine_forced = true;
+    let c = choose_strategy(&m, &tcp);
+    assert!(!c.over_haul_path(Strategy::StopCopy));
+    assert!(c.over_haul_path(Strategy::PostCopy));
     // Without the engine (CRIU's path asked for, no lazy pages), no strategy takes haul's
     // path, forced or not.
     dense.memory_engine = false;
