@@ -295,6 +295,13 @@ impl Session {
         let wait = limits::REPLY.named("the destination's page server to finish");
         let ended: pb::PageServerEnded =
             self.ctl.request(pb::EndPageServer { round }, wait).await?;
+        if round > 0 {
+            // The round's pagemaps, for a lazy final dump (hybrid): without them CRIU marks
+            // every page lazy and the rounds' pages cross the link twice (see memory::parents).
+            let dir = self.dir.round(round)?;
+            crate::memory::parents::install(dir.path(), &ended.pagemaps)
+                .map_err(|detail| SourceError::BadPagemaps { round, detail })?;
+        }
         Ok(ended.bytes)
     }
 
