@@ -498,19 +498,18 @@ mod tests {
         assert!(decode_msg(&b).is_err());
     }
 
-    /// The real thing on this process's own memory: a registered mapping gets pages copied in,
-    /// a second copy over them reports `Exists`, zero pages fill the rest.
-    #[test]
-    fn copy_and_zero_into_own_memory() {
+    /// A userfaultfd of this process and a fresh private anonymous mapping of `pages` pages
+    /// registered with it (the caller unmaps it); `None` where userfaultfd is unavailable.
+    fn registered_mapping(pages: usize) -> Option<(Uffd, *mut libc::c_void, usize)> {
         let u = match Uffd::open_own(true) {
             Ok(u) => u,
             Err(e) => {
                 eprintln!("SKIP: userfaultfd unavailable here: {e}");
-                return;
+                return None;
             }
         };
-        let len = 4 * 4096;
-        // SAFETY: a fresh private anonymous mapping, unmapped at the end of the test.
+        let len = pages * 4096;
+        // SAFETY: a fresh private anonymous mapping, unmapped by the caller.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -522,8 +521,18 @@ mod tests {
             )
         };
         assert_ne!(p, libc::MAP_FAILED);
+        u.register(p as u64, len as u64).unwrap();
+        Some((u, p, len))
+    }
+
+    /// The real thing on this process's own memory: a registered mapping gets pages copied in,
+    /// a second copy over them reports `Exists`, zero pages fill the rest.
+    #[test]
+    fn copy_and_zero_into_own_memory() {
+        let Some((u, p, len)) = registered_mapping(4) else {
+            return;
+        };
         let a = p as u64;
-        u.register(a, len as u64).unwrap();
         let src = vec![7u8; 2 * 4096];
         assert_eq!(u.copy(a, &src), Fill::Done);
         assert_eq!(u.copy(a + 4096, &src), Fill::Exists(0));
@@ -542,28 +551,10 @@ mod tests {
     /// changing", retried, gave up, and left the faulting thread asleep.)
     #[test]
     fn a_copy_across_two_vmas_is_no_vma() {
-        let u = match Uffd::open_own(true) {
-            Ok(u) => u,
-            Err(e) => {
-                eprintln!("SKIP: userfaultfd unavailable here: {e}");
-                return;
-            }
+        let Some((u, p, len)) = registered_mapping(4) else {
+            return;
         };
-        let len = 4 * 4096;
-        // SAFETY: a fresh private anonymous mapping, unmapped at the end of the test.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
         let a = p as u64;
-        u.register(a, len as u64).unwrap();
         // SAFETY: advice on the upper half of that mapping: it becomes a VMA of its own.
         let r = unsafe {
             libc::madvise(
