@@ -18,7 +18,7 @@ fn workload_is_what_criu_can_dump() {
         return;
     }
     let dir = workdir();
-    let ns = Netns::new();
+    let ns = netns();
     // A stray inheritable fd in the caller must not reach the workload.
     let stray = std::fs::File::open("/etc/hostname").unwrap();
     // SAFETY: clears close-on-exec on an fd this test owns.
@@ -185,7 +185,7 @@ fn haul_launch_prints_the_child_line() {
         return;
     }
     let dir = workdir();
-    let ns = Netns::new();
+    let ns = netns();
     let pidfile = dir.path().join("pid");
     // output() returns only when every copy of the stdout pipe is closed: the reaper and the
     // workload must not keep it.
@@ -216,7 +216,7 @@ fn haul_launch_prints_the_child_line() {
         2,
         "the reaper and the workload run in the netns"
     );
-    // the Netns guard kills both
+    // the LoopbackNetns guard kills both
 
     let out = Command::new(haul_launch_bin())
         .arg("--cwd")

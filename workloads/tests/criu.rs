@@ -60,7 +60,7 @@ impl Drop for Restored {
     }
 }
 
-fn criu_cmd(criu: &Path, netns: Option<&Netns>) -> Command {
+fn criu_cmd(criu: &Path, netns: Option<&LoopbackNetns>) -> Command {
     match netns {
         None => Command::new(criu),
         Some(ns) => {
@@ -83,7 +83,13 @@ fn errors(log: &Path) -> String {
 }
 
 /// `criu dump` then `criu restore -d` of `pid`; the restored host pid.
-fn dump_restore(criu: &Path, pid: i32, dir: &Path, netns: Option<&Netns>, tcp: bool) -> Restored {
+fn dump_restore(
+    criu: &Path,
+    pid: i32,
+    dir: &Path,
+    netns: Option<&LoopbackNetns>,
+    tcp: bool,
+) -> Restored {
     let _one = CRIU.lock().unwrap_or_else(|e| e.into_inner());
     let img = dir.join(format!("img-{pid}"));
     std::fs::create_dir(&img).unwrap();
@@ -240,7 +246,7 @@ fn tcp_connections_survive_criu() {
     let Some(criu) = criu_or_skip("tcp_connections_survive_criu") else {
         return;
     };
-    let ns = Netns::new();
+    let ns = netns();
     let dir = workdir();
     let server = Running::start("tcp-echo", &[], dir.path(), Some(&ns.name));
     let addr = worklog::find_line(dir.path().join(TCP_ECHO_LOG), "Listening on ")

@@ -13,7 +13,7 @@ fn workload_is_what_criu_can_dump() {
         return;
     }
     let dir = workdir();
-    let ns = Netns::new();
+    let ns = netns();
     // A stray inheritable fd in the caller must not reach the workload.
     let stray = std::fs::File::open("/etc/hostname").unwrap();
     // SAFETY: clears close-on-exec on an fd this test owns.

@@ -189,11 +189,11 @@ struct TcpPair {
     server: Running,
     client: Running,
     dir: tempfile::TempDir,
-    _ns: Netns,
+    _ns: LoopbackNetns,
 }
 
 fn tcp_pair() -> TcpPair {
-    let ns = Netns::new();
+    let ns = netns();
     let dir = workdir();
     let server = Running::start("tcp-echo", &[], dir.path(), Some(&ns.name));
     let addr = find_line(dir.path().join(TCP_ECHO_LOG), "Listening on ")

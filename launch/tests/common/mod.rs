@@ -5,9 +5,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use haul_launch::{launch, LaunchSpec, Launched};
+pub use haul_test_support::LoopbackNetns;
 
 pub use haul_test_support::wait::PATIENCE;
 pub use haul_test_support::wait_for;
@@ -91,31 +91,8 @@ pub fn is_alive(pid: i32) -> bool {
     matches!(state, Some(s) if s != 'Z' && s != 'X')
 }
 
-/// A network namespace with loopback up, removed with every process in it on drop.
-pub struct Netns(haul_test_support::LoopbackNetns);
-
-impl Netns {
-    pub fn new() -> Netns {
-        Netns(haul_test_support::LoopbackNetns::new("launch").expect("network namespace"))
-    }
-}
-
-impl std::ops::Deref for Netns {
-    type Target = haul_test_support::LoopbackNetns;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-/// Run a command that must succeed.
-pub fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A network namespace with loopback up for one test (removed with every process in it
+/// on drop).
+pub fn netns() -> LoopbackNetns {
+    LoopbackNetns::new("launch").expect("network namespace")
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use haul_launch::{launch, LaunchSpec, Launched};
+pub use haul_test_support::LoopbackNetns;
 
 pub use haul_test_support::wait::PATIENCE;
 pub use haul_test_support::wait_for;
@@ -128,20 +129,10 @@ pub fn ticks(log: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// A network namespace with loopback up, removed with every process in it on drop.
-pub struct Netns(haul_test_support::LoopbackNetns);
-
-impl Netns {
-    pub fn new() -> Netns {
-        Netns(haul_test_support::LoopbackNetns::new("wl").expect("network namespace"))
-    }
-}
-
-impl std::ops::Deref for Netns {
-    type Target = haul_test_support::LoopbackNetns;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
+/// A network namespace with loopback up for one test (removed with every process in it
+/// on drop).
+pub fn netns() -> LoopbackNetns {
+    LoopbackNetns::new("wl").expect("network namespace")
 }
 
 /// Run a command that must succeed.
